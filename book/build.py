@@ -1,0 +1,275 @@
+#!/usr/bin/env python3
+"""Build the book from clean: execute the notebooks, then render them with Jupyter Book.
+
+1. Every notebook listed in ``_toc.yml`` as ``notebooks/_executed/<name>`` is executed with papermill, in toc
+   order, from its source ``notebooks/<name>.ipynb`` (kernel ``python3``, parameter ``profile``, default
+   ``"tiny"``), into ``notebooks/_executed/<name>.ipynb`` (git-ignored). The kernel runs in the repository root
+   (papermill uses the caller's working directory; notebooks resolve paths through ``mmlib.paths``). The first
+   failure stops the build with the notebook's name and the failing cell's error.
+2. ``jupyter-book build`` renders the book into ``_build/html`` with warnings as errors (``-W -n``).
+3. The output is checked: every toc page exists, pages with formulas load the local MathJax, and no page
+   loads anything from the network.
+
+Everything runs with the interpreter that runs this script (``sys.executable``), so the script works from
+the Makefile's ``.venv`` and from any other environment with the ``book`` extra installed.
+
+Usage (from anywhere; ``make book`` is the usual entry point)::
+
+    python book/build.py                 # execute (profile "tiny") + build, from clean
+    python book/build.py --no-execute    # re-render the existing executed copies only
+    python book/build.py --profile paper # on a GPU machine with network (see book/colab.md)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import NoReturn
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+TOC = REPO / "_toc.yml"
+BUILD = REPO / "_build"
+SOURCE_DIR = "notebooks"
+EXECUTED_DIR = "notebooks/_executed"
+KERNEL = "python3"
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def say(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+def fail(msg: str) -> NoReturn:
+    say()
+    say("BOOK BUILD FAILED: " + msg)
+    sys.exit(1)
+
+
+# --------------------------------------------------------------------------- the toc
+def toc_files(toc_path: Path = TOC) -> list[str]:
+    """Every ``file:`` of the toc (and its root), in reading order."""
+    toc = yaml.safe_load(toc_path.read_text(encoding="utf8"))
+    files: list[str] = [toc["root"]]
+
+    def walk(items) -> None:
+        for item in items or []:
+            if "file" in item:
+                files.append(item["file"])
+            walk(item.get("sections"))
+            walk(item.get("chapters"))
+
+    walk(toc.get("parts"))
+    walk(toc.get("chapters"))
+    walk(toc.get("sections"))
+    return [f.removesuffix(".ipynb").removesuffix(".md") for f in files]
+
+
+def toc_notebooks() -> list[str]:
+    """Names (``NN_topic``) of the chapters, in toc order."""
+    prefix = EXECUTED_DIR + "/"
+    return [f[len(prefix):] for f in toc_files() if f.startswith(prefix)]
+
+
+# --------------------------------------------------------------------------- environment
+def kernel_env(profile: str) -> None:
+    """Environment inherited by the kernels (set in this process, before any kernel starts)."""
+    bindir = str(Path(sys.executable).parent)  # not resolved: a venv's bin/, so the venv's tools come first
+    os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+    if profile == "tiny":
+        # A stray `pretrained=` must fail at once instead of retrying for ~47 s (see ENV.md).
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ.pop("MPLBACKEND", None)  # ipykernel's inline backend, so that figures land in the notebook
+    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # debugpy's "frozen modules" note
+    os.environ.setdefault("JUPYTER_PLATFORM_DIRS", "1")  # jupyter_core's path-migration note
+
+
+def check_kernel() -> None:
+    """The ``python3`` kernel must run this interpreter (jupyter_client maps argv[0] 'python' to it)."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec(KERNEL)
+    except NoSuchKernel:
+        fail(f"no Jupyter kernel named {KERNEL!r}: install ipykernel in {sys.prefix}")
+    exe = spec.argv[0]
+    if exe not in {"python", "python3", f"python{sys.version_info[0]}.{sys.version_info[1]}", sys.executable}:
+        fail(
+            f"the {KERNEL!r} kernelspec in {spec.resource_dir} runs {exe!r}, not this environment's "
+            f"{sys.executable!r}. Remove that kernelspec or run this script with that interpreter."
+        )
+
+
+def has_parameters_cell(path: Path) -> bool:
+    nb = json.loads(path.read_text(encoding="utf8"))
+    return any("parameters" in c.get("metadata", {}).get("tags", []) for c in nb.get("cells", []))
+
+
+# --------------------------------------------------------------------------- step 1: papermill
+def execute(names: list[str], profile: str, log_output: bool, cell_timeout: int | None) -> dict[str, float]:
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    logging.basicConfig(level=logging.INFO if log_output else logging.WARNING, format="%(message)s")
+    missing = [n for n in names if not (REPO / SOURCE_DIR / f"{n}.ipynb").is_file()]
+    if missing:
+        fail("source notebooks listed in _toc.yml do not exist: " + ", ".join(f"{SOURCE_DIR}/{n}.ipynb" for n in missing))
+    no_params = [n for n in names if not has_parameters_cell(REPO / SOURCE_DIR / f"{n}.ipynb")]
+    if no_params:
+        fail("notebooks without a cell tagged 'parameters' (the profile is set there): " + ", ".join(no_params))
+
+    out_dir = REPO / EXECUTED_DIR
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    times: dict[str, float] = {}
+    say(f"==> Executing {len(names)} notebook(s) with papermill (kernel {KERNEL}, profile={profile!r}, cwd {REPO})")
+    for i, name in enumerate(names, 1):
+        src = REPO / SOURCE_DIR / f"{name}.ipynb"
+        dst = out_dir / f"{name}.ipynb"
+        say(f"--> [{i}/{len(names)}] {SOURCE_DIR}/{name}.ipynb")
+        t0 = time.perf_counter()
+        try:
+            pm.execute_notebook(
+                str(src),
+                str(dst),
+                parameters={"profile": profile},
+                kernel_name=KERNEL,
+                cwd=str(REPO),
+                progress_bar=False,
+                log_output=log_output,
+                execution_timeout=cell_timeout,
+                # ipykernel 7 logs "Kernel is running over TCP without encryption" at every start (the kernel
+                # is local and short-lived); its own log level only, cell outputs and errors are unaffected.
+                extra_arguments=["--IPKernelApp.log_level=ERROR"],
+            )
+        except PapermillExecutionError as e:
+            elapsed = time.perf_counter() - t0
+            tb = ANSI.sub("", "\n".join(e.traceback or []))
+            fail(
+                f"notebook {SOURCE_DIR}/{name}.ipynb failed after {elapsed:.1f} s\n"
+                f"  in cell In [{e.exec_count}] (cell index {e.cell_index} of the executed copy): {e.ename}: {e.evalue}\n"
+                f"  --- cell source ---\n{textwrap.indent(e.source or '', '  | ')}\n"
+                f"  --- traceback ---\n{textwrap.indent(tb, '  ')}\n"
+                f"  The executed copy with the error is {dst.relative_to(REPO)}"
+            )
+        except Exception as e:  # kernel death, timeout, bad JSON, ...
+            elapsed = time.perf_counter() - t0
+            fail(f"notebook {SOURCE_DIR}/{name}.ipynb failed after {elapsed:.1f} s: {type(e).__name__}: {e}")
+        times[name] = time.perf_counter() - t0
+        say(f"    {name}: {times[name]:.1f} s")
+    return times
+
+
+# --------------------------------------------------------------------------- step 2: jupyter-book
+# `jupyter-book` without an entry-point script (this interpreter's environment, wherever it is). Unlike
+# sphinx-build, Jupyter Book colours its log even when it goes to a file: turn that off unless on a terminal.
+JB = (
+    "import sys; from sphinx.util.console import color_terminal, nocolor\n"
+    "if not color_terminal(): nocolor()\n"
+    "from jupyter_book.cli.main import main; sys.argv[0] = 'jupyter-book'; main()"
+)
+
+
+def build_html(nitpicky: bool) -> None:
+    cmd = [sys.executable, "-c", JB, "build", str(REPO), "--all", "-W", "--keep-going"]
+    if nitpicky:
+        cmd.append("-n")
+    say("==> " + " ".join(["jupyter-book", *cmd[3:]]))
+    rc = subprocess.run(cmd, cwd=REPO).returncode
+    if rc != 0:
+        fail(f"jupyter-book build exited with status {rc} (warnings are errors: see the messages above)")
+
+
+# --------------------------------------------------------------------------- step 3: checks
+EXTERNAL = re.compile(
+    r"<(?:script[^>]*\ssrc|link[^>]*\shref|img[^>]*\ssrc|iframe[^>]*\ssrc)\s*=\s*[\"']((?:https?:)?//[^\"']+)",
+    re.IGNORECASE,
+)
+
+
+def check_html() -> None:
+    html = BUILD / "html"
+    problems: list[str] = []
+    for doc in toc_files():
+        if not (html / f"{doc}.html").is_file():
+            problems.append(f"missing page {doc}.html")
+    for page in sorted(html.rglob("*.html")):
+        text = page.read_text(encoding="utf8", errors="replace")
+        rel = page.relative_to(html)
+        for m in EXTERNAL.finditer(text):
+            tag = m.group(0)
+            if tag.lower().startswith("<link") and not re.search(r"rel=[\"'](?:stylesheet|preload|modulepreload|icon)", tag):
+                continue  # ordinary hyperlinks in <link rel="next"> etc. load nothing
+            problems.append(f"{rel}: loads {m.group(1)} from the network")
+        if 'class="math' in text and "_static/mathjax/tex-mml-chtml.js" not in text:
+            problems.append(f"{rel}: has formulas but does not load the local MathJax")
+    if problems:
+        fail("checks of _build/html:\n  " + "\n  ".join(problems))
+    say("==> Checks of _build/html passed (all toc pages present, local MathJax, no network loads)")
+
+
+# --------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--profile", default="tiny", help='papermill parameter `profile` (default "tiny")')
+    p.add_argument("--no-execute", action="store_true", help="render the existing executed copies only")
+    p.add_argument("--keep-build", action="store_true", help="do not remove _build/ first")
+    p.add_argument("--no-nitpicky", action="store_true", help="build without -n")
+    p.add_argument("--log-output", action="store_true", help="stream the notebooks' outputs while executing")
+    p.add_argument("--cell-timeout", type=int, default=None, help="papermill per-cell timeout in seconds")
+    args = p.parse_args(argv)
+
+    os.chdir(REPO)
+    t_start = time.perf_counter()
+    kernel_env(args.profile)
+    names = toc_notebooks()
+    say(f"==> Book at {REPO}; python {sys.executable}; chapters: {', '.join(names) or '(none)'}")
+
+    times: dict[str, float] = {}
+    if args.no_execute:
+        missing = [n for n in names if not (REPO / EXECUTED_DIR / f"{n}.ipynb").is_file()]
+        if missing:
+            fail("--no-execute, but no executed copy of: " + ", ".join(missing))
+    else:
+        check_kernel()
+        times = execute(names, args.profile, args.log_output, args.cell_timeout)
+    t_exec = time.perf_counter() - t_start
+
+    if not args.keep_build:
+        shutil.rmtree(BUILD, ignore_errors=True)
+    t0 = time.perf_counter()
+    build_html(nitpicky=not args.no_nitpicky)
+    t_build = time.perf_counter() - t0
+    check_html()
+
+    total = time.perf_counter() - t_start
+    say()
+    say("==> Timings")
+    for name, t in times.items():
+        say(f"    {name:<40} {t:8.1f} s")
+    say(f"    {'notebook execution (all)':<40} {t_exec:8.1f} s")
+    say(f"    {'jupyter-book build':<40} {t_build:8.1f} s")
+    say(f"    {'total':<40} {total:8.1f} s")
+    (BUILD / "timings.json").write_text(
+        json.dumps(
+            {"profile": args.profile, "notebooks_s": times, "execute_s": t_exec, "build_s": t_build, "total_s": total},
+            indent=2,
+        )
+    )
+    say(f"==> Book built: {(BUILD / 'html' / 'index.html').relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

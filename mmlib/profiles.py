@@ -1,0 +1,99 @@
+"""The two profiles of the book, as typed, frozen configs: ``tiny`` (default) and ``paper``.
+
+A notebook's papermill ``parameters`` cell sets ``profile = "tiny"``; :func:`get_profile` turns the name into
+a :class:`Profile`. Both profiles run the same functions; only these parameters differ.
+
+* ``tiny``: offline, CPU, minutes. The generated world (:mod:`mmlib.world`), its null-world control, and
+  tiny CLIP / DeCLIP-like models the book trains itself (:mod:`mmlib.training`).
+* ``paper``: a GPU (e.g. Colab) with internet. open_clip ``ViT-B-32`` / ``openai`` and a real paired corpus
+  (CC3M-style CSV/TSV or webdataset shards, see :mod:`mmlib.realdata`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+
+from mmlib.models import TinyClipArch
+from mmlib.training import TrainConfig
+from mmlib.world import WorldConfig
+
+
+class UnknownProfileError(ValueError):
+    """The profile name is neither ``tiny`` nor ``paper``."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """All parameters a notebook needs, for one profile.
+
+    Attributes
+    ----------
+    name : str
+        ``"tiny"`` or ``"paper"``.
+    world : WorldConfig
+        The generated world (the ``paper`` profile uses it as a planted-truth probe of the real model).
+    arch : TinyClipArch or None
+        Tiny model architecture (``tiny`` only).
+    clip_train, declip_train : TrainConfig or None
+        Training configs of the tiny CLIP and of the DeCLIP-like variant (``tiny`` only).
+    open_clip_model, pretrained : str or None
+        The real model (``paper`` only).
+    pairs : str or None
+        The real paired corpus: a CSV/TSV path or a webdataset shard pattern (``paper`` only; set it in the
+        notebook's parameters cell).
+    embed_batch_size : int
+    device : str
+        ``"auto"``: CUDA if available, else CPU.
+    """
+
+    name: str
+    world: WorldConfig
+    arch: TinyClipArch | None = None
+    clip_train: TrainConfig | None = None
+    declip_train: TrainConfig | None = None
+    open_clip_model: str | None = None
+    pretrained: str | None = None
+    pairs: str | None = None
+    embed_batch_size: int = 256
+    device: str = "auto"
+
+    @property
+    def null_world(self) -> WorldConfig:
+        """The null-world control: the same world with every factor always shown and always said."""
+        return dataclasses.replace(self.world, null=True)
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.name == "tiny"
+
+
+def _tiny() -> Profile:
+    arch = TinyClipArch()
+    clip = TrainConfig()
+    return Profile(name="tiny", world=WorldConfig(), arch=arch, clip_train=clip,
+                   declip_train=dataclasses.replace(clip, declip=True))
+
+
+def _paper() -> Profile:
+    return Profile(name="paper", world=WorldConfig(n_train=0, n_val=0, n_test=2000, image_size=64),
+                   open_clip_model="ViT-B-32", pretrained="openai", embed_batch_size=256)
+
+
+PROFILES = {"tiny": _tiny, "paper": _paper}
+
+
+def get_profile(name: str, **overrides) -> Profile:
+    """The profile called ``name`` (``"tiny"`` or ``"paper"``), with optional field overrides.
+
+    Raises
+    ------
+    UnknownProfileError
+        for any other name (with the closest valid name).
+    """
+    if name not in PROFILES:
+        close = difflib.get_close_matches(str(name), list(PROFILES), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise UnknownProfileError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}.{hint}")
+    profile = PROFILES[name]()
+    return dataclasses.replace(profile, **overrides) if overrides else profile
