@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections.abc import Sequence
 from functools import cached_property
 
@@ -28,7 +29,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from mmlib.artifacts import stable_hash
+from mmlib.artifacts import module_version, stable_hash
 
 SPLITS = ("train", "val", "test")
 
@@ -209,8 +210,8 @@ class WorldConfig:
         return self.n_train + self.n_val + self.n_test
 
     def fingerprint(self) -> str:
-        """A hash of the config (the world is a deterministic function of it)."""
-        return stable_hash("world", self)
+        """A hash of the config and of this module's code (the world is a deterministic function of both)."""
+        return stable_hash("world", self, module_version(sys.modules[__name__]))
 
 
 def factor_table(config: WorldConfig) -> pd.DataFrame:
@@ -301,7 +302,6 @@ def render_images(config: WorldConfig, latents: Latents, rng: np.random.Generato
     scale = S / 32.0
     strip_h = int(round(7 * scale))
     field = S - strip_h  # height of the object field
-    names = {f.name: f for f in config.effective_factors}
     glyph_factors = [f.name for f in config.effective_factors if f.kind == "glyph"]
     n = len(latents.values["shape"])
     out = np.empty((n, S, S, 3), dtype=np.uint8)
@@ -352,7 +352,6 @@ def render_images(config: WorldConfig, latents: Latents, rng: np.random.Generato
         if config.noise > 0:
             img = img + rng.normal(0.0, config.noise, img.shape)
         out[sl] = np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
-    del names
     return out
 
 

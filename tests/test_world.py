@@ -140,3 +140,12 @@ def test_pixels_valid_for_any_seed(seed):
     w = generate_world(WorldConfig(n_train=8, n_val=0, n_test=0, seed=seed, image_size=48))
     assert w.images.shape == (8, 48, 48, 3)
     assert len(set(w.captions)) >= 1 and all(c.strip() for c in w.captions)
+
+
+def test_fingerprint_tracks_config_and_code(monkeypatch):
+    import mmlib.world as world_module
+
+    base = SMALL.fingerprint()
+    assert dataclasses.replace(SMALL, noise=0.0).fingerprint() != base
+    monkeypatch.setattr(world_module, "module_version", lambda module: "edited-rendering-code")
+    assert SMALL.fingerprint() != base  # a change to the generator's code invalidates cached models
