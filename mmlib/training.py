@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
+from pathlib import Path
 from collections.abc import Callable
 
 import numpy as np
@@ -25,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import mmlib.training as _self
 from mmlib.artifacts import artifact_path, load_or_compute, module_version, stable_hash, to_jsonable
 from mmlib.models import ModelBundle, TinyClipArch, build_tiny_clip, tiny_bundle
-from mmlib.world import World, prompt
+from mmlib.evaluate import class_prompts, zero_shot_accuracy
+from mmlib.world import World
 
 SOT_ID, EOT_ID = 49406, 49407
 MASK_ID = 49405  # an unused-in-the-world BPE id below EOT (open_clip pools the text tower at argmax id)
@@ -90,7 +92,7 @@ class TrainedModel:
     train: TrainConfig
     history: dict[str, list[float]]
     seconds: float
-    path: object
+    path: Path
 
 
 def images_to_tensor(images: np.ndarray, arch: TinyClipArch) -> torch.Tensor:
@@ -140,14 +142,12 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
 def quick_zero_shot(model: open_clip.CLIP, images: torch.Tensor, world: World, split_index: np.ndarray,
                     factor: str, tokenizer: Callable) -> float:
     """Zero-shot accuracy of ``factor`` on pre-normalised images ``(n,3,S,S)`` where it is depicted."""
-    f = world.factor(factor)
     depicted = world.latents.depicted[factor][split_index]
     if not depicted.any():
         return float("nan")
-    labels = torch.from_numpy(world.latents.values[factor][split_index][depicted])
-    img = F.normalize(model.encode_image(images[torch.from_numpy(depicted)]), dim=-1)
-    txt = F.normalize(model.encode_text(tokenizer([prompt(f, v) for v in range(len(f.values))])), dim=-1)
-    return float(((img @ txt.T).argmax(1) == labels).float().mean())
+    image_emb = model.encode_image(images[torch.from_numpy(depicted)])
+    class_emb = model.encode_text(tokenizer(class_prompts(world.factor(factor))))
+    return zero_shot_accuracy(image_emb, class_emb, world.latents.values[factor][split_index][depicted])
 
 
 def train_tiny_clip(world: World, arch: TinyClipArch = TinyClipArch(), cfg: TrainConfig = TrainConfig(),
@@ -245,7 +245,7 @@ def _train(world, arch, cfg, progress, eval_factors, eval_every):
 
 def model_key(world: World, arch: TinyClipArch, cfg: TrainConfig) -> str:
     """Cache key of a trained tiny model: architecture, training config, world, code version."""
-    return stable_hash("tiny-clip", arch, cfg, world.fingerprint, module_version(_self))
+    return stable_hash("tiny-clip", arch, cfg, world.fingerprint, module_version(sys.modules[__name__]))
 
 
 def load_or_train(world: World, arch: TinyClipArch = TinyClipArch(), cfg: TrainConfig = TrainConfig(),
