@@ -6,7 +6,8 @@ Everything here works on precomputed embeddings (tensors), so it runs without th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,7 +19,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from mmlib.models import ModelBundle
-from mmlib.world import Factor, WorldSplit, prompt
+from mmlib.world import Factor, WorldSplit, compose_caption
 
 
 def proportion_ci(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -41,14 +42,23 @@ def encode_texts(bundle: ModelBundle, texts: Sequence[str], batch_size: int = 25
 
 
 def zero_shot_predict(image_emb: torch.Tensor, class_emb: torch.Tensor) -> torch.Tensor:
-    """Predicted class ``(n,)``: argmax cosine similarity of images ``(n, d)`` to class embeddings ``(k, d)``."""
-    if image_emb.shape[1] != class_emb.shape[1]:
-        raise ValueError(f"image embeddings have d={image_emb.shape[1]} but class embeddings d={class_emb.shape[1]}")
-    return (F.normalize(image_emb.float(), dim=-1) @ F.normalize(class_emb.float(), dim=-1).T).argmax(1)
+    """Predicted class ``(n,)`` of images ``(n, d)`` by cosine similarity to class embeddings.
+
+    ``class_emb`` is ``(k, d)`` (one embedding per class) or ``(k, p, d)`` (``p`` prompts per class, e.g. the
+    class named together with each value of a context factor): a class then scores its best prompt, i.e. the
+    prediction is the class of the most similar prompt in the joint label space.
+    """
+    if class_emb.ndim not in (2, 3):
+        raise ValueError(f"class embeddings must be (k, d) or (k, p, d), got shape {tuple(class_emb.shape)}")
+    if image_emb.shape[1] != class_emb.shape[-1]:
+        raise ValueError(f"image embeddings have d={image_emb.shape[1]} but class embeddings d={class_emb.shape[-1]}")
+    classes = F.normalize(class_emb.float(), dim=-1)
+    sims = torch.einsum("nd,k...d->nk...", F.normalize(image_emb.float(), dim=-1), classes)
+    return (sims.amax(-1) if classes.ndim == 3 else sims).argmax(1)
 
 
 def zero_shot_accuracy(image_emb: torch.Tensor, class_emb: torch.Tensor, labels: torch.Tensor | np.ndarray) -> float:
-    """Share of images ``(n, d)`` whose most similar class embedding ``(k, d)`` is their label ``(n,)``."""
+    """Share of images ``(n, d)`` whose predicted class (see :func:`zero_shot_predict`) is their label ``(n,)``."""
     labels = torch.as_tensor(np.asarray(labels))
     if len(labels) != len(image_emb):
         raise ValueError(f"{len(image_emb)} images but {len(labels)} labels")
@@ -57,13 +67,58 @@ def zero_shot_accuracy(image_emb: torch.Tensor, class_emb: torch.Tensor, labels:
     return float((zero_shot_predict(image_emb, class_emb) == labels).float().mean())
 
 
-def class_prompts(factor: Factor, template: str = "a photo of") -> list[str]:
-    """One prompt per value of ``factor`` (canonical word, see :func:`mmlib.world.prompt`)."""
-    return [prompt(factor, v, template) for v in range(len(factor.values))]
+#: How class prompts are read (PAPER.md leaves zero-shot prompting open; see the Reproduction notes).
+PROMPT_READINGS = ("joint", "ensemble", "single")
+
+
+def prompt_context(factors: Sequence[Factor], factor: Factor) -> tuple[Factor, ...]:
+    """The other object factors that every caption names (``p_mention = 1`` for every value).
+
+    World captions always name these (e.g. the colour of a shape), so a prompt that names the class alone
+    ("a photo of a circle") lies off the caption distribution; :func:`class_prompt_sets` names them too.
+    """
+    return tuple(f for f in factors if f.name != factor.name and f.kind == "object" and min(f.p_mention) == 1.0)
+
+
+def class_prompt_sets(factor: Factor, context: Sequence[Factor] = (), template: str = "a photo of",
+                      ) -> list[list[str]]:
+    """Per value of ``factor``, one prompt per combination of the ``context`` factors' canonical words.
+
+    With no context: one prompt per value, as :func:`class_prompts`. Returns ``k`` lists of ``p`` prompts.
+    """
+    combos = list(itertools.product(*[[(f.name, syn[0]) for syn in f.synonyms] for f in context]))
+    return [[compose_caption({**dict(combo), factor.name: factor.synonyms[v][0]}, prefix=template)
+             for combo in combos] for v in range(len(factor.values))]
+
+
+def class_embeddings(encode: Callable[[list[str]], torch.Tensor], factor: Factor,
+                     factors: Sequence[Factor] = (), reading: str = "joint", template: str = "a photo of",
+                     ) -> torch.Tensor:
+    """Class embeddings of ``factor`` under a prompt ``reading``.
+
+    Parameters
+    ----------
+    encode : callable
+        list of ``m`` texts -> ``(m, d)`` embeddings (e.g. ``lambda t: encode_texts(bundle, t)``).
+    factors : the world's factors (the context is :func:`prompt_context` of them).
+    reading : str
+        ``"joint"`` (default): ``(k, p, d)``, one prompt per value of the context factors, scored by the best
+        prompt (zero-shot over the joint label space); ``"ensemble"``: ``(k, d)``, the normalised mean of
+        those prompts (CLIP's prompt ensembling); ``"single"``: ``(k, d)``, the class named alone.
+    """
+    if reading not in PROMPT_READINGS:
+        raise ValueError(f"unknown prompt reading {reading!r}; choose one of {PROMPT_READINGS}")
+    context = () if reading == "single" else prompt_context(factors, factor)
+    sets = class_prompt_sets(factor, context, template)
+    k, p = len(sets), len(sets[0])
+    emb = F.normalize(encode([t for prompts in sets for t in prompts]).float(), dim=-1).reshape(k, p, -1)
+    if reading == "joint":
+        return emb
+    return F.normalize(emb.mean(1), dim=-1)
 
 
 def zero_shot_report(bundle: ModelBundle, image_emb: torch.Tensor, split: WorldSplit,
-                     factors: Sequence[str] | None = None) -> pd.DataFrame:
+                     factors: Sequence[str] | None = None, readings: Sequence[str] = ("joint",)) -> pd.DataFrame:
     """Zero-shot accuracy per factor on the images where the factor is depicted, with 95 % Wilson CIs.
 
     Parameters
@@ -71,6 +126,7 @@ def zero_shot_report(bundle: ModelBundle, image_emb: torch.Tensor, split: WorldS
     image_emb : (n, d) tensor
         Image embeddings of ``split`` (same order).
     factors : names; default all factors that are depicted somewhere in the split.
+    readings : prompt readings (see :func:`class_embeddings`), one row per factor and reading.
     """
     if len(image_emb) != len(split):
         raise ValueError(f"{len(image_emb)} image embeddings for a split of {len(split)} pairs")
@@ -82,10 +138,12 @@ def zero_shot_report(bundle: ModelBundle, image_emb: torch.Tensor, split: WorldS
         if factors is None and not shown.any():
             continue
         labels = split.values(f.name)[shown]
-        acc = zero_shot_accuracy(image_emb[torch.from_numpy(shown)], encode_texts(bundle, class_prompts(f)), labels)
-        low, high = proportion_ci(round(acc * len(labels)), len(labels)) if len(labels) else (np.nan, np.nan)
-        rows.append(dict(factor=f.name, role=f.role, n=int(len(labels)), accuracy=acc, ci_low=low, ci_high=high,
-                         chance=1.0 / len(f.values)))
+        for reading in readings:
+            classes = class_embeddings(lambda t: encode_texts(bundle, t), f, split.world.factors, reading)
+            acc = zero_shot_accuracy(image_emb[torch.from_numpy(shown)], classes, labels)
+            low, high = proportion_ci(round(acc * len(labels)), len(labels)) if len(labels) else (np.nan, np.nan)
+            rows.append(dict(factor=f.name, role=f.role, reading=reading, n=int(len(labels)), accuracy=acc,
+                             ci_low=low, ci_high=high, chance=1.0 / len(f.values)))
     return pd.DataFrame(rows)
 
 

@@ -41,8 +41,12 @@ def training_curves(histories: Mapping[str, Mapping[str, list[float]]]) -> Figur
             ax_loss.plot(steps, pd.Series(h["mlm_loss"]).rolling(20, min_periods=1).mean(), ls="--",
                          label=f"{name}: masked tokens")
         for key in h:
-            if key.startswith("val_zs_"):
-                ax_acc.plot(h["eval_step"], h[key], marker="o", label=f"{name}: {key[7:]}")
+            if key.startswith("val_zs_"):  # joint prompt reading: solid; the class named alone: dashed
+                line, = ax_acc.plot(h["eval_step"], h[key], marker="o", label=f"{name}: {key[7:]}")
+                single = h.get(f"val_zs1_{key[7:]}")
+                if single:
+                    ax_acc.plot(h["eval_step"], single, ls="--", marker=".", color=line.get_color(),
+                                label=f"{name}: {key[7:]} (class named alone)")
     ax_loss.set(xlabel="training step", ylabel="loss (20-step moving average)", title="Training loss")
     ax_acc.set(xlabel="training step", ylabel="zero-shot accuracy (validation)", ylim=(0, 1.02),
                title="Zero-shot accuracy during training")
@@ -118,5 +122,152 @@ def probe_heatmap(table: pd.DataFrame, value: str = "accuracy", title: str = "")
     ax.set_yticks(range(pivot.shape[0]), pivot.index)
     ax.set(xlabel="factor", ylabel="features probed", title=title)
     fig.colorbar(im, ax=ax, label=value.replace("_", " "))
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------------------ MDS chapters
+def mds_histogram(ax: plt.Axes, world: np.ndarray, null: np.ndarray | None = None, bins: int = 20,
+                  label: str = "world", null_label: str = "null world",
+                  thresholds: Sequence[float] = ()) -> plt.Axes:
+    """One panel: the MDS histogram of the alive features (``world``, filled) against its null-world
+    baseline (``null``, black outline), as shares of the alive features; NaN (dead) scores are dropped.
+
+    ``thresholds`` draws vertical dotted lines (e.g. a categorisation rule's low / high).
+    """
+    edges = np.linspace(0, 1, bins + 1)
+    w = np.asarray(world, dtype=float)
+    w = w[np.isfinite(w)]
+    ax.hist(w, edges, weights=np.full(len(w), 1 / max(1, len(w))), alpha=0.75, label=f"{label} (n={len(w)})")
+    if null is not None:
+        z = np.asarray(null, dtype=float)
+        z = z[np.isfinite(z)]
+        ax.hist(z, edges, weights=np.full(len(z), 1 / max(1, len(z))), histtype="step", color="black", lw=1.3,
+                label=f"{null_label} (n={len(z)})")
+    for t in thresholds:
+        ax.axvline(t, color="grey", ls=":", lw=1)
+    ax.set(xlabel="MDS (0 = text only, 1 = image only)", ylabel="share of alive features", xlim=(0, 1))
+    return ax
+
+
+def mds_grid(panels: Mapping[tuple[str, str], tuple[np.ndarray, np.ndarray | None]], bins: int = 20,
+             title: str = "", thresholds: Mapping[tuple[str, str], Sequence[float]] | None = None) -> Figure:
+    """A grid of :func:`mds_histogram` panels, keyed ``(row, column)`` -> ``(world scores, null scores)``."""
+    rows = list(dict.fromkeys(r for r, _ in panels))
+    cols = list(dict.fromkeys(c for _, c in panels))
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(3.6 * len(cols), 2.9 * len(rows)), squeeze=False,
+                             sharex=True)
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            ax = axes[i, j]
+            if (r, c) not in panels:
+                ax.axis("off")
+                continue
+            world, null = panels[(r, c)]
+            mds_histogram(ax, world, null, bins, thresholds=(thresholds or {}).get((r, c), ()))
+            ax.set_title(f"{r} · {c}", fontsize=10)
+            ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, y=1.0)
+    fig.tight_layout()
+    return fig
+
+
+def line_with_ci(tables: Mapping[str, pd.DataFrame], x: str, y: str, low: str = "ci_low", high: str = "ci_high",
+                 xlabel: str = "", ylabel: str = "", title: str = "", ax: plt.Axes | None = None,
+                 reference: float | None = None) -> Figure:
+    """One line per table (``y`` against ``x``) with its ``low``–``high`` interval as a band."""
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 3.8))
+    for name, t in tables.items():
+        line, = ax.plot(t[x], t[y], marker="o", label=name)
+        if low in t and high in t:
+            ax.fill_between(t[x], t[low], t[high], alpha=0.2, color=line.get_color())
+    if reference is not None:
+        ax.axhline(reference, color="grey", ls="--", lw=0.8)
+    ax.set(xlabel=xlabel or x, ylabel=ylabel or y, title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def top_samples_gallery(world: World, rows: Sequence[tuple[str, Sequence[int], Sequence[int]]],
+                        n_images: int = 6, n_captions: int = 4, width: int = 60) -> Figure:
+    """One row per feature: its top ``n_images`` images and, beside them, its top ``n_captions`` captions.
+
+    Parameters
+    ----------
+    rows : ``(label, image indices into world, caption indices into world)`` per feature, most activating
+        first.
+    """
+    fig = plt.figure(figsize=(1.25 * n_images + 5.5, 1.45 * len(rows) + 0.3))
+    grid = fig.add_gridspec(len(rows), n_images + 1, width_ratios=[1] * n_images + [4.4], wspace=0.05,
+                            hspace=0.35)
+    for r, (label, images, captions) in enumerate(rows):
+        for j in range(n_images):
+            ax = fig.add_subplot(grid[r, j])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j < len(images):
+                ax.imshow(world.images[int(images[j])], interpolation="nearest")
+            if j == 0:
+                ax.set_ylabel("\n".join(textwrap.wrap(label, 16)), fontsize=7.5, rotation=0, ha="right",
+                              va="center")
+        ax = fig.add_subplot(grid[r, n_images])
+        ax.axis("off")
+        text = "\n".join("· " + textwrap.shorten(world.captions[int(i)], width) for i in list(captions)[:n_captions])
+        ax.text(0.02, 0.5, text, fontsize=7.5, va="center", family="monospace")
+    return fig
+
+
+def removal_panels(table: pd.DataFrame, random_drops: pd.DataFrame, title: str = "") -> Figure:
+    """Per metric: each group's drop (red dot) against the drops of size-matched random removals (box).
+
+    ``table`` and ``random_drops`` as in :class:`mmlib.removal.RemovalReport` (a ``task`` column, if any,
+    is folded into the metric name).
+    """
+    def key(frame: pd.DataFrame) -> pd.Series:
+        return (frame["task"] + " · " + frame["metric"]) if "task" in frame else frame["metric"]
+    table, random_drops = table.assign(panel=key(table)), random_drops.assign(panel=key(random_drops))
+    panels = list(dict.fromkeys(table["panel"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.6), squeeze=False)
+    for ax, p in zip(axes[0], panels):
+        sub = table[table["panel"] == p]
+        groups = list(dict.fromkeys(sub["group"]))
+        data = [random_drops[(random_drops["panel"] == p) & (random_drops["group"] == g)]["drop"].to_numpy()
+                for g in groups]
+        ax.boxplot(data, positions=range(len(groups)), widths=0.5, showfliers=False)
+        ax.scatter(range(len(groups)), sub.set_index("group").loc[groups, "drop"], color="red", zorder=3,
+                   label="group removed")
+        ax.set_xticks(range(len(groups)),
+                      [f"{g}\n(n={int(n)})" for g, n in zip(groups, sub.set_index("group").loc[groups, "n_removed"])])
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set(ylabel="drop (base - removed)", title=p)
+    axes[0, 0].legend(fontsize=7, title="box: random, same size", title_fontsize=7)
+    if title:
+        fig.suptitle(title, y=1.02)
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------------------ feature maps
+def feature_map_curves(histories: Mapping[str, Mapping[str, Sequence[float]]],
+                       panels: Sequence[tuple[str, str]] = (("loss", "training loss"),
+                                                            ("l0", "active features per sample (L0)"),
+                                                            ("dead", "dead fraction")),
+                       logy: Sequence[str] = ("loss", "l0"), title: str = "") -> Figure:
+    """Training curves of feature maps (the ``history`` of :func:`mmlib.feature_maps.load_or_train_feature_map`):
+    one panel per ``(key, y label)`` in ``panels``, one line per history (e.g. ``"SAE seed 0"``) against
+    ``step``; histories without a key are skipped in that panel; keys in ``logy`` get a log y axis."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.9 * len(panels), 3.3), squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels):
+        for name, h in histories.items():
+            if h.get(key):
+                ax.plot(h["step"], h[key], label=name, lw=1.2)
+        if key in logy:
+            ax.set_yscale("log")
+        ax.set(xlabel="training step", ylabel=label)
+    axes[0, 0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, y=1.02)
     fig.tight_layout()
     return fig

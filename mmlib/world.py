@@ -197,6 +197,11 @@ class WorldConfig:
                 raise ValueError(f"the world needs a {required!r} factor to draw an image")
         if len(set(names)) != len(names):
             raise ValueError(f"factor names must be unique, got {names}")
+        n_glyphs = sum(f.kind == "glyph" for f in self.factors)
+        glyph_px = 5 * max(1, int(round(self.image_size / 32.0)))
+        if n_glyphs and self.image_size / n_glyphs < glyph_px:
+            raise ValueError(f"{n_glyphs} glyph factors of {glyph_px} px do not fit side by side in a "
+                             f"{self.image_size} px image: use image_size >= {n_glyphs * glyph_px}")
 
     @property
     def effective_factors(self) -> tuple[Factor, ...]:

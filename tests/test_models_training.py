@@ -95,6 +95,6 @@ def test_declip_like_training_runs_its_extra_terms(artifact_root):
 
 
 def test_training_rejects_mismatched_image_size(artifact_root):
-    world = generate_world(dataclasses.replace(WORLD, image_size=48, n_train=64))
+    world = generate_world(dataclasses.replace(WORLD, image_size=64, n_train=64))
     with pytest.raises(ValueError, match="image_size"):
         load_or_train(world, ARCH, TrainConfig(steps=2, batch_size=8), progress=False)

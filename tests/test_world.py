@@ -130,6 +130,8 @@ def test_bad_configs():
         WorldConfig(spurious=2.0)
     with pytest.raises(ValueError, match="image_size"):
         WorldConfig(image_size=8)
+    with pytest.raises(ValueError, match="glyph factors .* do not fit"):
+        WorldConfig(image_size=16)  # five 5-px glyphs in 16 px: the strip would be cut off
     with pytest.raises(KeyError, match="known factors"):
         generate_world(WorldConfig(n_train=10, n_val=0, n_test=0)).factor("smell")
 
@@ -137,8 +139,8 @@ def test_bad_configs():
 @settings(max_examples=10, deadline=None)
 @given(st.integers(0, 10_000))
 def test_pixels_valid_for_any_seed(seed):
-    w = generate_world(WorldConfig(n_train=8, n_val=0, n_test=0, seed=seed, image_size=48))
-    assert w.images.shape == (8, 48, 48, 3)
+    w = generate_world(WorldConfig(n_train=8, n_val=0, n_test=0, seed=seed, image_size=64))
+    assert w.images.shape == (8, 64, 64, 3)
     assert len(set(w.captions)) >= 1 and all(c.strip() for c in w.captions)
 
 
