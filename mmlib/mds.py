@@ -1,0 +1,280 @@
+"""The Modality Dominance Score (MDS) of every feature, streamed over paired activations.
+
+The paper defines MDS only as the share of a feature's activation that comes from the image side, averaged
+over pairs. For a feature ``k`` with non-negative activations ``a_I[i, k]`` on image ``i`` and ``a_T[i, k]`` on
+its caption, the book implements two forms ([ours], PAPER.md §3; the default first):
+
+* ``paired``: ``MDS_k = mean over P_k of a_I[i, k] / (a_I[i, k] + a_T[i, k])`` with
+  ``P_k = {i : a_I[i, k] + a_T[i, k] > eps}`` (the pairs where the feature fires on either side);
+* ``aggregate``: ``MDS_k = sum_i a_I[i, k] / (sum_i a_I[i, k] + sum_i a_T[i, k])``.
+
+MDS 1 means the feature fires on images only, 0 on captions only. A feature that never fires on either side
+(``P_k`` empty) is *dead*: its score is NaN and it is counted, never scored.
+
+The pairs are streamed in chunks through a :class:`MDSAccumulator` (``O(K)`` sums and two reused block
+buffers), so memory does not grow with the number of pairs; one pass yields both forms.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator
+from typing import Literal, Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+Form = Literal["paired", "aggregate"]
+FORMS: tuple[str, ...] = ("paired", "aggregate")
+ArrayLike = torch.Tensor | np.ndarray
+
+
+class Encoder(Protocol):
+    """Anything that maps embeddings ``(n, d)`` of a modality to non-negative activations ``(n, K)``."""
+
+    def encode(self, z: torch.Tensor, modality: str) -> torch.Tensor: ...
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MDSResult:
+    """Per-feature Modality Dominance Scores.
+
+    Attributes
+    ----------
+    scores : (K,) float64 array
+        MDS in [0, 1]; NaN for dead features.
+    alive : (K,) bool array
+        Whether the feature fired (``a_I + a_T > eps``) on at least one pair.
+    n_dead : int
+    n_active_pairs : (K,) int64 array
+        ``|P_k|``: pairs where the feature fired on either side.
+    n_pairs : int
+        Pairs seen.
+    form : {"paired", "aggregate"}
+    eps : float
+    """
+
+    scores: np.ndarray
+    alive: np.ndarray
+    n_dead: int
+    n_active_pairs: np.ndarray
+    n_pairs: int
+    form: str
+    eps: float
+
+    @property
+    def n_features(self) -> int:
+        return len(self.scores)
+
+    @property
+    def n_alive(self) -> int:
+        return self.n_features - self.n_dead
+
+    def alive_scores(self) -> np.ndarray:
+        """MDS ``(n_alive,)`` of the alive features."""
+        return self.scores[self.alive]
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per feature: ``feature``, ``mds``, ``alive``, ``n_active_pairs``."""
+        return pd.DataFrame({"feature": np.arange(self.n_features), "mds": self.scores, "alive": self.alive,
+                             "n_active_pairs": self.n_active_pairs})
+
+    def summary(self, low: float = 0.1, high: float = 0.9) -> dict[str, float]:
+        """Counts and moments over alive features, and the shares with MDS below ``low`` / above ``high``."""
+        s = self.alive_scores()
+        return dict(form=self.form, n_features=self.n_features, n_alive=self.n_alive, n_dead=self.n_dead,
+                    mean=float(s.mean()) if len(s) else np.nan, std=float(s.std()) if len(s) else np.nan,
+                    share_low=float((s < low).mean()) if len(s) else np.nan,
+                    share_high=float((s > high).mean()) if len(s) else np.nan)
+
+
+class MDSAccumulator:
+    """Streaming sums for both MDS forms over chunks of pairs.
+
+    Parameters
+    ----------
+    n_features : int
+        ``K``.
+    eps : float
+        A pair counts for feature ``k`` when ``a_I + a_T > eps`` (default 0: any activation).
+    block_rows : int
+        Pairs per internal block; memory is two ``(block_rows, K)`` buffers plus ``O(K)`` sums.
+
+    Examples
+    --------
+    >>> acc = MDSAccumulator(4)
+    >>> for a_image, a_text in chunks:   # each (b, 4), non-negative
+    ...     acc.update(a_image, a_text)
+    >>> acc.result("paired").scores
+    """
+
+    def __init__(self, n_features: int, eps: float = 0.0, block_rows: int = 4096) -> None:
+        if n_features < 1:
+            raise ValueError(f"n_features must be positive, got {n_features}")
+        if not eps >= 0:
+            raise ValueError(f"eps must be non-negative, got {eps}")
+        self.n_features, self.eps = int(n_features), float(eps)
+        self.ratio_sum = torch.zeros(self.n_features, dtype=torch.float64)
+        self.n_active = torch.zeros(self.n_features, dtype=torch.int64)
+        self.image_sum = torch.zeros(self.n_features, dtype=torch.float64)
+        self.text_sum = torch.zeros(self.n_features, dtype=torch.float64)
+        self.n_pairs = 0
+        if not 1 <= block_rows <= 2 ** 24:  # counts are summed in float within a block: exact up to 2^24
+            raise ValueError(f"block_rows must lie in [1, 2^24], got {block_rows}")
+        self.block_rows = int(block_rows)
+        self._work: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def update(self, a_image: ArrayLike, a_text: ArrayLike) -> None:
+        """Add a chunk of pairs: activations ``(b, K)`` of the images and of their captions (same order).
+
+        Large chunks are processed in blocks of ``block_rows`` pairs through two reused ``(block_rows, K)``
+        buffers; sums within a block are taken in the input dtype (float32 or float64), across blocks in
+        float64.
+        """
+        a_image, a_text = _as_float(a_image), _as_float(a_text)
+        if a_image.shape != a_text.shape:
+            raise ValueError(f"image activations {tuple(a_image.shape)} and text activations "
+                             f"{tuple(a_text.shape)} differ in shape")
+        if a_image.ndim != 2 or a_image.shape[1] != self.n_features:
+            raise ValueError(f"expected activations of shape (b, {self.n_features}), got {tuple(a_image.shape)}")
+        if a_image.shape[0] == 0:
+            return
+        if a_image.min() < 0 or a_text.min() < 0:
+            raise ValueError("activations must be non-negative (take |z| or ReLU(z) of raw dimensions first)")
+        dtype = torch.promote_types(a_image.dtype, a_text.dtype)
+        a_image, a_text = a_image.to(dtype), a_text.to(dtype)
+        for start in range(0, a_image.shape[0], self.block_rows):
+            self._update_block(a_image[start:start + self.block_rows], a_text[start:start + self.block_rows])
+
+    def _update_block(self, a_image: torch.Tensor, a_text: torch.Tensor) -> None:
+        b = a_image.shape[0]
+        total, active, ones = self._buffers(b, a_image.dtype)
+        torch.add(a_image, a_text, out=total)
+        torch.gt(total, self.eps, out=active)                  # 1.0 where the pair counts, else 0.0
+        self.n_active += torch.round(ones @ active).to(torch.int64)
+        total.clamp_(min=torch.finfo(total.dtype).tiny)      # a_I = 0 where a_I + a_T = 0: ratio 0
+        torch.div(a_image, total, out=total)
+        if self.eps > 0:
+            total.mul_(active)
+        self.ratio_sum += ones @ total
+        self.image_sum += ones @ a_image
+        self.text_sum += ones @ a_text
+        self.n_pairs += b
+
+    def _buffers(self, b: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Reused work buffers ``(b, K)``, ``(b, K)`` and ones ``(b,)`` (reallocated only on a new dtype)."""
+        if self._work is None or self._work[0].dtype != dtype:
+            rows = self.block_rows
+            self._work = (torch.empty(rows, self.n_features, dtype=dtype),
+                          torch.empty(rows, self.n_features, dtype=dtype), torch.ones(rows, dtype=dtype))
+        total, active, ones = self._work
+        return total[:b], active[:b], ones[:b]
+
+    def merge(self, other: MDSAccumulator) -> MDSAccumulator:
+        """Add another accumulator's sums (e.g. from another shard) into this one; returns ``self``."""
+        if other.n_features != self.n_features or other.eps != self.eps:
+            raise ValueError("can only merge accumulators with the same n_features and eps")
+        self.ratio_sum += other.ratio_sum
+        self.n_active += other.n_active
+        self.image_sum += other.image_sum
+        self.text_sum += other.text_sum
+        self.n_pairs += other.n_pairs
+        return self
+
+    def result(self, form: Form = "paired") -> MDSResult:
+        """The scores of the pairs seen so far, in ``form`` (``"paired"`` or ``"aggregate"``)."""
+        _check_form(form)
+        if self.n_pairs == 0:
+            raise ValueError("no pairs seen: cannot score any feature")
+        alive = self.n_active > 0
+        if form == "paired":
+            scores = self.ratio_sum / self.n_active.clamp(min=1)
+        else:
+            scores = self.image_sum / (self.image_sum + self.text_sum).clamp(min=torch.finfo(torch.float64).tiny)
+        scores = torch.where(alive, scores.clamp(0.0, 1.0), torch.nan)
+        return MDSResult(scores=scores.numpy(), alive=alive.numpy(), n_dead=int((~alive).sum()),
+                         n_active_pairs=self.n_active.numpy().copy(), n_pairs=self.n_pairs, form=form,
+                         eps=self.eps)
+
+
+def modality_dominance(a_image: ArrayLike | Iterable[tuple[ArrayLike, ArrayLike]], a_text: ArrayLike | None = None,
+                       *, form: Form = "paired", eps: float = 0.0, chunk_size: int = 4096,
+                       progress: bool = False) -> MDSResult:
+    """Per-feature MDS of paired activations, streamed in chunks.
+
+    Parameters
+    ----------
+    a_image : (n, K) tensor or array, or an iterable of ``(a_image_chunk (b, K), a_text_chunk (b, K))``
+        Non-negative activations of the images (then ``a_text`` is required), or the chunks themselves
+        (then ``a_text`` must be None), e.g. from :func:`paired_activations`.
+    a_text : (n, K) tensor or array, optional
+        Activations of the paired captions, same order as ``a_image``.
+    form : {"paired", "aggregate"}
+    eps : float
+        Activity threshold on ``a_I + a_T``.
+    chunk_size : int
+        Pairs per chunk when tensors are given (arrays may be memory-mapped: only a chunk is materialised).
+    progress : bool
+        Show a tqdm bar over chunks.
+
+    Returns
+    -------
+    MDSResult
+    """
+    _check_form(form)
+    chunks = _chunks(a_image, a_text, chunk_size)
+    acc: MDSAccumulator | None = None
+    for a_i, a_t in tqdm(chunks, desc="MDS", unit="chunk", disable=not progress):
+        if acc is None:
+            acc = MDSAccumulator(_as_float(a_i).shape[-1], eps)
+        acc.update(a_i, a_t)
+    if acc is None or acc.n_pairs == 0:
+        raise ValueError("no pairs given: cannot compute MDS")
+    return acc.result(form)
+
+
+@torch.inference_mode()
+def paired_activations(feature_map: Encoder, z_image: ArrayLike, z_text: ArrayLike,
+                       chunk_size: int = 4096) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield ``(feature_map.encode(z_image chunk, "image"), feature_map.encode(z_text chunk, "text"))``.
+
+    Parameters
+    ----------
+    z_image, z_text : (n, d)
+        Paired embeddings (may be memory-mapped arrays: one chunk at a time is encoded).
+    """
+    if len(z_image) != len(z_text):
+        raise ValueError(f"{len(z_image)} image embeddings but {len(z_text)} text embeddings")
+    for start in range(0, len(z_image), chunk_size):
+        stop = min(len(z_image), start + chunk_size)
+        yield (feature_map.encode(_as_float(z_image[start:stop]), "image"),
+               feature_map.encode(_as_float(z_text[start:stop]), "text"))
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _as_float(x: ArrayLike) -> torch.Tensor:
+    if isinstance(x, np.ndarray) and not x.flags.writeable:  # e.g. a read-only memmap chunk: copy the chunk
+        x = np.array(x)
+    x = torch.as_tensor(x)
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _check_form(form: str) -> None:
+    if form not in FORMS:
+        raise ValueError(f"unknown MDS form {form!r}; choose one of {FORMS}")
+
+
+def _chunks(a_image, a_text, chunk_size: int) -> Iterable[tuple[ArrayLike, ArrayLike]]:
+    if isinstance(a_image, (torch.Tensor, np.ndarray)):
+        if a_text is None:
+            raise ValueError("a_text is required when a_image is a tensor or array")
+        if len(a_image) != len(a_text):
+            raise ValueError(f"{len(a_image)} image activations but {len(a_text)} text activations")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        return ((a_image[s:s + chunk_size], a_text[s:s + chunk_size]) for s in range(0, len(a_image), chunk_size))
+    if a_text is not None:
+        raise ValueError("give either two (n, K) tensors or one iterable of (a_image, a_text) chunks")
+    return a_image
