@@ -14,7 +14,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 
+from mmlib.feature_maps import RawConfig
 from mmlib.models import TinyClipArch
+from mmlib.ncl import NCLConfig
+from mmlib.sae import SAEConfig
 from mmlib.training import TrainConfig
 from mmlib.world import WorldConfig
 
@@ -45,6 +48,10 @@ class Profile:
     embed_batch_size : int
     device : str
         ``"auto"``: CUDA if available, else CPU.
+    raw, sae, ncl : RawConfig, SAEConfig, NCLConfig
+        The three feature maps of chapter 02 (``K = 8 d`` for the SAE and the NCL head).
+    map_seeds : tuple of int
+        Training seeds of the SAE and NCL maps (results are reported across seeds).
     """
 
     name: str
@@ -57,6 +64,15 @@ class Profile:
     pairs: str | None = None
     embed_batch_size: int = 256
     device: str = "auto"
+    raw: RawConfig = RawConfig()
+    sae: SAEConfig = SAEConfig(K=512)
+    ncl: NCLConfig = NCLConfig(K=512)
+    map_seeds: tuple[int, ...] = (0, 1, 2)
+
+    def feature_map_configs(self, seed: int = 0) -> dict[str, tuple[str, object]]:
+        """Map name -> ``(kind, config)`` of the three feature maps, the trainable ones with ``seed``."""
+        return {"raw": ("raw", self.raw), "SAE": ("sae", dataclasses.replace(self.sae, seed=seed)),
+                "NCL": ("ncl", dataclasses.replace(self.ncl, seed=seed))}
 
     @property
     def null_world(self) -> WorldConfig:
@@ -76,8 +92,10 @@ def _tiny() -> Profile:
 
 
 def _paper() -> Profile:
+    # ViT-B-32: d = 512, so K = 8 d = 4096 (PAPER.md §2); a CC3M subset is streamed in chunks, fewer epochs.
     return Profile(name="paper", world=WorldConfig(n_train=0, n_val=0, n_test=2000, image_size=64),
-                   open_clip_model="ViT-B-32", pretrained="openai", embed_batch_size=256)
+                   open_clip_model="ViT-B-32", pretrained="openai", embed_batch_size=256,
+                   sae=SAEConfig(K=4096, epochs=5, lr=1e-3), ncl=NCLConfig(K=4096, epochs=5, lr=1e-3))
 
 
 PROFILES = {"tiny": _tiny, "paper": _paper}

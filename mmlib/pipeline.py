@@ -1,0 +1,100 @@
+"""The book's shared first steps, one call per notebook: world -> trained models -> cached embeddings.
+
+Every chapter from 01 on starts from the same artifacts: the generated world (or its null-world control),
+the tiny CLIP and DeCLIP-like models trained on it, and their embeddings of the train and test splits. This
+module names those steps once, so that a notebook reads ``setup = tiny_setup(P)`` instead of repeating the
+plumbing, and every notebook reuses the artifacts the first one stored (nothing is trained twice in a run).
+
+On the ``paper`` profile the same calls load the open_clip model instead of training tiny ones; the world is
+then a planted-truth probe of the real model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from mmlib.feature_maps import TrainedFeatureMap, load_or_train_feature_map
+from mmlib.embed import EmbedConfig, Embeddings, embed_dataset, resolve_device
+from mmlib.models import ModelBundle, load_open_clip
+from mmlib.profiles import Profile
+from mmlib.training import TrainedModel, load_or_train
+from mmlib.world import World, generate_world
+
+#: The tiny profile's two models, by display name.
+MODEL_NAMES = ("CLIP", "DeCLIP-like")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Setup:
+    """A world, its models and their embeddings.
+
+    Attributes
+    ----------
+    world : World
+    bundles : dict
+        model name -> :class:`~mmlib.models.ModelBundle`.
+    trained : dict
+        model name -> :class:`~mmlib.training.TrainedModel` (``tiny`` profile only; empty otherwise).
+    embeddings : dict
+        ``(model name, split)`` -> :class:`~mmlib.embed.Embeddings` (with the towers' activations).
+    """
+
+    world: World
+    bundles: dict[str, ModelBundle]
+    trained: dict[str, TrainedModel]
+    embeddings: dict[tuple[str, str], Embeddings]
+
+    def emb(self, model: str = "CLIP", split: str = "train") -> Embeddings:
+        """The embeddings of ``split`` under ``model`` (KeyError listing what exists otherwise)."""
+        try:
+            return self.embeddings[(model, split)]
+        except KeyError:
+            raise KeyError(f"no embeddings for model {model!r}, split {split!r}; "
+                           f"available: {sorted(self.embeddings)}") from None
+
+
+def tiny_setup(profile: Profile, null: bool = False, models: Sequence[str] = MODEL_NAMES,
+               splits: Sequence[str] = ("train", "test"), progress: bool = False) -> Setup:
+    """The world (``null=True``: its null-world control), its models and their embeddings.
+
+    ``tiny``: trains (or reloads) the tiny CLIP / DeCLIP-like models named in ``models`` on this world.
+    ``paper``: loads ``profile.open_clip_model`` with ``profile.pretrained`` (one model, named after it) and
+    embeds the world's splits with it. Embeddings include each tower's pre-projection activation.
+    """
+    world = generate_world(profile.null_world if null else profile.world)
+    trained: dict[str, TrainedModel] = {}
+    bundles: dict[str, ModelBundle] = {}
+    if profile.is_tiny:
+        configs = {"CLIP": profile.clip_train, "DeCLIP-like": profile.declip_train}
+        unknown = [m for m in models if m not in configs]
+        if unknown:
+            raise ValueError(f"unknown tiny model(s) {unknown}; choose from {list(configs)}")
+        for name in models:
+            trained[name] = load_or_train(world, profile.arch, configs[name], progress=progress, name=name)
+            bundles[name] = trained[name].bundle
+    else:
+        bundles[profile.open_clip_model] = load_open_clip(profile.open_clip_model, profile.pretrained,
+                                                          device=resolve_device(profile.device))
+    config = EmbedConfig(batch_size=profile.embed_batch_size, towers=True, device=profile.device)
+    embeddings = {(name, split): embed_dataset(bundle, world.subset(split), config, progress=progress)
+                  for name, bundle in bundles.items() for split in splits if len(world.indices(split))}
+    return Setup(world, bundles, trained, embeddings)
+
+
+def feature_maps(setup: Setup, profile: Profile, model: str = "CLIP", seed: int = 0,
+                 names: Sequence[str] = ("raw", "SAE", "NCL"), progress: bool = False,
+                 ) -> dict[str, TrainedFeatureMap]:
+    """The profile's feature maps (``raw``, ``SAE``, ``NCL``) trained on ``model``'s train-split embeddings.
+
+    Loaded from the artifact store when a chapter already trained them (the key covers the config, the
+    seed and the embeddings), trained and stored otherwise.
+    """
+    configs = profile.feature_map_configs(seed)
+    unknown = [n for n in names if n not in configs]
+    if unknown:
+        raise ValueError(f"unknown feature map(s) {unknown}; choose from {list(configs)}")
+    train = setup.emb(model, "train")
+    return {name: load_or_train_feature_map(*configs[name], train, progress=progress,
+                                            device=resolve_device(profile.device))
+            for name in names}

@@ -1,0 +1,36 @@
+"""Pipeline: one call gives the world, its models and cached embeddings; a second call reuses them all."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from mmlib.pipeline import tiny_setup
+from mmlib.profiles import get_profile
+from mmlib.training import TrainConfig
+from mmlib.world import WorldConfig
+
+
+@pytest.mark.slow
+def test_tiny_setup_trains_once_and_embeds(artifact_root, tiny_arch, monkeypatch):
+    cfg = TrainConfig(steps=3, batch_size=16, warmup=1)
+    arch = dataclasses.replace(tiny_arch, image_size=32)
+    profile = get_profile("tiny", world=WorldConfig(n_train=32, n_val=16, n_test=16, image_size=32), arch=arch, clip_train=cfg, declip_train=dataclasses.replace(cfg, declip=True),
+                          embed_batch_size=16, device="cpu")
+    setup = tiny_setup(profile)
+    assert set(setup.bundles) == {"CLIP", "DeCLIP-like"}
+    e = setup.emb("DeCLIP-like", "test")
+    assert e.image.shape == (16, arch.embed_dim) and e.image_tower is not None
+    with pytest.raises(KeyError, match="available"):
+        setup.emb("CLIP", "val")
+    null = tiny_setup(profile, null=True, models=("CLIP",))
+    assert null.world.config.null and null.world.fingerprint != setup.world.fingerprint
+    # second call: models and embeddings come from the artifact store, training is not called
+    import mmlib.training as training
+    monkeypatch.setattr(training, "train_tiny_clip", lambda *a, **k: pytest.fail("retrained"))
+    again = tiny_setup(profile, models=("CLIP",))
+    assert torch.equal(again.emb("CLIP", "train").text, setup.emb("CLIP", "train").text)
+    with pytest.raises(ValueError, match="unknown tiny model"):
+        tiny_setup(profile, models=("SigLIP",))
