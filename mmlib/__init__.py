@@ -13,7 +13,20 @@ world      the generated multimodal world with planted modality dominance
 data       real-data adapters (CSV/TSV of image path + caption, webdataset tar shards)
 models     open_clip loader and tiny CLIP / DeCLIP-like training
 embed      cached, resumable, torchrun-shardable embedding extraction
-evaluate   zero-shot accuracy, linear probes and the modality gap
+evaluate   zero-shot accuracy (prompt readings), linear probes and the modality gap
+pipeline   the shared first steps of every chapter: world -> models -> cached embeddings -> feature maps
+feature_maps  the feature-map interface, raw CLIP dimensions, storage, source checks, streamed training data
+sae        multimodal sparse autoencoder (ReLU-L1 / TopK)
+ncl        multimodal non-negative contrastive head
+planted    planted sparse dictionary (image-only / text-only / shared atoms)
+diagnostics   reconstruction, sparsity, effective rank, downstream retention, purity
+mds        Modality Dominance Score (paired / aggregate), streamed
+categories ImgD / TextD / CrossD rules and their sensitivity
+validation planted-truth checks: class accuracy, MI matching, MDS vs ideal MDS, null world
+interpretability  top-m samples, EmbSim, WinRate (a)/(b), purity, m sweep
+removal    feature-group removal vs size-matched random removal
+stats      seeded bootstrap, aggregation over seeds
+claims     the paper's claims and the verdicts the chapters record
 plots      figures shared by the notebooks
 """
 
