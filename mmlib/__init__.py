@@ -26,6 +26,8 @@ validation planted-truth checks: class accuracy, MI matching, MDS vs ideal MDS, 
 interpretability  top-m samples, EmbSim, WinRate (a)/(b), purity, m sweep
 removal    feature-group removal vs size-matched random removal
 stats      seeded bootstrap, aggregation over seeds
+splice     SpLiCE: sparse non-negative concept decompositions (batched ADMM), sweeps, interventions, spurious cues
+interpret  CLIP-InterpreT: per-head decomposition of a ViT's image embedding, TextSpan, head metrics, analyses
 claims     the paper's claims and the verdicts the chapters record
 plots      figures shared by the notebooks
 """
