@@ -71,6 +71,18 @@ def test_effective_rank_hand_values():
     assert effective_rank(torch.zeros(3, 2)) == 0.0
 
 
+def test_effective_rank_matches_the_svd_definition():
+    """The Gram-matrix route gives the SVD's value on tall and wide matrices, with and without centring."""
+    gen = torch.Generator().manual_seed(0)
+    for shape in ((40, 7), (7, 40)):
+        x = torch.randn(*shape, generator=gen).double() * torch.linspace(0.1, 3.0, shape[1]).double()
+        for center in (False, True):
+            y = x - x.mean(0) if center else x
+            p = torch.linalg.svdvals(y)
+            p = p / p.sum()
+            assert effective_rank(x, center=center) == pytest.approx(float(torch.exp(-(p * p.log()).sum())), rel=1e-9)
+
+
 IMAGE = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
 TEXT = torch.tensor([[1.0, 0.0], [1.0, 0.2], [0.0, 1.0]])
 
