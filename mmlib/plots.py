@@ -215,7 +215,7 @@ def top_samples_gallery(world: World, rows: Sequence[tuple[str, Sequence[int], S
         ax = fig.add_subplot(grid[r, n_images])
         ax.axis("off")
         text = "\n".join("· " + textwrap.shorten(world.captions[int(i)], width) for i in list(captions)[:n_captions])
-        ax.text(0.02, 0.5, text, fontsize=7.5, va="center", family="monospace")
+        ax.text(0.02, 0.5, text, fontsize=7, va="center", family="monospace")
     return fig
 
 
@@ -270,4 +270,86 @@ def feature_map_curves(histories: Mapping[str, Mapping[str, Sequence[float]]],
     if title:
         fig.suptitle(title, y=1.02)
     fig.tight_layout()
+    return fig
+
+
+def splice_sweep_figure(tables: Mapping[str, pd.DataFrame], title: str = "") -> Figure:
+    """SpLiCE's sparsity sweep: cosine to the dense embedding and zero-shot accuracy against mean L0.
+
+    ``tables``: task name -> :func:`mmlib.splice.sparsity_sweep` table (``l0_mean``, ``cosine``, ``accuracy``,
+    ``ci_low``, ``ci_high``, ``dense_accuracy``).
+    """
+    fig, (ax_c, ax_a) = plt.subplots(1, 2, figsize=(10, 3.8))
+    first = next(iter(tables.values()))
+    ax_c.plot(first["l0_mean"], first["cosine"], "o-", color="k")
+    ax_c.set(xscale="log", xlabel="mean L0 (non-zero concepts per image)", ylabel="cosine(recomposed, dense)",
+             title="faithfulness")
+    ax_c.grid(alpha=0.3)
+    for i, (name, t) in enumerate(tables.items()):
+        color = f"C{i}"
+        ax_a.errorbar(t["l0_mean"], t["accuracy"], yerr=[t["accuracy"] - t["ci_low"], t["ci_high"] - t["accuracy"]],
+                      fmt="o-", color=color, capsize=2, label=f"{name} (SpLiCE)")
+        ax_a.axhline(float(t["dense_accuracy"].iloc[0]), color=color, ls="--", lw=1, label=f"{name} (dense)")
+    ax_a.set(xscale="log", xlabel="mean L0 (non-zero concepts per image)", ylabel="zero-shot accuracy",
+             title="zero-shot accuracy (95 % Wilson CI)")
+    ax_a.legend(fontsize=7)
+    ax_a.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def concept_bars(images: Sequence[np.ndarray], tables: Sequence[pd.DataFrame], captions: Sequence[str] = (),
+                 title: str = "", width: int = 40) -> Figure:
+    """Images (top row) and the bar chart of their top concept weights (bottom row).
+
+    ``tables``: one :func:`mmlib.splice.top_concepts` table per image (``concept``, ``weight``).
+    """
+    n = len(images)
+    fig, axes = plt.subplots(2, n, figsize=(3.2 * n, 6.0), gridspec_kw=dict(height_ratios=[1, 1.2]))
+    axes = np.asarray(axes).reshape(2, n)
+    for j in range(n):
+        axes[0, j].imshow(images[j], interpolation="nearest")
+        axes[0, j].axis("off")
+        if j < len(captions):
+            axes[0, j].set_title("\n".join(textwrap.wrap(captions[j], width)), fontsize=7)
+        t = tables[j]
+        ax = axes[1, j]
+        ax.barh(np.arange(len(t))[::-1], t["weight"], color="C0")
+        ax.set_yticks(np.arange(len(t))[::-1], t["concept"], fontsize=7)
+        ax.set_xlabel("concept weight")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def heatmap_overlays(images: Sequence[np.ndarray], heatmaps: np.ndarray | torch.Tensor, row_labels: Sequence[str],
+                     col_titles: Sequence[str] = (), title: str = "", cmap: str = "RdBu_r") -> Figure:
+    """A grid of images with heatmaps overlaid: ``heatmaps`` ``(rows, n, H, W)`` already at image size.
+
+    Column 0 shows the images; each row one heatmap per image, on a symmetric colour scale shared by the row.
+    """
+    maps = np.asarray(heatmaps)
+    rows, n = maps.shape[:2]
+    fig, axes = plt.subplots(rows + 1, n, figsize=(2.2 * n, 2.2 * (rows + 1)))
+    axes = np.asarray(axes).reshape(rows + 1, n)
+    for j in range(n):
+        axes[0, j].imshow(images[j], interpolation="nearest")
+        if j < len(col_titles):
+            axes[0, j].set_title(col_titles[j], fontsize=7)
+    axes[0, 0].set_ylabel("image", fontsize=8)
+    for r in range(rows):
+        lim = float(np.abs(maps[r]).max()) or 1.0
+        for j in range(n):
+            axes[r + 1, j].imshow(np.asarray(images[j]).mean(-1), cmap="gray", interpolation="nearest")
+            im = axes[r + 1, j].imshow(maps[r, j], cmap=cmap, vmin=-lim, vmax=lim, alpha=0.6)
+        axes[r + 1, 0].set_ylabel("\n".join(textwrap.wrap(row_labels[r], 22)), fontsize=7)
+        fig.colorbar(im, ax=axes[r + 1, :].tolist(), shrink=0.8, label="score")
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title)
     return fig
