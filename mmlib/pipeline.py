@@ -84,9 +84,11 @@ def tiny_setup(profile: Profile, null: bool = False, models: Sequence[str] = MOD
 
 def feature_maps(setup: Setup, profile: Profile, model: str = "CLIP", seed: int = 0,
                  names: Sequence[str] = ("raw", "SAE", "NCL"), progress: bool = False,
-                 ) -> dict[str, TrainedFeatureMap]:
-    """The profile's feature maps (``raw``, ``SAE``, ``NCL``) trained on ``model``'s train-split embeddings.
+                 train: Embeddings | None = None) -> dict[str, TrainedFeatureMap]:
+    """The profile's feature maps (``raw``, ``SAE``, ``NCL``) trained on ``model``'s embeddings.
 
+    ``train``: the training embeddings; by default the world's train split. The ``paper`` profile's world has
+    no train split (it only probes the real model): pass the real corpus' embeddings (``mmlib.embed``).
     Loaded from the artifact store when a chapter already trained them (the key covers the config, the
     seed and the embeddings), trained and stored otherwise.
     """
@@ -94,7 +96,12 @@ def feature_maps(setup: Setup, profile: Profile, model: str = "CLIP", seed: int 
     unknown = [n for n in names if n not in configs]
     if unknown:
         raise ValueError(f"unknown feature map(s) {unknown}; choose from {list(configs)}")
-    train = setup.emb(model, "train")
+    if train is None:
+        if (model, "train") not in setup.embeddings:
+            raise ValueError(f"no train-split embeddings of {model!r} in this setup (the {profile.name!r} "
+                             "profile's world has no train split): pass train=embed_dataset(bundle, pairs) "
+                             "of the real corpus, as chapter 02 does")
+        train = setup.emb(model, "train")
     return {name: load_or_train_feature_map(*configs[name], train, progress=progress,
                                             device=resolve_device(profile.device))
             for name in names}

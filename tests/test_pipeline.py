@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from mmlib.pipeline import tiny_setup
+from mmlib.pipeline import feature_maps, tiny_setup
 from mmlib.profiles import get_profile
 from mmlib.training import TrainConfig
 from mmlib.world import WorldConfig
@@ -34,3 +34,8 @@ def test_tiny_setup_trains_once_and_embeds(artifact_root, tiny_arch, monkeypatch
     assert torch.equal(again.emb("CLIP", "train").text, setup.emb("CLIP", "train").text)
     with pytest.raises(ValueError, match="unknown tiny model"):
         tiny_setup(profile, models=("SigLIP",))
+    no_train = tiny_setup(profile, models=("CLIP",), splits=("test",))
+    with pytest.raises(ValueError, match="pass train="):
+        feature_maps(no_train, profile, names=("raw",))
+    raw = feature_maps(no_train, profile, names=("raw",), train=setup.emb("CLIP", "train"))["raw"]
+    assert raw.fmap.n_features == arch.embed_dim
