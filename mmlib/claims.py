@@ -66,6 +66,19 @@ def judge(supported: bool, contradicted: bool) -> str:
     return "reproduced" if supported else "not reproduced" if contradicted else "inconclusive"
 
 
+def combine_verdicts(verdicts: Sequence[str]) -> str:
+    """One verdict from several (e.g. one per feature map): all reproduced -> ``"reproduced"``; some
+    not reproduced and none reproduced -> ``"not reproduced"``; anything else -> ``"inconclusive"``."""
+    verdicts = list(verdicts)
+    if not verdicts or any(v not in VERDICTS for v in verdicts):
+        raise ValueError(f"expected a non-empty list of verdicts from {VERDICTS}, got {verdicts}")
+    if all(v == "reproduced" for v in verdicts):
+        return "reproduced"
+    if "not reproduced" in verdicts and "reproduced" not in verdicts:
+        return "not reproduced"
+    return "inconclusive"
+
+
 def claims_dir(profile: str, root: Path | None = None) -> Path:
     """Folder of the recorded verdicts of ``profile``."""
     return Path(root or artifacts_dir()) / "claims" / profile

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mmlib.claims import Verdict, judge, load_verdicts, record_verdicts
+from mmlib.claims import Verdict, combine_verdicts, judge, load_verdicts, record_verdicts
 
 
 def _v(claim: str, verdict: str = "reproduced", chapter: str = "03_mds") -> Verdict:
@@ -40,3 +40,14 @@ def test_record_and_load_roundtrip(tmp_path):
     assert list(load_verdicts(root=tmp_path).claim) == ["5.1a", "5.4"]
     assert load_verdicts("paper", root=tmp_path).empty
     assert not list((tmp_path / "claims" / "tiny").glob(".*tmp"))
+
+
+def test_combine_verdicts():
+    assert combine_verdicts(["reproduced", "reproduced"]) == "reproduced"
+    assert combine_verdicts(["not reproduced", "inconclusive"]) == "not reproduced"
+    assert combine_verdicts(["reproduced", "not reproduced"]) == "inconclusive"
+    assert combine_verdicts(["inconclusive", "inconclusive"]) == "inconclusive"
+    with pytest.raises(ValueError):
+        combine_verdicts([])
+    with pytest.raises(ValueError):
+        combine_verdicts(["maybe"])
