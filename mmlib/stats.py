@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -96,6 +96,19 @@ def across_seeds(table: pd.DataFrame, value: str | Sequence[str], by: str | Sequ
             rows.append({**dict(zip(by, key)), "value": v, "n_seeds": len(x), "mean": mean, "std": std,
                          "ci_low": mean - half, "ci_high": mean + half})
     return pd.DataFrame(rows)
+
+
+def format_ci(row: Mapping[str, float] | pd.Series, digits: int = 3, signed: bool = False) -> str:
+    """``"mean [ci_low, ci_high]"`` of a row of :func:`across_seeds` (``signed``: always show the sign).
+
+    >>> format_ci({"mean": 0.5, "ci_low": 0.25, "ci_high": 0.75}, digits=2)
+    '0.50 [0.25, 0.75]'
+    """
+    missing = [k for k in ("mean", "ci_low", "ci_high") if k not in row]
+    if missing:
+        raise KeyError(f"format_ci needs the keys mean, ci_low and ci_high; missing {missing}")
+    spec = f"{'+' if signed else ''}.{int(digits)}f"
+    return f"{row['mean']:{spec}} [{row['ci_low']:{spec}}, {row['ci_high']:{spec}}]"
 
 
 def _percentiles(values: np.ndarray, confidence: float) -> tuple[float, float]:

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from mmlib.stats import across_seeds, bootstrap_ci, mean_bootstrap_ci
+from mmlib.stats import across_seeds, bootstrap_ci, format_ci, mean_bootstrap_ci
 
 
 def test_bootstrap_of_a_constant_and_determinism():
@@ -42,3 +42,12 @@ def test_across_seeds_hand_computed():
         across_seeds(table[table.seed < 2], "winrate", by="map")
     with pytest.raises(ValueError, match="not in the table"):
         across_seeds(table, "embsim")
+
+
+def test_format_ci_hand_written():
+    row = {"mean": 0.1234, "ci_low": -0.05, "ci_high": 0.3}
+    assert format_ci(row) == "0.123 [-0.050, 0.300]"
+    assert format_ci(row, digits=1, signed=True) == "+0.1 [-0.1, +0.3]"
+    assert format_ci(pd.Series(row), digits=0) == "0 [-0, 0]"
+    with pytest.raises(KeyError, match="ci_high"):
+        format_ci({"mean": 1.0, "ci_low": 0.0})
