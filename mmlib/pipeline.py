@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
 
 from mmlib.feature_maps import TrainedFeatureMap, load_or_train_feature_map
+from mmlib.data import PairDataset
 from mmlib.embed import EmbedConfig, Embeddings, embed_dataset, resolve_device
 from mmlib.models import ModelBundle, load_open_clip
 from mmlib.profiles import Profile
+from mmlib.realdata import CsvPairs, WebDatasetPairs
 from mmlib.training import TrainedModel, load_or_train
 from mmlib.world import World, generate_world
 
@@ -54,14 +57,28 @@ class Setup:
                            f"available: {sorted(self.embeddings)}") from None
 
 
+def open_pairs(pairs: str | Path) -> PairDataset:
+    """A real paired corpus by path: webdataset shards (a path or brace pattern containing ``.tar``) or a
+    CSV/TSV of (image path, caption)."""
+    return WebDatasetPairs(pairs) if ".tar" in str(pairs) else CsvPairs(pairs)
+
+
 def tiny_setup(profile: Profile, null: bool = False, models: Sequence[str] = MODEL_NAMES,
-               splits: Sequence[str] = ("train", "test"), progress: bool = False) -> Setup:
+               splits: Sequence[str] = ("train", "test"), progress: bool = False,
+               pairs: str | Path | None = None) -> Setup:
     """The world (``null=True``: its null-world control), its models and their embeddings.
 
     ``tiny``: trains (or reloads) the tiny CLIP / DeCLIP-like models named in ``models`` on this world.
     ``paper``: loads ``profile.open_clip_model`` with ``profile.pretrained`` (one model, named after it) and
-    embeds the world's splits with it. Embeddings include each tower's pre-projection activation.
+    embeds the world's splits with it (its world has only a test split: a planted-truth probe of the real
+    model). ``pairs`` (default ``profile.pairs``), a real corpus (:func:`open_pairs`), is then embedded as the
+    ``"train"`` split, on which the feature maps are trained. Embeddings include each tower's pre-projection
+    activation (not those of the real corpus, which can be large).
     """
+    pairs = pairs if pairs is not None else profile.pairs
+    if pairs is not None and profile.is_tiny:
+        raise ValueError("pairs is for the paper profile: the tiny profile trains on its world's train split")
+    corpus = open_pairs(pairs) if pairs is not None else None  # checked before any model is loaded
     world = generate_world(profile.null_world if null else profile.world)
     trained: dict[str, TrainedModel] = {}
     bundles: dict[str, ModelBundle] = {}
@@ -79,6 +96,10 @@ def tiny_setup(profile: Profile, null: bool = False, models: Sequence[str] = MOD
     config = EmbedConfig(batch_size=profile.embed_batch_size, towers=True, device=profile.device)
     embeddings = {(name, split): embed_dataset(bundle, world.subset(split), config, progress=progress)
                   for name, bundle in bundles.items() for split in splits if len(world.indices(split))}
+    if corpus is not None:
+        for name, bundle in bundles.items():
+            embeddings[(name, "train")] = embed_dataset(bundle, corpus, dataclasses.replace(config, towers=False),
+                                                        progress=progress)
     return Setup(world, bundles, trained, embeddings)
 
 
@@ -99,8 +120,9 @@ def feature_maps(setup: Setup, profile: Profile, model: str = "CLIP", seed: int 
     if train is None:
         if (model, "train") not in setup.embeddings:
             raise ValueError(f"no train-split embeddings of {model!r} in this setup (the {profile.name!r} "
-                             "profile's world has no train split): pass train=embed_dataset(bundle, pairs) "
-                             "of the real corpus, as chapter 02 does")
+                             "profile's world has no train split): set the notebook parameter pairs = "
+                             "'/path/to/cc3m_subset.csv' (or a .tar shard pattern), which tiny_setup(P, pairs=pairs) "
+                             "embeds as the train split, or pass train=embed_dataset(bundle, corpus)")
         train = setup.emb(model, "train")
     return {name: load_or_train_feature_map(*configs[name], train, progress=progress,
                                             device=resolve_device(profile.device))

@@ -39,3 +39,23 @@ def test_tiny_setup_trains_once_and_embeds(artifact_root, tiny_arch, monkeypatch
         feature_maps(no_train, profile, names=("raw",))
     raw = feature_maps(no_train, profile, names=("raw",), train=setup.emb("CLIP", "train"))["raw"]
     assert raw.fmap.n_features == arch.embed_dim
+
+
+def test_paper_setup_embeds_the_real_corpus_as_train_split(artifact_root, tiny_clip, make_csv_corpus, monkeypatch):
+    """The paper profile's code path, with a random tiny CLIP standing in for the real model (offline)."""
+    import mmlib.pipeline as pipeline
+    monkeypatch.setattr(pipeline, "load_open_clip", lambda name, pretrained, device="cpu": tiny_clip)
+    profile = get_profile("paper", world=WorldConfig(n_train=0, n_val=0, n_test=8, image_size=32),
+                          embed_batch_size=8, device="cpu")
+    corpus = make_csv_corpus(n=12)
+    setup = tiny_setup(profile, pairs=corpus)
+    name = profile.open_clip_model
+    assert setup.emb(name, "train").image.shape == (12, tiny_clip.embed_dim)
+    assert setup.emb(name, "train").image_tower is None  # the corpus is embedded without the towers
+    assert setup.emb(name, "test").image.shape[0] == 8
+    raw = feature_maps(setup, profile, model=name, names=("raw",))["raw"]
+    assert raw.fmap.n_features == tiny_clip.embed_dim
+    with pytest.raises(ValueError, match="set the notebook parameter pairs"):
+        feature_maps(tiny_setup(profile), profile, model=name, names=("raw",))
+    with pytest.raises(ValueError, match="pairs is for the paper profile"):
+        tiny_setup(get_profile("tiny"), pairs=corpus)
