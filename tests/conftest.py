@@ -131,3 +131,30 @@ def make_wds_shards(tmp_path: Path) -> Callable[..., list[Path]]:
         return paths
 
     return make
+
+
+#: Attribute names of the CelebA fixture (a subset of CelebA's 40, in CelebA's order).
+CELEBA_FIXTURE_ATTRIBUTES = ("5_o_Clock_Shadow", "Eyeglasses", "Male", "Smiling", "Young")
+
+
+@pytest.fixture
+def make_celeba(tmp_path: Path) -> Callable[..., Path]:
+    """``make(n=12, partitions=True)`` -> a folder in CelebA's exact layout: ``list_attr_celeba.txt`` (count,
+    names, then ``000001.jpg -1  1 ...`` rows, values padded as CelebA pads them), ``img_align_celeba/*.jpg``
+    and ``list_eval_partition.txt`` (image ``i`` in partition ``i % 3``). ``Male`` is +1 for odd ``i``."""
+    def make(n: int = 12, partitions: bool = True) -> Path:
+        root = tmp_path / "celeba"
+        (root / "img_align_celeba").mkdir(parents=True)
+        rows = [str(n), " ".join(CELEBA_FIXTURE_ATTRIBUTES) + " "]
+        for i in range(1, n + 1):
+            name = f"{i:06d}.jpg"
+            pattern_image(i, size=24).save(root / "img_align_celeba" / name, quality=90)
+            values = [1 if (i * (a + 2)) % 3 == 0 else -1 for a in range(len(CELEBA_FIXTURE_ATTRIBUTES))]
+            values[CELEBA_FIXTURE_ATTRIBUTES.index("Male")] = 1 if i % 2 else -1
+            rows.append(name + " " + " ".join(f"{v:2d}" for v in values))
+        (root / "list_attr_celeba.txt").write_text("\n".join(rows) + "\n")
+        if partitions:
+            (root / "list_eval_partition.txt").write_text(
+                "".join(f"{i:06d}.jpg {i % 3}\n" for i in range(1, n + 1)))
+        return root
+    return make
