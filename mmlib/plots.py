@@ -353,3 +353,101 @@ def heatmap_overlays(images: Sequence[np.ndarray], heatmaps: np.ndarray | torch.
     if title:
         fig.suptitle(title)
     return fig
+
+
+# ---------------------------------------------------------------------------------------------- bias (06)
+def excess_by_value(table: pd.DataFrame, panel: str = "map", worlds: Sequence[str] = ("world", "null"),
+                    groups: Sequence[str] = ("ImgD", "TextD", "CrossD"), measure: str = "excess",
+                    title: str = "") -> Figure:
+    """Per panel (e.g. feature map): each value's ``measure`` (excess drop) per removed group, one dot per seed
+    (filled: first world, hollow: the others, e.g. the null world) and a line at the mean.
+
+    ``table`` has columns ``panel``, ``world``, ``value``, ``group``, ``measure`` (one row per seed)."""
+    panels = list(dict.fromkeys(table[panel]))
+    values = list(dict.fromkeys(table["value"]))
+    colours = dict(zip(groups, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(1.2 + 1.15 * len(values) * len(worlds) * len(panels), 3.6),
+                             squeeze=False, sharey=True)
+    for ax, p in zip(axes[0], panels):
+        ticks, labels = [], []
+        for v_i, value in enumerate(values):
+            for w_i, world in enumerate(worlds):
+                base = (v_i * len(worlds) + w_i) * (len(groups) + 1)
+                ticks.append(base + (len(groups) - 1) / 2)
+                labels.append(f"{value}\n({world})")
+                for g_i, g in enumerate(groups):
+                    sub = table[(table[panel] == p) & (table["world"] == world) & (table["value"] == value)
+                                & (table["group"] == g)]
+                    x = base + g_i
+                    face = colours[g] if w_i == 0 else "none"
+                    ax.scatter(np.full(len(sub), x), sub[measure], s=20, facecolors=face, edgecolors=colours[g],
+                               label=g if (v_i == 0 and w_i == 0) else None)
+                    if len(sub):
+                        ax.hlines(sub[measure].mean(), x - 0.35, x + 0.35, color=colours[g])
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xticks(ticks, labels, fontsize=8)
+        ax.set(title=str(p), ylabel=f"{measure} drop (group − random)" if measure == "excess" else measure)
+    axes[0, 0].legend(fontsize=7, title="group removed", title_fontsize=7)
+    if title:
+        fig.suptitle(title, y=1.02)
+    fig.tight_layout()
+    return fig
+
+
+def image_grid(images: np.ndarray | Sequence[Sequence[np.ndarray]], row_labels: Sequence[str] = (),
+               col_labels: Sequence[str] = (), cell: float = 1.1, title: str = "") -> Figure:
+    """A grid of uint8 images ``(rows, cols, H, W, 3)`` (or nested lists), with row and column labels."""
+    grid = [list(r) for r in images]
+    n_rows, n_cols = len(grid), max((len(r) for r in grid), default=0)
+    if n_rows == 0 or n_cols == 0:
+        raise ValueError("image_grid needs at least one image")
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(cell * n_cols + 1.2, cell * n_rows + 0.4), squeeze=False)
+    for i, row in enumerate(grid):
+        for j in range(n_cols):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j < len(row):
+                ax.imshow(row[j], interpolation="nearest")
+            else:
+                ax.axis("off")
+            if j == 0 and i < len(row_labels):
+                ax.set_ylabel(row_labels[i], fontsize=8, rotation=0, ha="right", va="center")
+            if i == 0 and j < len(col_labels):
+                ax.set_title(col_labels[j], fontsize=8)
+    if title:
+        fig.suptitle(title, y=1.0)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------- adversarial (07)
+def adversarial_examples(clean: np.ndarray | torch.Tensor, adv: np.ndarray | torch.Tensor,
+                         clean_titles: Sequence[str], adv_titles: Sequence[str], title: str = "",
+                         cell: float = 1.5) -> Figure:
+    """Benign images (top row), their adversarial versions (middle) and the perturbation (bottom, stretched to
+    the full grey range; mid-grey = 0), with one title per image.
+
+    ``clean`` and ``adv`` are pixels ``(n, 3, H, W)`` in [0, 1] or uint8 ``(n, H, W, 3)``."""
+    def hwc(x: np.ndarray | torch.Tensor) -> np.ndarray:
+        x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+        return (x.transpose(0, 2, 3, 1) if x.shape[1] == 3 and x.shape[-1] != 3 else x.astype(float) / 255)
+    a, b = hwc(clean), hwc(adv)
+    delta = b - a
+    span = max(float(np.abs(delta).max()), 1e-12)
+    rows = [(a, clean_titles, "benign"), (b, adv_titles, "adversarial"),
+            (0.5 + 0.5 * delta / span, [""] * len(a), f"perturbation\n(±{span * 255:.1f}/255)")]
+    fig, axes = plt.subplots(3, len(a), figsize=(cell * len(a) + 1.0, cell * 3 + 0.6), squeeze=False)
+    for r, (images, titles, label) in enumerate(rows):
+        for j in range(len(a)):
+            ax = axes[r, j]
+            ax.imshow(np.clip(images[j], 0, 1), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(titles[j], fontsize=7.5)
+            if j == 0:
+                ax.set_ylabel(label, fontsize=8)
+    if title:
+        fig.suptitle(title, y=1.0)
+    fig.tight_layout()
+    return fig

@@ -59,3 +59,53 @@ def test_top_samples_gallery_draws_images_and_captions():
     assert any(world.captions[3][:20] in t for t in texts)
     assert sum(len(ax.images) for ax in fig.axes) == 4
     plt.close(fig)
+
+
+def test_excess_by_value_one_dot_per_seed_and_a_mean_line():
+    from mmlib.plots import excess_by_value
+    rows = [dict(map=m, world=w, value=v, group=g, seed=s, excess=0.1 * s)
+            for m in ("SAE", "NCL") for w in ("world", "null") for v in ("female", "male")
+            for g in ("ImgD", "TextD", "CrossD") for s in range(3)]
+    fig = excess_by_value(pd.DataFrame(rows), title="t")
+    axes = fig.axes
+    assert [a.get_title() for a in axes] == ["SAE", "NCL"]
+    # 2 values x 2 worlds x 3 groups scatter collections of 3 seeds each, per panel
+    assert len(axes[0].collections) >= 12
+    assert sum(len(c.get_offsets()) for c in axes[0].collections if c.get_offsets().ndim == 2
+               and len(c.get_offsets()) == 3) == 36
+    assert [t.get_text() for t in axes[0].get_xticklabels()][:2] == ["female\n(world)", "female\n(null)"]
+    plt.close(fig)
+
+
+def test_adversarial_examples_three_rows_and_stretched_perturbation():
+    import torch
+
+    from mmlib.plots import adversarial_examples
+    clean = torch.full((2, 3, 8, 8), 0.5)
+    adv = clean.clone()
+    adv[0, 0, 0, 0] += 4 / 255
+    fig = adversarial_examples(clean, adv, ["a", "b"], ["c", "d"], title="t")
+    assert len(fig.axes) == 6
+    assert [ax.get_title() for ax in fig.axes[:4]] == ["a", "b", "c", "d"]
+    assert fig.axes[4].get_ylabel().startswith("perturbation") and "4.0/255" in fig.axes[4].get_ylabel()
+    stretched = fig.axes[4].images[0].get_array()
+    assert float(np.max(stretched)) == 1.0  # the largest change fills the grey range
+    plt.close(fig)
+    fig = adversarial_examples((np.ones((1, 8, 8, 3)) * 255).astype(np.uint8), np.zeros((1, 8, 8, 3), np.uint8),
+                               ["x"], ["y"])
+    assert len(fig.axes) == 3
+    plt.close(fig)
+
+
+def test_image_grid_labels_rows_and_columns_and_leaves_ragged_cells_empty():
+    from mmlib.plots import image_grid
+    import pytest
+    imgs = np.zeros((2, 3, 4, 4, 3), np.uint8)
+    fig = image_grid([list(imgs[0]), list(imgs[1][:2])], ["a", "b"], ["x", "y", "z"], title="T")
+    axes = np.array(fig.axes).reshape(2, 3)
+    assert axes[0, 0].get_ylabel() == "a" and axes[1, 0].get_ylabel() == "b"
+    assert [ax.get_title() for ax in axes[0]] == ["x", "y", "z"]
+    assert len(axes[0, 2].images) == 1 and not axes[1, 2].axison  # the missing cell is blank
+    plt.close(fig)
+    with pytest.raises(ValueError, match="at least one image"):
+        image_grid([])
