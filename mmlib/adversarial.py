@@ -44,6 +44,7 @@ from tqdm import tqdm
 from mmlib.artifacts import load_or_compute, module_version, stable_hash, tensor_fingerprint
 from mmlib.feature_maps import FeatureMap, check_modality
 from mmlib.models import ModelBundle
+from mmlib.removal import random_feature_mask
 from mmlib.stats import mean_bootstrap_ci
 
 __all__ = ["PGDConfig", "ImageEncoder", "image_encoder", "to_pixels", "feature_activations", "zero_shot_logits",
@@ -427,8 +428,7 @@ def category_shift(h_clean: torch.Tensor, h_adv: torch.Tensor, groups: Mapping[s
         random = []
         if k <= len(alive_idx):
             for _ in range(n_random):
-                rand = np.zeros(n_features, bool)
-                rand[rng.choice(alive_idx, size=k, replace=False)] = True
+                rand = random_feature_mask(rng, alive_idx, k, n_features)
                 random.append(float(np.nanmean(per_image(rand))))
         r = np.asarray(random)
         r_low, r_high = np.percentile(r, [tail, 100 - tail]) if len(r) else (np.nan, np.nan)

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from mmlib.categories import CLASSES, Categories
 from mmlib.feature_maps import check_modality
+from mmlib.removal import random_feature_mask
 
 __all__ = ["RANDOM_PREFIX", "Generator", "EditConfig", "EditResult", "edit_features", "edit_embedding", "group_masks",
            "edit_sweep"]
@@ -183,9 +184,7 @@ def group_masks(categories: Categories, groups: Sequence[str], seed: int = 0, sk
             raise ValueError(f"feature group {base!r} is empty under rule {categories.rule.name} "
                              f"(class sizes {categories.sizes()}): nothing to edit")
         if g.startswith(RANDOM_PREFIX):
-            rand = np.zeros(len(mask), bool)
-            rand[np.random.default_rng([seed, i]).choice(alive_idx, size=int(mask.sum()), replace=False)] = True
-            mask = rand
+            mask = random_feature_mask(np.random.default_rng([seed, i]), alive_idx, int(mask.sum()), len(mask))
         out[g] = mask
     return out
 

@@ -108,6 +108,17 @@ def remove_features(feature_map: FeatureMapLike, z: torch.Tensor, modality: str,
     return _represent(feature_map, h, modality, _keep(mask, h.shape[1]))
 
 
+def random_feature_mask(rng: np.random.Generator, alive_idx: np.ndarray, k: int, n_features: int) -> np.ndarray:
+    """A size-matched random feature set: ``k`` of ``alive_idx`` drawn uniformly without replacement.
+
+    Returns a boolean mask ``(n_features,)``. Every chapter's "random set as large as the group" control uses
+    this draw, so the same ``rng`` state gives the same set everywhere.
+    """
+    mask = np.zeros(n_features, bool)
+    mask[rng.choice(alive_idx, size=k, replace=False)] = True
+    return mask
+
+
 def recall_at_1(image_emb: torch.Tensor, text_emb: torch.Tensor, block: int = 4096) -> float:
     """Image->text retrieval recall@1: share of images ``(n, d)`` whose most similar caption is their own."""
     if image_emb.shape != text_emb.shape:
@@ -166,8 +177,7 @@ def group_removal(feature_map: FeatureMapLike, data: RemovalData, groups: Mappin
         rng = np.random.default_rng([seed, g])
         random_drops: dict[str, list[float]] = {m: [] for m in removed}
         for draw in tqdm(range(n_random), desc=f"random removals ({name})", disable=not progress):
-            rand = np.zeros(n_features, bool)
-            rand[rng.choice(alive_idx, size=k, replace=False)] = True
+            rand = random_feature_mask(rng, alive_idx, k, n_features)
             for metric, value in _evaluate(feature_map, data, enc, rand, edit_text).items():
                 random_drops[metric].append(base[metric] - value)
                 draws.append(dict(group=name, metric=metric, draw=draw, drop=base[metric] - value))

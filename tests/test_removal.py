@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmlib.removal import RemovalData, group_removal, recall_at_1, remove_features
+from mmlib.removal import RemovalData, group_removal, recall_at_1, remove_features, random_feature_mask
 
 
 class SignSplit:
@@ -93,3 +93,16 @@ def test_errors():
         RemovalData(image_emb=DATA.image_emb, class_emb=DATA.class_emb)
     with pytest.raises(ValueError, match="paired captions"):
         RemovalData(image_emb=DATA.image_emb, text_emb=DATA.text_emb[:1])
+
+
+def test_random_feature_mask_draws_k_alive_features_reproducibly():
+    alive_idx = np.array([1, 3, 4, 8])
+    mask = random_feature_mask(np.random.default_rng([0, 2]), alive_idx, 3, 10)
+    assert mask.shape == (10,) and mask.dtype == bool and mask.sum() == 3
+    assert set(np.flatnonzero(mask)) <= set(alive_idx.tolist())
+    # the same generator state gives the same set (the draw every chapter's random control relies on)
+    expected = np.zeros(10, bool)
+    expected[np.random.default_rng([0, 2]).choice(alive_idx, size=3, replace=False)] = True
+    assert np.array_equal(mask, expected)
+    with pytest.raises(ValueError):
+        random_feature_mask(np.random.default_rng(0), alive_idx, 5, 10)  # more than alive
