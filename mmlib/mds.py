@@ -154,8 +154,8 @@ class MDSAccumulator:
         torch.add(a_image, a_text, out=total)
         torch.gt(total, self.eps, out=active)                  # 1.0 where the pair counts, else 0.0
         self.n_active += torch.round(ones @ active).to(torch.int64)
-        total.clamp_(min=torch.finfo(total.dtype).tiny)      # a_I = 0 where a_I + a_T = 0: ratio 0
-        torch.div(a_image, total, out=total)
+        torch.div(a_image, total, out=total)                 # 0 / 0 = nan where neither side fired
+        total.nan_to_num_(nan=0.0)                            # ... and those pairs add a ratio of 0
         if self.eps > 0:
             total.mul_(active)
         self.ratio_sum += ones @ total
