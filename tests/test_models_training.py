@@ -12,7 +12,7 @@ from mmlib.models import (TinyClipArch, UnknownModelError, WeightsUnavailableErr
                           load_open_clip, load_tiny_clip, save_tiny_clip)
 from mmlib.profiles import UnknownProfileError, get_profile
 from mmlib.training import (TrainConfig, _augment, _mask_tokens, images_to_tensor, load_or_train, model_key,
-                            MASK_ID)
+                            train_tiny_clip, MASK_ID)
 from mmlib.world import WorldConfig, generate_world
 
 ARCH = TinyClipArch(embed_dim=32, image_size=32, patch_size=8, vision_width=32, vision_layers=1,
@@ -92,6 +92,22 @@ def test_declip_like_training_runs_its_extra_terms(artifact_root):
                             progress=False)
     assert np.all(np.isfinite(trained.history["ssl_loss"])) and min(trained.history["ssl_loss"]) > 0
     assert min(trained.history["mlm_loss"]) > 0
+
+
+def test_declip_like_step_takes_half_the_pairs_in_two_views():
+    # the DeCLIP-like batch counts images: batch_size / 2 pairs, each in two augmented views
+    with pytest.raises(ValueError, match="two views per pair"):
+        TrainConfig(batch_size=31, declip=True)
+    with pytest.raises(ValueError, match="two views per pair"):
+        TrainConfig(batch_size=2, declip=True)
+    TrainConfig(batch_size=31)  # plain CLIP: any batch of at least 2 pairs
+    world = generate_world(dataclasses.replace(WORLD, n_train=24))
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        load_or_train(world, ARCH, TrainConfig(steps=2, batch_size=32), progress=False)
+    # 24 pairs suffice for 16 pairs x 2 views (one step, no reshuffle)
+    model, history = train_tiny_clip(world, ARCH, TrainConfig(steps=1, batch_size=32, declip=True, warmup=1),
+                                     progress=False, eval_every=10)
+    assert len(history["clip_loss"]) == 1 and history["ssl_loss"][0] > 0
 
 
 def test_training_rejects_mismatched_image_size(artifact_root):
