@@ -73,7 +73,9 @@ def across_seeds(table: pd.DataFrame, value: str | Sequence[str], by: str | Sequ
     -------
     DataFrame with, per group and value, ``n_seeds``, ``mean``, ``std``, ``ci_low``, ``ci_high`` (a seed with
     several rows in a group contributes its mean). Raises ValueError with fewer than ``min_seeds`` seeds in a
-    group (the book reports at least 3).
+    group (the book reports at least 3). A seed whose value is undefined (NaN, e.g. a correlation over a
+    constant) is left out of that value's statistics: ``n_seeds`` counts the seeds that remain, and with fewer
+    than 2 of them ``mean`` and the interval are NaN (:func:`format_ci` prints ``"n/a"``).
     """
     values = [value] if isinstance(value, str) else list(value)
     by = [by] if isinstance(by, str) else list(by)
@@ -101,13 +103,22 @@ def across_seeds(table: pd.DataFrame, value: str | Sequence[str], by: str | Sequ
 def format_ci(row: Mapping[str, float] | pd.Series, digits: int = 3, signed: bool = False) -> str:
     """``"mean [ci_low, ci_high]"`` of a row of :func:`across_seeds` (``signed``: always show the sign).
 
+    No value (a non-finite mean, e.g. a class empty in all but one seed) reads ``"n/a"``; a mean without a
+    finite interval reads ``"mean (no interval)"``.
+
     >>> format_ci({"mean": 0.5, "ci_low": 0.25, "ci_high": 0.75}, digits=2)
     '0.50 [0.25, 0.75]'
+    >>> format_ci({"mean": 0.5, "ci_low": float("nan"), "ci_high": float("nan")}, digits=2)
+    '0.50 (no interval)'
     """
     missing = [k for k in ("mean", "ci_low", "ci_high") if k not in row]
     if missing:
         raise KeyError(f"format_ci needs the keys mean, ci_low and ci_high; missing {missing}")
     spec = f"{'+' if signed else ''}.{int(digits)}f"
+    if not np.isfinite(row["mean"]):
+        return "n/a"
+    if not (np.isfinite(row["ci_low"]) and np.isfinite(row["ci_high"])):
+        return f"{row['mean']:{spec}} (no interval)"
     return f"{row['mean']:{spec}} [{row['ci_low']:{spec}}, {row['ci_high']:{spec}}]"
 
 

@@ -49,5 +49,8 @@ def test_format_ci_hand_written():
     assert format_ci(row) == "0.123 [-0.050, 0.300]"
     assert format_ci(row, digits=1, signed=True) == "+0.1 [-0.1, +0.3]"
     assert format_ci(pd.Series(row), digits=0) == "0 [-0, 0]"
+    nan = float("nan")
+    assert format_ci({"mean": nan, "ci_low": nan, "ci_high": nan}) == "n/a"
+    assert format_ci({"mean": 0.25, "ci_low": nan, "ci_high": nan}, digits=2, signed=True) == "+0.25 (no interval)"
     with pytest.raises(KeyError, match="ci_high"):
         format_ci({"mean": 1.0, "ci_low": 0.0})
