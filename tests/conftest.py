@@ -158,3 +158,19 @@ def make_celeba(tmp_path: Path) -> Callable[..., Path]:
                 "".join(f"{i:06d}.jpg {i % 3}\n" for i in range(1, n + 1)))
         return root
     return make
+
+
+@pytest.fixture
+def load_benchmark() -> Callable[[str], object]:
+    """Import ``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    from mmlib.paths import REPO_ROOT
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -187,18 +187,12 @@ def test_map_records_its_source(trained):
 
 # ----------------------------------------------------------------------------------- overcomplete cross-check
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_sae", REPO_ROOT / "benchmarks" / "bench_sae.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
-def test_fvu_matches_overcomplete_at_equal_l0():
+def test_fvu_matches_overcomplete_at_equal_l0(load_benchmark):
     """Both TopK SAEs (same K, k, epochs, rows per step, lr) on the same planted embeddings: ours is within 0.02
     FVU of overcomplete's, or better (``benchmarks/bench_sae.py`` runs the full-size comparison)."""
     if importlib.util.find_spec("overcomplete") is None:
         pytest.skip("overcomplete (a test dependency) is not installed")
-    result = _bench().compare(n=2000, n_latents=128, k=4, epochs=20, batch_pairs=128, lr=3e-3, seed=0, threads=1)
+    result = load_benchmark("bench_sae").compare(n=2000, n_latents=128, k=4, epochs=20, batch_pairs=128, lr=3e-3,
+                                                 seed=0, threads=1)
     assert result["ours_fvu"] <= result["theirs_fvu"] + 0.02, result
