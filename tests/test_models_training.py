@@ -94,7 +94,7 @@ def test_declip_like_training_runs_its_extra_terms(artifact_root):
     assert min(trained.history["mlm_loss"]) > 0
 
 
-def test_declip_like_step_takes_half_the_pairs_in_two_views():
+def test_declip_like_step_takes_half_the_pairs_in_two_views(artifact_root):
     # the DeCLIP-like batch counts images: batch_size / 2 pairs, each in two augmented views
     with pytest.raises(ValueError, match="two views per pair"):
         TrainConfig(batch_size=31, declip=True)
