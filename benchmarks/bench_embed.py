@@ -1,7 +1,7 @@
-"""Overhead of :func:`mmlib.embed.embed_dataset` over a bare open_clip loop, and the speed of a cache hit.
+"""Overhead of :func:`mmlib.models.embed.embed_dataset` over a bare open_clip loop, and the speed of a cache hit.
 
 Run with ``python benchmarks/bench_embed.py`` (CPU, offline, about a minute on 2 cores). It embeds ``--n``
-generated in-memory pairs with a random-weight default :class:`mmlib.models.TinyClipArch` model, three times
+generated in-memory pairs with a random-weight default :class:`mmlib.models.clip.TinyClipArch` model, three times
 each way (fresh artifact folder per cold run), and prints the best times, their ratio (target <= 1.10) and
 the time of a cache hit (target < 1 s).
 """
@@ -21,9 +21,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from mmlib.artifacts import stable_hash  # noqa: E402
-from mmlib.embed import EmbedConfig, embed_dataset  # noqa: E402
-from mmlib.models import ModelBundle, TinyClipArch, build_tiny_clip, tiny_bundle  # noqa: E402
+from mmlib.core.artifacts import stable_hash  # noqa: E402
+from mmlib.models.embed import EmbedConfig, embed_dataset  # noqa: E402
+from mmlib.models.clip import ModelBundle, TinyClipArch, build_tiny_clip, tiny_bundle  # noqa: E402
 
 
 class MemoryPairs:

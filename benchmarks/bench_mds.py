@@ -4,7 +4,7 @@ Run with ``python benchmarks/bench_mds.py`` (CPU; a few minutes on 2 cores) or `
 run. Activations are generated chunk by chunk (``ReLU(x - t + b_k)`` on the image side and
 ``ReLU(x' - t - b_k)`` on the text side, ``x, x'`` standard normal, ``t`` = the 95 % quantile so ~5 % of
 entries fire, ``b_k`` a per-feature modality preference), so the whole activation matrix never exists.
-Prints the generation time, the time inside :meth:`mmlib.mds.MDSAccumulator.update`, the throughput and the
+Prints the generation time, the time inside :meth:`mmlib.analysis.mds.MDSAccumulator.update`, the throughput and the
 peak resident memory of the process (``ru_maxrss``).
 """
 
@@ -19,7 +19,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from mmlib.mds import MDSAccumulator
+from mmlib.analysis.mds import MDSAccumulator
 
 THRESHOLD = 1.6449  # P(N(0, 1) > t) = 5 %
 BIAS_STD = 0.3  # spread of the per-feature modality preference b_k

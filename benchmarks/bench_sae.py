@@ -1,7 +1,7 @@
-"""Our multimodal SAE (:func:`mmlib.sae.train_sae`) against the ``overcomplete`` library's TopK SAE.
+"""Our multimodal SAE (:func:`mmlib.feature_maps.sae.train_sae`) against the ``overcomplete`` library's TopK SAE.
 
 Run with ``python benchmarks/bench_sae.py`` (CPU, offline, about a minute on 2 cores). Both SAEs are
-trained on the same planted embeddings (:mod:`mmlib.planted`, ``--n`` pairs, ``d = 64``), images and texts
+trained on the same planted embeddings (:mod:`mmlib.data.planted`, ``--n`` pairs, ``d = 64``), images and texts
 pooled, with the same dictionary size ``K``, TopK ``k`` (so the same L0), epochs, rows per step, learning
 rate and thread count; overcomplete as in its README (``TopKSAE`` + ``train_sae`` with an MSE criterion,
 a ``TensorDataset`` loader). Prints the best training time of each over ``--repeats`` runs, their ratio
@@ -24,10 +24,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from mmlib.diagnostics import fvu  # noqa: E402
-from mmlib.feature_maps import torch_threads  # noqa: E402
-from mmlib.planted import PlantedConfig, generate_planted  # noqa: E402
-from mmlib.sae import SAEConfig, train_sae  # noqa: E402
+from mmlib.feature_maps.diagnostics import fvu  # noqa: E402
+from mmlib.feature_maps.base import torch_threads  # noqa: E402
+from mmlib.data.planted import PlantedConfig, generate_planted  # noqa: E402
+from mmlib.feature_maps.sae import SAEConfig, train_sae  # noqa: E402
 
 
 def import_overcomplete_sae() -> ModuleType:

@@ -1,4 +1,4 @@
-"""Speed of SpLiCE's batched ADMM (:func:`mmlib.splice.nonneg_lasso_admm`) against scikit-learn's Lasso.
+"""Speed of SpLiCE's batched ADMM (:func:`mmlib.companions.splice.nonneg_lasso_admm`) against scikit-learn's Lasso.
 
 Run with ``python benchmarks/bench_splice.py`` (CPU, offline; a few minutes on 2 cores). It decomposes
 ``--n`` = 10 000 embeddings into ``--k`` = 10 000 concepts in ``d`` = 64 dimensions (the tiny model's joint
@@ -24,7 +24,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from mmlib.splice import AdmmConfig, lasso_objective, nonneg_lasso_admm, nonneg_lasso_sklearn
+from mmlib.companions.splice import AdmmConfig, lasso_objective, nonneg_lasso_admm, nonneg_lasso_sklearn
 
 
 def planted(n: int, k: int, d: int, seed: int = 0, active: int = 8, noise: float = 0.3

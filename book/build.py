@@ -4,7 +4,7 @@
 1. Every notebook listed in ``_toc.yml`` as ``notebooks/_executed/<name>`` is executed with papermill, in toc
    order, from its source ``notebooks/<name>.ipynb`` (kernel ``python3``, parameter ``profile``, default
    ``"tiny"``), into ``notebooks/_executed/<name>.ipynb`` (git-ignored). The kernel runs in the repository root
-   (papermill uses the caller's working directory; notebooks resolve paths through ``mmlib.paths``). The first
+   (papermill uses the caller's working directory; notebooks resolve paths through ``mmlib.core.paths``). The first
    failure stops the build with the notebook's name and the failing cell's error.
 2. ``jupyter-book build`` renders the book into ``_build/html`` with warnings as errors (``-W -n``).
 3. The output is checked: every toc page exists, pages with formulas load the local MathJax, and no page

@@ -15,14 +15,14 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-from mmlib.feature_maps import TrainedFeatureMap, load_or_train_feature_map
-from mmlib.data import PairDataset
-from mmlib.embed import EmbedConfig, Embeddings, embed_dataset, resolve_device
-from mmlib.models import ModelBundle, load_open_clip
+from mmlib.feature_maps.base import TrainedFeatureMap, load_or_train_feature_map
+from mmlib.data.protocol import PairDataset
+from mmlib.models.embed import EmbedConfig, Embeddings, embed_dataset, resolve_device
+from mmlib.models.clip import ModelBundle, load_open_clip
 from mmlib.profiles import Profile
-from mmlib.realdata import CsvPairs, WebDatasetPairs
-from mmlib.training import TrainedModel, load_or_train
-from mmlib.world import World, generate_world
+from mmlib.data.corpora import CsvPairs, WebDatasetPairs
+from mmlib.models.training import TrainedModel, load_or_train
+from mmlib.data.world import World, generate_world
 
 #: The tiny profile's two models, by display name.
 MODEL_NAMES = ("CLIP", "DeCLIP-like")
@@ -36,11 +36,11 @@ class Setup:
     ----------
     world : World
     bundles : dict
-        model name -> :class:`~mmlib.models.ModelBundle`.
+        model name -> :class:`~mmlib.models.clip.ModelBundle`.
     trained : dict
-        model name -> :class:`~mmlib.training.TrainedModel` (``tiny`` profile only; empty otherwise).
+        model name -> :class:`~mmlib.models.training.TrainedModel` (``tiny`` profile only; empty otherwise).
     embeddings : dict
-        ``(model name, split)`` -> :class:`~mmlib.embed.Embeddings` (with the towers' activations).
+        ``(model name, split)`` -> :class:`~mmlib.models.embed.Embeddings` (with the towers' activations).
     """
 
     world: World
@@ -109,7 +109,7 @@ def feature_maps(setup: Setup, profile: Profile, model: str = "CLIP", seed: int 
     """The profile's feature maps (``raw``, ``SAE``, ``NCL``) trained on ``model``'s embeddings.
 
     ``train``: the training embeddings; by default the world's train split. The ``paper`` profile's world has
-    no train split (it only probes the real model): pass the real corpus' embeddings (``mmlib.embed``).
+    no train split (it only probes the real model): pass the real corpus' embeddings (``mmlib.models.embed``).
     Loaded from the artifact store when a chapter already trained them (the key covers the config, the
     seed and the embeddings), trained and stored otherwise.
     """

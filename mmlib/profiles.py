@@ -3,10 +3,10 @@
 A notebook's papermill ``parameters`` cell sets ``profile = "tiny"``; :func:`get_profile` turns the name into
 a :class:`Profile`. Both profiles run the same functions; only these parameters differ.
 
-* ``tiny``: offline, CPU, minutes. The generated world (:mod:`mmlib.world`), its null-world control, and
-  tiny CLIP / DeCLIP-like models the book trains itself (:mod:`mmlib.training`).
+* ``tiny``: offline, CPU, minutes. The generated world (:mod:`mmlib.data.world`), its null-world control, and
+  tiny CLIP / DeCLIP-like models the book trains itself (:mod:`mmlib.models.training`).
 * ``paper``: a GPU (e.g. Colab) with internet. open_clip ``ViT-B-32`` / ``openai`` and a real paired corpus
-  (CC3M-style CSV/TSV or webdataset shards, see :mod:`mmlib.realdata`).
+  (CC3M-style CSV/TSV or webdataset shards, see :mod:`mmlib.data.corpora`).
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 
-from mmlib.feature_maps import RawConfig
-from mmlib.models import TinyClipArch
-from mmlib.ncl import NCLConfig
-from mmlib.sae import SAEConfig
-from mmlib.training import TrainConfig
-from mmlib.world import WorldConfig
+from mmlib.feature_maps.base import RawConfig
+from mmlib.models.clip import TinyClipArch
+from mmlib.feature_maps.ncl import NCLConfig
+from mmlib.feature_maps.sae import SAEConfig
+from mmlib.models.training import TrainConfig
+from mmlib.data.world import WorldConfig
 
 
 class UnknownProfileError(ValueError):

@@ -15,8 +15,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from mmlib.artifacts import stable_hash  # noqa: E402
-from mmlib.models import ModelBundle, TinyClipArch, build_tiny_clip, tiny_bundle  # noqa: E402
+from mmlib.core.artifacts import stable_hash  # noqa: E402
+from mmlib.models.clip import ModelBundle, TinyClipArch, build_tiny_clip, tiny_bundle  # noqa: E402
 
 #: The smallest useful CLIP: 16 px images, 2x2 patches, one layer per tower.
 TEST_ARCH = TinyClipArch(embed_dim=16, image_size=16, patch_size=8, vision_width=32, vision_layers=1,
@@ -165,7 +165,7 @@ def load_benchmark() -> Callable[[str], object]:
     """Import ``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a package)."""
     import importlib.util
 
-    from mmlib.paths import REPO_ROOT
+    from mmlib.core.paths import REPO_ROOT
 
     def load(name: str):
         spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")

@@ -12,11 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from mmlib.adversarial import (DefenceConfig, PGDConfig, alignment_loss, category_shift, cross_modal_effect,
+from mmlib.case_studies.adversarial import (DefenceConfig, PGDConfig, alignment_loss, category_shift, cross_modal_effect,
                                feature_activations, feature_scale, image_encoder, load_or_train_adapter,
                                noise_attack, pgd_attack, retrieval_ranks, steering_attack, to_pixels,
                                train_alignment_adapter, zero_shot_attack, zero_shot_logits)
-from mmlib.feature_maps import FeatureMap, RawDims
+from mmlib.feature_maps.base import FeatureMap, RawDims
 
 
 class LinearReLUMap(FeatureMap):
@@ -321,7 +321,7 @@ def test_vit_b_32_attack_forward_path_at_random_weights():
     """The paper profile's architecture: one PGD step on one 224-px preprocessed image (random weights)."""
     from PIL import Image
 
-    from mmlib.models import load_open_clip
+    from mmlib.models.clip import load_open_clip
     torch.manual_seed(0)
     bundle = load_open_clip("ViT-B-32", pretrained=None)
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8), mode="RGB")

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from mmlib.artifacts import (CorruptArtifactError, artifact_path, load_artifact, load_or_compute, save_artifact,
+from mmlib.core.artifacts import (CorruptArtifactError, artifact_path, load_artifact, load_or_compute, save_artifact,
                              stable_hash)
-from mmlib.evaluate import modality_gap, proportion_ci, zero_shot_accuracy
+from mmlib.analysis.zero_shot import modality_gap, proportion_ci, zero_shot_accuracy
 
 
 def test_stable_hash_is_order_and_type_stable():

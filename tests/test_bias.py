@@ -1,4 +1,4 @@
-"""Tests of mmlib.bias: per-value zero-shot accuracy, the gap interval, per-value removals, the claim margins."""
+"""Tests of mmlib.case_studies.attribute_bias: per-value zero-shot accuracy, the gap interval, per-value removals, the claim margins."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmlib.bias import (ALL, AttributeTask, accuracy_gap, balanced_accuracy, bias_removal, group_margins, recognition_table,
+from mmlib.case_studies.attribute_bias import (ALL, AttributeTask, accuracy_gap, balanced_accuracy, bias_removal, group_margins, recognition_table,
                         value_index, world_attribute_task)
-from mmlib.embed import EmbedConfig, embed_dataset
-from mmlib.evaluate import encode_texts, proportion_ci
-from mmlib.feature_maps import RawDims
-from mmlib.realdata import CelebAFaces
-from mmlib.removal import RemovalData, group_removal
-from mmlib.world import WorldConfig, generate_world
+from mmlib.models.embed import EmbedConfig, embed_dataset
+from mmlib.analysis.zero_shot import encode_texts, proportion_ci
+from mmlib.feature_maps.base import RawDims
+from mmlib.data.corpora import CelebAFaces
+from mmlib.case_studies.removal import RemovalData, group_removal
+from mmlib.data.world import WorldConfig, generate_world
 
 E = torch.eye(4)
 
@@ -270,7 +270,7 @@ def test_paper_code_path_on_a_celeba_fixture(make_celeba, tiny_clip, artifact_ro
 
 # ------------------------------------------------------------------------------------------ positive control
 def test_planted_attribute_follows_its_config():
-    from mmlib.bias import PlantedAttributeConfig, planted_attribute
+    from mmlib.case_studies.attribute_bias import PlantedAttributeConfig, planted_attribute
     cfg = PlantedAttributeConfig()
     data = planted_attribute(cfg, 4000)
     assert data.image.shape == data.text.shape == (4000, cfg.base.d) and data.prompts.shape == (2, cfg.base.d)
@@ -299,6 +299,6 @@ def test_planted_attribute_follows_its_config():
     (dict(strength=0.0), "strength must be positive"),
 ])
 def test_planted_attribute_config_bad_input(kwargs, message):
-    from mmlib.bias import PlantedAttributeConfig
+    from mmlib.case_studies.attribute_bias import PlantedAttributeConfig
     with pytest.raises(ValueError, match=message):
         PlantedAttributeConfig(**kwargs)

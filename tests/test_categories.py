@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmlib.categories import (CategoryRule, categorise, class_sizes, parse_rule, rule_agreement, rule_grid,
+from mmlib.analysis.categories import (CategoryRule, categorise, class_sizes, parse_rule, rule_agreement, rule_grid,
                               under_each_rule)
-from mmlib.mds import modality_dominance
+from mmlib.analysis.mds import modality_dominance
 
 # mean 0.5, population std sqrt(0.68 / 6) ~ 0.337: mu±sigma = (0.163, 0.837), mu±sigma/2 = (0.332, 0.668)
 SCORES = np.array([0.0, 0.2, 0.5, 0.5, 0.8, 1.0, np.nan])

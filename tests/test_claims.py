@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mmlib.claims import Verdict, combine_verdicts, judge, load_verdicts, record_verdicts
+from mmlib.reporting.claims import Verdict, combine_verdicts, judge, load_verdicts, record_verdicts
 
 
 def _v(claim: str, verdict: str = "reproduced", chapter: str = "03_mds") -> Verdict:

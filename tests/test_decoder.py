@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmlib.decoder import (DecoderConfig, EmbeddingDecoder, decoder_key, load_or_train_decoder, to_resolution,
+from mmlib.case_studies.t2i.tiny_decoder import (DecoderConfig, EmbeddingDecoder, decoder_key, load_or_train_decoder, to_resolution,
                            to_uint8, train_decoder)
 
 TINY = DecoderConfig(resolution=8, channels=(8, 16), norm_groups=4, steps=4, batch_size=4, log_every=2)

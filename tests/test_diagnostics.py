@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from mmlib.diagnostics import (dead_fraction, downstream_retention, effective_rank, fvu, l0, mean_cosine, mse,
+from mmlib.feature_maps.diagnostics import (dead_fraction, downstream_retention, effective_rank, fvu, l0, mean_cosine, mse,
                                reconstruction_report, retrieval_ranks, retrieval_recall, top_m_purity)
-from mmlib.feature_maps import FeatureMap, RawConfig, RawDims
+from mmlib.feature_maps.base import FeatureMap, RawConfig, RawDims
 
 
 class IdentityMap(FeatureMap):

@@ -8,8 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmlib.categories import categorise
-from mmlib.editing import EditConfig, edit_embedding, edit_features, edit_sweep, group_masks
+from mmlib.analysis.categories import categorise
+from mmlib.case_studies.t2i.editing import EditConfig, edit_embedding, edit_features, edit_sweep, group_masks
 
 K = 6
 MASK = np.array([True, True, False, False, True, False])

@@ -1,4 +1,4 @@
-"""Tests of mmlib.embed: batch encoding, towers, caching, resume, corruption, torchrun sharding and the CLI."""
+"""Tests of mmlib.models.embed: batch encoding, towers, caching, resume, corruption, torchrun sharding and the CLI."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ import open_clip
 import pytest
 import torch
 
-import mmlib.embed as embed
-from mmlib.artifacts import artifact_path, load_artifact, save_artifact
-from mmlib.data import DatasetError
-from mmlib.embed import (EmbedConfig, Embeddings, embed_dataset, embed_splits, embedding_key, encode_pairs,
+import mmlib.models.embed as embed
+from mmlib.core.artifacts import artifact_path, load_artifact, save_artifact
+from mmlib.data.protocol import DatasetError
+from mmlib.models.embed import (EmbedConfig, Embeddings, embed_dataset, embed_splits, embedding_key, encode_pairs,
                          resolve_device)
-from mmlib.models import ModelBundle, build_tiny_clip, load_open_clip, load_tiny_clip, save_tiny_clip, tiny_bundle
-from mmlib.paths import REPO_ROOT
-from mmlib.realdata import CsvPairs, WebDatasetPairs
+from mmlib.models.clip import ModelBundle, build_tiny_clip, load_open_clip, load_tiny_clip, save_tiny_clip, tiny_bundle
+from mmlib.core.paths import REPO_ROOT
+from mmlib.data.corpora import CsvPairs, WebDatasetPairs
 
 SMALL = EmbedConfig(batch_size=2, shard_size=2, device="cpu")  # 10 pairs -> 5 shards of one batch each
 
@@ -341,7 +341,7 @@ def test_torchrun_two_processes_equal_one(saved_tiny_model, make_csv_corpus, tmp
     env = {**os.environ, "MMLIB_ARTIFACTS": str(tmp_path / "dist"), "OMP_NUM_THREADS": "1",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-               "127.0.0.1", "--master_port", str(free_port()), "-m", "mmlib.embed", "--csv", str(csv_path),
+               "127.0.0.1", "--master_port", str(free_port()), "-m", "mmlib.models.embed", "--csv", str(csv_path),
                "--tiny-model", str(saved_tiny_model), "--batch-size", "4", "--shard-size", "8", "--towers",
                "--device", "cpu", "--no-progress"]
     proc = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)

@@ -11,12 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from mmlib.artifacts import CorruptArtifactError, write_tensors_atomic
-from mmlib.embed import Embeddings
-from mmlib.feature_maps import (History, Liveness, RawConfig, RawDims, Source, SourceMismatchError, check_embeddings,
+from mmlib.core.artifacts import CorruptArtifactError, write_tensors_atomic
+from mmlib.models.embed import Embeddings
+from mmlib.feature_maps.base import (History, Liveness, RawConfig, RawDims, Source, SourceMismatchError, check_embeddings,
                                 check_modality, check_source, data_stats, iterate_batches, linear_decay_lr,
                                 load_feature_map, load_or_train_feature_map, pair_chunks, source_of, torch_threads)
-from mmlib.sae import SAEConfig, train_sae
+from mmlib.feature_maps.sae import SAEConfig, train_sae
 
 TINY_SAE = SAEConfig(K=16, epochs=1, batch_size=32, seed=0)
 
@@ -243,8 +243,8 @@ def test_load_or_train_reuses_the_artifact(artifact_root, monkeypatch):
     first = load_or_train_feature_map("sae", TINY_SAE, emb, progress=False, threads=1)
     assert first.path.parent.parent == artifact_root and first.history["step"]
     assert first.fmap.source.identity == "tiny:test:abc"
-    import mmlib.sae
-    monkeypatch.setattr(mmlib.sae, "train_sae", lambda *a, **k: pytest.fail("retrained a stored map"))
+    import mmlib.feature_maps.sae
+    monkeypatch.setattr(mmlib.feature_maps.sae, "train_sae", lambda *a, **k: pytest.fail("retrained a stored map"))
     second = load_or_train_feature_map("sae", TINY_SAE, emb, progress=False)
     assert second.key == first.key and second.history == first.history
     z = emb.image[:5]
@@ -259,7 +259,7 @@ def test_load_or_train_reuses_the_artifact(artifact_root, monkeypatch):
 
 
 def test_load_or_train_keys_on_config_and_data(artifact_root):
-    from mmlib.feature_maps import feature_map_key
+    from mmlib.feature_maps.base import feature_map_key
     emb = make_embeddings()
     key = feature_map_key("sae", TINY_SAE, emb)
     assert key != feature_map_key("sae", SAEConfig(K=17, epochs=1, batch_size=32), emb)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmlib.world import WorldConfig, generate_world
+from mmlib.data.world import WorldConfig, generate_world
 
 
 def test_condition_worlds(load_benchmark):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mmlib.image_probes import IMAGE_FACTORS, FactorProbes, ProbeConfig, load_or_train_probes, probe_table
-from mmlib.world import WorldConfig, generate_world
+from mmlib.case_studies.t2i.image_probes import IMAGE_FACTORS, FactorProbes, ProbeConfig, load_or_train_probes, probe_table
+from mmlib.data.world import WorldConfig, generate_world
 
 CFG = ProbeConfig(factors=("background", "colour", "position"), channels=(16, 32), epochs=6, batch_size=64, lr=5e-3)
 

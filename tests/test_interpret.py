@@ -8,13 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmlib.interpret import (ImageDecomposition, NotAViTError, TextPool, TextSpanResult, attribution_by_category,
+from mmlib.companions.clip_interpret import (ImageDecomposition, NotAViTError, TextPool, TextSpanResult, attribution_by_category,
                              contrastive_heatmap, decompose_images, head_embeddings, head_feature_projections,
                              head_heatmap, head_image_neighbors, head_properties, head_text_neighbors,
                              interpretability_scores, nearest_neighbors, property_heads,
                              property_nearest_neighbors, textspan, textspan_heads, upsample_heatmap,
                              vision_transformer, world_descriptions)
-from mmlib.models import TinyClipArch, build_tiny_clip, load_open_clip, tiny_bundle
+from mmlib.models.clip import TinyClipArch, build_tiny_clip, load_open_clip, tiny_bundle
 
 
 def random_images(n: int, size: int, seed: int = 0) -> torch.Tensor:

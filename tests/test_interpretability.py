@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmlib.interpretability import (best_purity, embsim, m_sweep, purity, random_embsim, top_samples,
+from mmlib.analysis.embsim import (best_purity, embsim, m_sweep, purity, random_embsim, top_samples,
                                     win_probability, winrate_between, winrate_vs_random)
 
 EMB = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0], [-1.0, 0.0], [0.0, -1.0]])

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from mmlib.mds import MDSAccumulator, modality_dominance, paired_activations
+from mmlib.analysis.mds import MDSAccumulator, modality_dominance, paired_activations
 
 # 3 pairs x 4 features. Feature 0: image only; 1: text only; 2: mixed; 3: dead.
 A_I = torch.tensor([[1.0, 0.0, 3.0, 0.0],

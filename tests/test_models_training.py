@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from mmlib.models import (TinyClipArch, UnknownModelError, WeightsUnavailableError, build_tiny_clip,
+from mmlib.models.clip import (TinyClipArch, UnknownModelError, WeightsUnavailableError, build_tiny_clip,
                           load_open_clip, load_tiny_clip, save_tiny_clip)
 from mmlib.profiles import UnknownProfileError, get_profile
-from mmlib.training import (TrainConfig, _augment, _mask_tokens, images_to_tensor, load_or_train, model_key,
+from mmlib.models.training import (TrainConfig, _augment, _mask_tokens, images_to_tensor, load_or_train, model_key,
                             train_tiny_clip, MASK_ID)
-from mmlib.world import WorldConfig, generate_world
+from mmlib.data.world import WorldConfig, generate_world
 
 ARCH = TinyClipArch(embed_dim=32, image_size=32, patch_size=8, vision_width=32, vision_layers=1,
                     vision_head_width=16, text_width=32, text_layers=1, text_heads=2, context_length=32)
@@ -41,7 +41,7 @@ def test_unknown_profile():
 
 def test_preprocess_matches_training_tensor(tiny_arch=ARCH):
     w = generate_world(dataclasses.replace(WORLD, n_train=4, n_val=0, n_test=0))
-    from mmlib.models import tiny_bundle
+    from mmlib.models.clip import tiny_bundle
     bundle = tiny_bundle(build_tiny_clip(ARCH), ARCH)
     via_pil = torch.stack([bundle.preprocess(w.image(i)) for i in range(4)])
     assert torch.allclose(via_pil, images_to_tensor(w.images, ARCH), atol=1e-6)

@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from mmlib.diagnostics import retrieval_recall
-from mmlib.feature_maps import load_feature_map
-from mmlib.ncl import NCLConfig, NCLMap, rep_relu, train_ncl
-from mmlib.planted import PlantedConfig, generate_planted
+from mmlib.feature_maps.diagnostics import retrieval_recall
+from mmlib.feature_maps.base import load_feature_map
+from mmlib.feature_maps.ncl import NCLConfig, NCLMap, rep_relu, train_ncl
+from mmlib.data.planted import PlantedConfig, generate_planted
 
 DATA = generate_planted(PlantedConfig(d=16, n_shared=8, n_image=4, n_text=4, sparsity=2.0, seed=5), 512)
 VARIANTS = {

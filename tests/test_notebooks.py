@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from mmlib.paths import NOTEBOOKS_DIR, REPO_ROOT
+from mmlib.core.paths import NOTEBOOKS_DIR, REPO_ROOT
 
 ROOT = REPO_ROOT
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))

@@ -9,8 +9,8 @@ import torch
 
 from mmlib.pipeline import feature_maps, tiny_setup
 from mmlib.profiles import get_profile
-from mmlib.training import TrainConfig
-from mmlib.world import WorldConfig
+from mmlib.models.training import TrainConfig
+from mmlib.data.world import WorldConfig
 
 
 @pytest.mark.slow
@@ -28,7 +28,7 @@ def test_tiny_setup_trains_once_and_embeds(artifact_root, tiny_arch, monkeypatch
     null = tiny_setup(profile, null=True, models=("CLIP",))
     assert null.world.config.null and null.world.fingerprint != setup.world.fingerprint
     # second call: models and embeddings come from the artifact store, training is not called
-    import mmlib.training as training
+    import mmlib.models.training as training
     monkeypatch.setattr(training, "train_tiny_clip", lambda *a, **k: pytest.fail("retrained"))
     again = tiny_setup(profile, models=("CLIP",))
     assert torch.equal(again.emb("CLIP", "train").text, setup.emb("CLIP", "train").text)

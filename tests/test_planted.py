@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from mmlib.planted import ATOM_CLASSES, PlantedConfig, atom_recovery, generate_planted
-from mmlib.sae import SAEConfig, train_sae
+from mmlib.data.planted import ATOM_CLASSES, PlantedConfig, atom_recovery, generate_planted
+from mmlib.feature_maps.sae import SAEConfig, train_sae
 
 CONFIG = PlantedConfig(d=24, n_shared=6, n_image=4, n_text=2, sparsity=2.0, noise=0.1, gap=1.5, seed=1)
 

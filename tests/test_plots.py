@@ -1,4 +1,4 @@
-"""Smoke tests of the MDS-chapter figures in mmlib.plots: they draw, label their axes and keep NaN out."""
+"""Smoke tests of the MDS-chapter figures in mmlib.reporting.plots: they draw, label their axes and keep NaN out."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from mmlib.plots import line_with_ci, mds_grid, mds_histogram, removal_panels, top_samples_gallery  # noqa: E402
-from mmlib.world import WorldConfig, generate_world  # noqa: E402
+from mmlib.reporting.plots import line_with_ci, mds_grid, mds_histogram, removal_panels, top_samples_gallery  # noqa: E402
+from mmlib.data.world import WorldConfig, generate_world  # noqa: E402
 
 
 def test_mds_histogram_shares_drop_dead_features():
@@ -62,7 +62,7 @@ def test_top_samples_gallery_draws_images_and_captions():
 
 
 def test_excess_by_value_one_dot_per_seed_and_a_mean_line():
-    from mmlib.plots import excess_by_value
+    from mmlib.reporting.plots import excess_by_value
     rows = [dict(map=m, world=w, value=v, group=g, seed=s, excess=0.1 * s)
             for m in ("SAE", "NCL") for w in ("world", "null") for v in ("female", "male")
             for g in ("ImgD", "TextD", "CrossD") for s in range(3)]
@@ -80,7 +80,7 @@ def test_excess_by_value_one_dot_per_seed_and_a_mean_line():
 def test_adversarial_examples_three_rows_and_stretched_perturbation():
     import torch
 
-    from mmlib.plots import adversarial_examples
+    from mmlib.reporting.plots import adversarial_examples
     clean = torch.full((2, 3, 8, 8), 0.5)
     adv = clean.clone()
     adv[0, 0, 0, 0] += 4 / 255
@@ -98,7 +98,7 @@ def test_adversarial_examples_three_rows_and_stretched_perturbation():
 
 
 def test_image_grid_labels_rows_and_columns_and_leaves_ragged_cells_empty():
-    from mmlib.plots import image_grid
+    from mmlib.reporting.plots import image_grid
     import pytest
     imgs = np.zeros((2, 3, 4, 4, 3), np.uint8)
     fig = image_grid([list(imgs[0]), list(imgs[1][:2])], ["a", "b"], ["x", "y", "z"], title="T")

@@ -1,4 +1,4 @@
-"""Tests of mmlib.realdata: the CSV/TSV and webdataset adapters, their fingerprints and their error messages."""
+"""Tests of mmlib.data.corpora: the CSV/TSV and webdataset adapters, their fingerprints and their error messages."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 import webdataset
 from PIL import Image
 
-from mmlib.data import DatasetError, PairDataset
-from mmlib.realdata import CsvPairs, WebDatasetPairs
+from mmlib.data.protocol import DatasetError, PairDataset
+from mmlib.data.corpora import CsvPairs, WebDatasetPairs
 
 
 def write(path: Path, text: str) -> Path:
@@ -240,7 +240,7 @@ def test_wds_unreadable_image_names_shard_and_key(tmp_path, pattern_image):
 
 
 # ------------------------------------------------------------------------------------------------ CelebA
-from mmlib.realdata import CelebAFaces  # noqa: E402
+from mmlib.data.corpora import CelebAFaces  # noqa: E402
 
 
 def test_celeba_reads_images_labels_and_captions(make_celeba):

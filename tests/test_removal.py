@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmlib.removal import RemovalData, group_removal, recall_at_1, remove_features, random_feature_mask
+from mmlib.case_studies.removal import RemovalData, group_removal, recall_at_1, remove_features, random_feature_mask
 
 
 class SignSplit:

@@ -13,10 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from mmlib.feature_maps import load_feature_map
-from mmlib.paths import REPO_ROOT
-from mmlib.planted import PlantedConfig, generate_planted
-from mmlib.sae import SAEConfig, SAEMap, _aux_loss, _SAE, train_sae
+from mmlib.feature_maps.base import load_feature_map
+from mmlib.core.paths import REPO_ROOT
+from mmlib.data.planted import PlantedConfig, generate_planted
+from mmlib.feature_maps.sae import SAEConfig, SAEMap, _aux_loss, _SAE, train_sae
 
 DATA = generate_planted(PlantedConfig(d=16, n_shared=8, n_image=4, n_text=4, sparsity=2.0, gap=2.0, seed=3), 600)
 VARIANTS = {

@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmlib.splice import (AdmmConfig, ConceptVocabulary, Splice, VocabularyError, build_splice,
+from mmlib.companions.splice import (AdmmConfig, ConceptVocabulary, Splice, VocabularyError, build_splice,
                           check_vocabulary, class_concept_weights, factor_weight_share, intervene,
                           intervention_report, lasso_objective, nonneg_lasso_admm, nonneg_lasso_sklearn,
                           read_vocabulary, remove_concepts, sparsity_sweep, spurious_concepts, top_concepts,
                           world_vocabulary)
-from mmlib.world import Factor, default_factors
+from mmlib.data.world import Factor, default_factors
 
 TIGHT = dict(eps_abs=1e-11, eps_rel=1e-9, max_iter=20000, kkt_tol=1e-10)
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from mmlib.stats import across_seeds, bootstrap_ci, format_ci, mean_bootstrap_ci
+from mmlib.core.stats import across_seeds, bootstrap_ci, format_ci, mean_bootstrap_ci
 
 
 def test_bootstrap_of_a_constant_and_determinism():

@@ -1,6 +1,6 @@
 """The paper profile's unCLIP code path, offline: a randomly initialised tiny StableUnCLIPImg2ImgPipeline built
 from config (the same classes as stabilityai/stable-diffusion-2-1-unclip-small, tiny sizes), fed edited
-embeddings through mmlib.unclip and mmlib.editing."""
+embeddings through mmlib.case_studies.t2i.unclip and mmlib.case_studies.t2i.editing."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from mmlib.editing import EditConfig, edit_sweep
-from mmlib.models import WeightsUnavailableError
-from mmlib.unclip import UnCLIPDecoder, load_unclip_pipeline, unclip_embed_dim, unclip_generate
+from mmlib.case_studies.t2i.editing import EditConfig, edit_sweep
+from mmlib.models.clip import WeightsUnavailableError
+from mmlib.case_studies.t2i.unclip import UnCLIPDecoder, load_unclip_pipeline, unclip_embed_dim, unclip_generate
 
 D = 16  # the tiny pipeline's CLIP embedding size
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from sklearn.metrics import mutual_info_score, normalized_mutual_info_score
 
-from mmlib.evaluate import proportion_ci
-from mmlib.mds import modality_dominance
-from mmlib.validation import (FactorMatch, class_accuracy, compare_to_null, ideal_mds_by_factor, match_features,
+from mmlib.analysis.zero_shot import proportion_ci
+from mmlib.analysis.mds import modality_dominance
+from mmlib.analysis.planted_truth import (FactorMatch, class_accuracy, compare_to_null, ideal_mds_by_factor, match_features,
                               matched_features, mds_vs_ideal, mutual_information)
-from mmlib.world import WorldConfig, default_factors, generate_world
+from mmlib.data.world import WorldConfig, default_factors, generate_world
 
 
 def test_class_accuracy_hand_computed():

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmlib.data import PairDataset
-from mmlib.world import (Factor, WorldConfig, compose_caption, default_factors, factor_table, generate_world,
+from mmlib.data.protocol import PairDataset
+from mmlib.data.world import (Factor, WorldConfig, compose_caption, default_factors, factor_table, generate_world,
                          ideal_mds, prompt)
 
 SMALL = WorldConfig(n_train=600, n_val=100, n_test=300, seed=3)
@@ -145,7 +145,7 @@ def test_pixels_valid_for_any_seed(seed):
 
 
 def test_fingerprint_tracks_config_and_code(monkeypatch):
-    import mmlib.world as world_module
+    import mmlib.data.world as world_module
 
     base = SMALL.fingerprint()
     assert dataclasses.replace(SMALL, noise=0.0).fingerprint() != base

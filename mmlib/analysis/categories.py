@@ -1,0 +1,258 @@
+"""ImgD / TextD / CrossD: categorisation of alive features by their MDS, and its sensitivity to the rule.
+
+Rules ([ours], PAPER.md §3; the paper does not give its thresholds):
+
+* ``sigma`` (default, ``k = 1``): with ``mu``, ``sigma`` the mean and (population) standard deviation of MDS over
+  the alive features, ImgD if ``MDS > mu + k sigma``, TextD if ``MDS < mu - k sigma``, else CrossD;
+* ``fixed``: ImgD if ``MDS > high``, TextD if ``MDS < low``, else CrossD (e.g. 0.6 / 0.4).
+
+Dead features (NaN MDS) get the label ``"dead"`` and belong to no class. Rules can be given as objects or as
+strings: ``"sigma"``, ``"sigma:1.5"``, ``"fixed"`` (0.6/0.4), ``"fixed:0.7/0.3"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import cohen_kappa_score
+
+from mmlib.analysis.mds import MDSResult
+
+CLASSES: tuple[str, ...] = ("ImgD", "TextD", "CrossD")
+DEAD = "dead"
+
+
+@dataclasses.dataclass(frozen=True)
+class CategoryRule:
+    """A categorisation rule.
+
+    Attributes
+    ----------
+    kind : {"sigma", "fixed"}
+    k : float
+        Width in standard deviations (``sigma`` rules).
+    high, low : float
+        Thresholds (``fixed`` rules).
+    """
+
+    kind: str = "sigma"
+    k: float = 1.0
+    high: float = 0.6
+    low: float = 0.4
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("sigma", "fixed"):
+            raise ValueError(f"unknown categorisation rule {self.kind!r}; choose 'sigma' or 'fixed'")
+        if self.kind == "sigma" and not self.k >= 0:
+            raise ValueError(f"k must be non-negative, got {self.k}")
+        if self.kind == "fixed" and not 0 <= self.low <= self.high <= 1:
+            raise ValueError(f"need 0 <= low <= high <= 1, got low={self.low}, high={self.high}")
+
+    @property
+    def name(self) -> str:
+        """A short label, e.g. ``"mu±1σ"`` or ``"fixed 0.6/0.4"``."""
+        return f"mu±{self.k:g}σ" if self.kind == "sigma" else f"fixed {self.high:g}/{self.low:g}"
+
+    def thresholds(self, alive_scores: np.ndarray) -> tuple[float, float]:
+        """``(low, high)`` for these alive scores ``(n_alive,)``."""
+        if self.kind == "fixed":
+            return (self.low, self.high)
+        mu, sigma = float(np.mean(alive_scores)), float(np.std(alive_scores))
+        return (mu - self.k * sigma, mu + self.k * sigma)
+
+
+DEFAULT_RULE = CategoryRule()
+
+
+def parse_rule(rule: CategoryRule | str) -> CategoryRule:
+    """A :class:`CategoryRule` from itself or a string ``"sigma[:k]"`` / ``"fixed[:high/low]"``."""
+    if isinstance(rule, CategoryRule):
+        return rule
+    if not isinstance(rule, str):
+        raise TypeError(f"a rule is a CategoryRule or a string, got {type(rule).__name__}")
+    kind, _, arg = rule.partition(":")
+    try:
+        if kind == "sigma":
+            return CategoryRule("sigma", k=float(arg) if arg else 1.0)
+        if kind == "fixed":
+            if not arg:
+                return CategoryRule("fixed")
+            high, low = (float(x) for x in arg.split("/"))
+            return CategoryRule("fixed", high=high, low=low)
+    except ValueError as err:
+        raise ValueError(f"cannot parse rule {rule!r}: {err}") from None
+    raise ValueError(f"unknown categorisation rule {rule!r}; use 'sigma', 'sigma:K', 'fixed' or 'fixed:HIGH/LOW'")
+
+
+def rule_grid(ks: Sequence[float] = (0.5, 1.0, 1.5),
+              fixed: Sequence[tuple[float, float]] = ((0.6, 0.4), (0.7, 0.3), (0.8, 0.2))) -> list[CategoryRule]:
+    """The sensitivity grid: ``mu ± k sigma`` for each ``k`` and fixed ``(high, low)`` thresholds."""
+    return ([CategoryRule("sigma", k=k) for k in ks] +
+            [CategoryRule("fixed", high=h, low=lo) for h, lo in fixed])
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Categories:
+    """Category of every feature under one rule.
+
+    Attributes
+    ----------
+    labels : (K,) array of str
+        ``"ImgD"``, ``"TextD"``, ``"CrossD"`` or ``"dead"``.
+    scores : (K,) float array
+        The MDS they were computed from (NaN = dead).
+    rule : CategoryRule
+    low, high : float
+        The thresholds actually used.
+    """
+
+    labels: np.ndarray
+    scores: np.ndarray
+    rule: CategoryRule
+    low: float
+    high: float
+
+    @property
+    def alive(self) -> np.ndarray:
+        """``(K,)`` bool."""
+        return self.labels != DEAD
+
+    def mask(self, name: str) -> np.ndarray:
+        """``(K,)`` bool mask of one class (``"ImgD"``, ``"TextD"``, ``"CrossD"`` or ``"dead"``)."""
+        if name not in (*CLASSES, DEAD):
+            raise ValueError(f"unknown class {name!r}; choose one of {(*CLASSES, DEAD)}")
+        return self.labels == name
+
+    def sizes(self) -> dict[str, int]:
+        """Number of features per class, and of dead features."""
+        return {name: int((self.labels == name).sum()) for name in (*CLASSES, DEAD)}
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per feature: ``feature``, ``mds``, ``category``."""
+        return pd.DataFrame({"feature": np.arange(len(self.labels)), "mds": self.scores, "category": self.labels})
+
+
+def categorise(mds: MDSResult | np.ndarray, rule: CategoryRule | str = DEFAULT_RULE) -> Categories:
+    """Assign every alive feature to ImgD, TextD or CrossD.
+
+    Parameters
+    ----------
+    mds : MDSResult or (K,) array
+        Scores; NaN marks a dead feature.
+    rule : CategoryRule or str
+
+    Returns
+    -------
+    Categories
+    """
+    rule = parse_rule(rule)
+    scores = _scores(mds)
+    alive = np.isfinite(scores)
+    low, high = rule.thresholds(scores[alive])
+    labels = np.full(len(scores), DEAD, dtype=object)
+    labels[alive] = "CrossD"
+    labels[alive & (scores > high)] = "ImgD"
+    labels[alive & (scores < low)] = "TextD"
+    return Categories(labels=labels.astype(str), scores=scores, rule=rule, low=float(low), high=float(high))
+
+
+def class_sizes(mds: MDSResult | np.ndarray, rules: Iterable[CategoryRule | str] | None = None) -> pd.DataFrame:
+    """Class sizes under each rule (default :func:`rule_grid`).
+
+    Returns
+    -------
+    DataFrame: ``rule``, ``low``, ``high``, ``n_alive``, ``n_dead``, then ``n_<class>`` and ``share_<class>``
+    (share of the alive features) per class.
+    """
+    rows = []
+    for rule in _rules(rules):
+        cats = categorise(mds, rule)
+        sizes = cats.sizes()
+        n_alive = int(cats.alive.sum())
+        rows.append(dict(rule=cats.rule.name, low=cats.low, high=cats.high, n_alive=n_alive, n_dead=sizes[DEAD],
+                         **{f"n_{c}": sizes[c] for c in CLASSES},
+                         **{f"share_{c}": sizes[c] / n_alive for c in CLASSES}))
+    return pd.DataFrame(rows)
+
+
+def rule_agreement(mds: MDSResult | np.ndarray, rules: Iterable[CategoryRule | str] | None = None) -> pd.DataFrame:
+    """Agreement of class membership between every pair of rules, over the alive features.
+
+    Returns
+    -------
+    DataFrame, one row per ordered pair of rules (the diagonal included): ``rule_a``, ``rule_b``,
+    ``agreement`` (share of alive features with the same label), ``kappa`` (Cohen's kappa) and, per class,
+    ``jaccard_<class>`` (intersection over union of the class's members; NaN if both are empty).
+    Pivot it for a matrix: ``table.pivot(index="rule_a", columns="rule_b", values="agreement")``.
+    """
+    cats = [categorise(mds, rule) for rule in _rules(rules)]
+    alive = cats[0].alive
+    rows = []
+    for a in cats:
+        for b in cats:
+            la, lb = a.labels[alive], b.labels[alive]
+            row = dict(rule_a=a.rule.name, rule_b=b.rule.name, agreement=float((la == lb).mean()),
+                       kappa=_kappa(la, lb))
+            for c in CLASSES:
+                union = int(((la == c) | (lb == c)).sum())
+                row[f"jaccard_{c}"] = int(((la == c) & (lb == c)).sum()) / union if union else np.nan
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def under_each_rule(mds: MDSResult | np.ndarray, fn: Callable[[Categories], Any],
+                    rules: Iterable[CategoryRule | str] | None = None) -> pd.DataFrame:
+    """Re-run a downstream analysis under each rule and tabulate what it returns.
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(categories) -> result``; a number becomes a ``value`` column, a dict one column per key, a
+        DataFrame is kept whole (its rows repeated per rule).
+
+    Returns
+    -------
+    DataFrame with a ``rule`` column first.
+    """
+    frames = []
+    for rule in _rules(rules):
+        cats = categorise(mds, rule)
+        out = fn(cats)
+        if isinstance(out, pd.DataFrame):
+            frame = out.copy()
+        elif isinstance(out, dict):
+            frame = pd.DataFrame([out])
+        else:
+            frame = pd.DataFrame([{"value": out}])
+        frame.insert(0, "rule", cats.rule.name)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _scores(mds: MDSResult | np.ndarray) -> np.ndarray:
+    scores = np.asarray(mds.scores if isinstance(mds, MDSResult) else mds, dtype=float)
+    if scores.ndim != 1:
+        raise ValueError(f"expected MDS scores of shape (K,), got {scores.shape}")
+    if len(scores) == 0:
+        raise ValueError("no features to categorise (empty MDS)")
+    if not np.isfinite(scores).any():
+        raise ValueError(f"all {len(scores)} features are dead (NaN MDS): nothing to categorise")
+    return scores
+
+
+def _rules(rules: Iterable[CategoryRule | str] | None) -> list[CategoryRule]:
+    out = [parse_rule(r) for r in (rule_grid() if rules is None else rules)]
+    if not out:
+        raise ValueError("no rules given")
+    return out
+
+
+def _kappa(a: np.ndarray, b: np.ndarray) -> float:
+    if len(set(a) | set(b)) < 2:  # one label everywhere: kappa is undefined, the rules agree trivially
+        return 1.0 if (a == b).all() else float("nan")
+    return float(cohen_kappa_score(a, b, labels=list(CLASSES)))

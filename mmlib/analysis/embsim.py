@@ -1,0 +1,308 @@
+"""Interpretability of features without an external judge: EmbSim, WinRate and ground-truth purity.
+
+Definitions ([ours], PAPER.md §4; the paper uses the top ``m = 20`` samples and gives no formula):
+
+* **top-m samples** of feature ``k`` on one side (images or captions): the ``m`` samples with the largest
+  activation ``a[:, k]`` (:func:`top_samples`; streamed over chunks, ties broken by the order of ``torch.topk``).
+  With ``require_active`` (the default) a feature with fewer than ``m`` firing samples (``> eps``) gets no
+  score (NaN): its top-m would be padded with samples where it is silent.
+* **EmbSim_k** = mean pairwise cosine similarity of the top-m samples' embeddings (images for the image side,
+  captions for the text side, under a stated encoder): ``(|sum_i e_i|^2 - sum_i |e_i|^2) / (m (m - 1))`` over
+  the L2-normalised embeddings ``e_i`` (:func:`embsim`).
+* **WinRate (a)**, against random samples: each feature's EmbSim is compared with the EmbSim of every one of
+  ``R`` random ``m``-sets (drawn without replacement, seeded); a win counts 1, a tie 1/2. WinRate (a) is the
+  mean over features of the share of random sets beaten, i.e. the probability that a feature beats a fresh
+  random set (:func:`winrate_vs_random`).
+* **WinRate (b)**, map A against map B (:func:`winrate_between`): ``pairing="all"`` (default) compares every
+  feature of A with every feature of B (the Mann–Whitney probability ``P(EmbSim_A > EmbSim_B)``, ties 1/2);
+  ``pairing="rank"`` sorts both maps' scores and compares the i-th best of A with the i-th best of B (over the
+  shorter list).
+* **purity** (the embedded world only): share of the top-m samples that carry the most common value of a
+  factor (:func:`purity`, :func:`best_purity`).
+
+Intervals are seeded percentile bootstraps over features (:mod:`mmlib.core.stats`); across training seeds use
+:func:`mmlib.core.stats.across_seeds`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from mmlib.core.stats import mean_bootstrap_ci
+
+ArrayLike = torch.Tensor | np.ndarray
+M_GRID: tuple[int, ...] = (5, 10, 20, 30, 50)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TopSamples:
+    """The top-m samples of every feature on one side.
+
+    Attributes
+    ----------
+    indices : (K, m) int64 tensor
+        Sample indices, most activating first.
+    values : (K, m) tensor
+        Their activations.
+    n_active : (K,) int64 tensor
+        Samples where the feature fires (``> eps``), over all samples.
+    eps : float
+    """
+
+    indices: torch.Tensor
+    values: torch.Tensor
+    n_active: torch.Tensor
+    eps: float
+
+    @property
+    def m(self) -> int:
+        return self.indices.shape[1]
+
+    @property
+    def complete(self) -> torch.Tensor:
+        """``(K,)`` bool: the feature fires on at least ``m`` samples."""
+        return self.n_active >= self.m
+
+    def first(self, m: int) -> TopSamples:
+        """The top ``m <= self.m`` samples."""
+        if not 1 <= m <= self.m:
+            raise ValueError(f"m must lie in [1, {self.m}], got {m}")
+        return TopSamples(self.indices[:, :m], self.values[:, :m], self.n_active, self.eps)
+
+
+def top_samples(activations: ArrayLike | Iterable[ArrayLike], m: int = 20, eps: float = 0.0) -> TopSamples:
+    """Top-``m`` samples per feature from activations ``(n, K)`` or an iterable of chunks ``(b, K)`` in order.
+
+    Memory is ``O(m K)`` plus one chunk.
+    """
+    if m < 2:
+        raise ValueError(f"m must be at least 2 (EmbSim needs pairs), got {m}")
+    chunks = [activations] if isinstance(activations, (torch.Tensor, np.ndarray)) else activations
+    best_v = best_i = n_active = None
+    offset = 0
+    for chunk in chunks:
+        a = torch.as_tensor(chunk)
+        if a.ndim != 2:
+            raise ValueError(f"expected activations (n, K), got shape {tuple(a.shape)}")
+        if len(a) == 0:
+            continue
+        v, i = a.topk(min(m, len(a)), dim=0)                     # (m', K)
+        i = i + offset
+        if best_v is None:
+            best_v, best_i, n_active = v, i, (a > eps).sum(0)
+        else:
+            v, j = torch.cat([best_v, v]).topk(min(m, len(best_v) + len(v)), dim=0)
+            best_i = torch.cat([best_i, i]).gather(0, j)
+            best_v = v
+            n_active = n_active + (a > eps).sum(0)
+        offset += len(a)
+    if best_v is None:
+        raise ValueError("no samples given")
+    if offset < m:
+        raise ValueError(f"only {offset} samples: cannot take the top {m}")
+    return TopSamples(best_i.T.contiguous(), best_v.T.contiguous(), n_active, float(eps))
+
+
+def embsim(embeddings: ArrayLike, top: TopSamples | ArrayLike, require_active: bool = True,
+           block: int = 1024) -> np.ndarray:
+    """EmbSim ``(K,)``: mean pairwise cosine similarity of each feature's top-m samples' embeddings ``(n, d)``.
+
+    Parameters
+    ----------
+    top : TopSamples, or indices ``(K, m)``
+    require_active : NaN for features that fire on fewer than ``m`` samples (only with a TopSamples).
+    """
+    idx = top.indices if isinstance(top, TopSamples) else torch.as_tensor(top, dtype=torch.int64)
+    if not isinstance(embeddings, (torch.Tensor, np.ndarray)):
+        embeddings = np.asarray(embeddings)
+    if idx.ndim != 2 or idx.shape[1] < 2:
+        raise ValueError(f"need indices (K, m) with m >= 2, got {tuple(idx.shape)}")
+    if len(idx) and (idx.min() < 0 or idx.max() >= len(embeddings)):
+        raise ValueError(f"sample indices out of range for {len(embeddings)} embeddings")
+    k, m = idx.shape
+    out = np.empty(k)
+    for start in range(0, k, block):
+        rows = idx[start:start + block]
+        flat = rows.reshape(-1)                                  # only the needed rows are read and normalised
+        g = embeddings[flat] if isinstance(embeddings, torch.Tensor) else embeddings[flat.numpy()]
+        g = F.normalize(torch.as_tensor(g, dtype=torch.float64), dim=-1).reshape(len(rows), m, -1)  # (b, m, d)
+        total = g.sum(1).pow(2).sum(-1)
+        own = g.pow(2).sum((1, 2))
+        out[start:start + block] = ((total - own) / (m * (m - 1))).numpy()
+    if require_active and isinstance(top, TopSamples):
+        out[~top.complete.numpy()] = np.nan
+    return out
+
+
+def random_embsim(embeddings: ArrayLike, m: int, n_draws: int = 1000, seed: int = 0) -> np.ndarray:
+    """EmbSim ``(n_draws,)`` of random ``m``-sets of samples (each drawn without replacement, seeded)."""
+    n = len(embeddings)
+    if not 2 <= m <= n:
+        raise ValueError(f"need 2 <= m <= n = {n}, got m = {m}")
+    rng = np.random.default_rng(seed)
+    idx = np.stack([rng.choice(n, size=m, replace=False) for _ in range(n_draws)])
+    return embsim(embeddings, idx)
+
+
+@dataclasses.dataclass(frozen=True)
+class WinRate:
+    """A win rate with its bootstrap interval.
+
+    Attributes
+    ----------
+    value : float
+    ci_low, ci_high : float
+    n : int
+        Features scored (``vs_random``), features of A (``all``) or compared pairs (``rank``).
+    kind : {"vs_random", "all", "rank"}
+    """
+
+    value: float
+    ci_low: float
+    ci_high: float
+    n: int
+    kind: str
+
+
+def win_probability(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per score, the share of ``reference`` values it beats (ties 1/2): ``(len(scores),)``."""
+    ref = np.sort(np.asarray(reference, dtype=float))
+    if len(ref) == 0:
+        raise ValueError("empty reference")
+    scores = np.asarray(scores, dtype=float)
+    below = np.searchsorted(ref, scores, side="left")
+    not_above = np.searchsorted(ref, scores, side="right")
+    return (below + not_above) / (2 * len(ref))
+
+
+def winrate_vs_random(feature_embsim: np.ndarray, random: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                      confidence: float = 0.95) -> WinRate:
+    """WinRate (a): mean over features (NaN dropped) of the share of random ``m``-sets whose EmbSim they beat."""
+    scores = _finite(feature_embsim, "feature EmbSim")
+    wins = win_probability(scores, _finite(random, "random EmbSim"))
+    low, high = mean_bootstrap_ci(wins, n_boot, seed, confidence)
+    return WinRate(float(wins.mean()), low, high, len(wins), "vs_random")
+
+
+def winrate_between(embsim_a: np.ndarray, embsim_b: np.ndarray, pairing: str = "all", n_boot: int = 1000,
+                    seed: int = 0, confidence: float = 0.95) -> WinRate:
+    """WinRate (b): how often map A's features beat map B's in EmbSim (NaN dropped; ties 1/2).
+
+    ``pairing="all"``: over all (A feature, B feature) pairs, with a two-sample bootstrap (features of A and B
+    resampled independently). ``pairing="rank"``: the i-th best of A against the i-th best of B, bootstrap
+    over the compared pairs.
+    """
+    a, b = _finite(embsim_a, "EmbSim of map A"), _finite(embsim_b, "EmbSim of map B")
+    if pairing == "rank":
+        n = min(len(a), len(b))
+        outcome = np.sign(np.sort(a)[::-1][:n] - np.sort(b)[::-1][:n]) / 2 + 0.5
+        low, high = mean_bootstrap_ci(outcome, n_boot, seed, confidence)
+        return WinRate(float(outcome.mean()), low, high, n, "rank")
+    if pairing != "all":
+        raise ValueError(f"unknown pairing {pairing!r}; choose 'all' or 'rank'")
+    value = float(win_probability(a, b).mean())
+    rng = np.random.default_rng(seed)
+    boots = np.array([win_probability(rng.choice(a, len(a)), rng.choice(b, len(b))).mean() for _ in range(n_boot)])
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(boots, [tail, 100 - tail]) if len(a) > 1 and len(b) > 1 else (np.nan, np.nan)
+    return WinRate(value, float(low), float(high), len(a), "all")
+
+
+def purity(top: TopSamples | ArrayLike, labels: ArrayLike, require_active: bool = True) -> np.ndarray:
+    """Purity ``(K,)``: share of each feature's top-m samples that carry their most common label ``(n,)``."""
+    idx = (top.indices if isinstance(top, TopSamples) else torch.as_tensor(top)).numpy()
+    labels = np.asarray(labels)
+    got = labels[idx]                                              # (K, m)
+    out = np.max([(got == v).sum(1) for v in np.unique(got)], axis=0) / idx.shape[1]
+    out = out.astype(float)
+    if require_active and isinstance(top, TopSamples):
+        out[~top.complete.numpy()] = np.nan
+    return out
+
+
+def best_purity(top: TopSamples | ArrayLike, labels: Mapping[str, ArrayLike],
+                require_active: bool = True) -> pd.DataFrame:
+    """Per feature, the factor whose values its top-m samples are purest in.
+
+    Parameters
+    ----------
+    labels : factor name -> value per sample ``(n,)`` (e.g. ``{f: split.values(f) for f in names}``)
+
+    Returns
+    -------
+    DataFrame: ``feature``, ``factor``, ``purity``, ``chance`` (the factor's most common value share over all
+    samples, the purity floor of an uninformative top-m).
+    """
+    if not labels:
+        raise ValueError("no labels given")
+    names = list(labels)
+    table = np.stack([purity(top, labels[f], require_active) for f in names], 1)   # (K, F)
+    filled = np.where(np.isnan(table), -np.inf, table)
+    best = filled.argmax(1)
+    chance = np.array([np.unique(np.asarray(labels[f]), return_counts=True)[1].max() / len(labels[f])
+                       for f in names])
+    value = table[np.arange(len(best)), best]
+    return pd.DataFrame({"feature": np.arange(len(best)),
+                         "factor": np.where(np.isnan(value), "", np.asarray(names, dtype=object)[best]),
+                         "purity": value, "chance": np.where(np.isnan(value), np.nan, chance[best])})
+
+
+def m_sweep(activations: ArrayLike, embeddings: ArrayLike, ms: Sequence[int] = M_GRID, *,
+            labels: Mapping[str, ArrayLike] | None = None, n_random: int = 1000, n_boot: int = 1000,
+            seed: int = 0, eps: float = 0.0, confidence: float = 0.95) -> pd.DataFrame:
+    """EmbSim, WinRate (a) and (optionally) purity of one map on one side, for each ``m``.
+
+    Parameters
+    ----------
+    activations : (n, K) activations on one side (image activations with image embeddings, or text with text)
+    embeddings : (n, d) the embeddings of the same samples under the stated encoder
+    labels : optional factor name -> values ``(n,)``, for the best-factor purity
+
+    Returns
+    -------
+    DataFrame, one row per ``m``: ``m``, ``n_scored`` (features with at least ``m`` firing samples),
+    ``embsim`` (mean over scored features) with ``embsim_ci_low/high``, ``random_embsim`` (mean over random
+    sets), ``winrate`` with ``winrate_ci_low/high``, and with labels ``purity`` with ``purity_ci_low/high``
+    and ``purity_chance``.
+    """
+    if len(activations) != len(embeddings):
+        raise ValueError(f"{len(activations)} activation rows but {len(embeddings)} embeddings")
+    ms = sorted(set(int(m) for m in ms))
+    top_all = top_samples(activations, max(ms), eps)
+    rows = []
+    for m in ms:
+        top = top_all.first(m)
+        sims = embsim(embeddings, top)
+        row: dict[str, float] = dict(m=m, n_scored=int(np.isfinite(sims).sum()))
+        finite = sims[np.isfinite(sims)]
+        row["embsim"] = float(finite.mean()) if len(finite) else np.nan
+        row["embsim_ci_low"], row["embsim_ci_high"] = mean_bootstrap_ci(finite, n_boot, seed, confidence)
+        rand = random_embsim(embeddings, m, n_random, seed)
+        row["random_embsim"] = float(rand.mean())
+        if len(finite):
+            w = winrate_vs_random(finite, rand, n_boot, seed, confidence)
+            row.update(winrate=w.value, winrate_ci_low=w.ci_low, winrate_ci_high=w.ci_high)
+        else:
+            row.update(winrate=np.nan, winrate_ci_low=np.nan, winrate_ci_high=np.nan)
+        if labels is not None:
+            pur = best_purity(top, labels)
+            p = pur["purity"].to_numpy(dtype=float)
+            row["purity"] = float(np.nanmean(p)) if np.isfinite(p).any() else np.nan
+            row["purity_ci_low"], row["purity_ci_high"] = mean_bootstrap_ci(p, n_boot, seed, confidence)
+            row["purity_chance"] = float(np.nanmean(pur["chance"])) if np.isfinite(p).any() else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _finite(x: np.ndarray, what: str) -> np.ndarray:
+    x = np.asarray(x, dtype=float).ravel()
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        raise ValueError(f"no finite {what} to compare")
+    return x

@@ -1,0 +1,385 @@
+"""Testing MDS against planted truth, the book's addition to the paper (PAPER.md §7).
+
+Three levels:
+
+* **method**: on a planted sparse dictionary whose atoms are image-only, text-only or shared, the categories
+  should recover the planted classes (:func:`class_accuracy`);
+* **model**: on the generated world, features are matched to the factor they carry by mutual information
+  (:func:`match_features`), and the MDS of matched features should rank like the ideal MDS of their factors
+  (:func:`mds_vs_ideal`, Spearman with a bootstrap CI, per matching threshold);
+* **null**: every MDS histogram is judged against the one of the null world, where every factor is always
+  shown and said (:func:`compare_to_null`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats as sps
+
+from mmlib.analysis.categories import CLASSES, DEAD, Categories, CategoryRule, categorise
+from mmlib.analysis.zero_shot import proportion_ci
+from mmlib.analysis.mds import MDSResult
+from mmlib.core.stats import bootstrap_ci
+from mmlib.data.world import Factor, ideal_mds
+
+#: Planted atom class -> the category MDS should assign (both spellings: ``mmlib.data.planted.ATOM_CLASSES`` uses
+#: ``"image"``, ``"text"``, ``"shared"``).
+PLANTED_TO_CATEGORY: dict[str, str] = {"image-only": "ImgD", "image": "ImgD", "text-only": "TextD", "text": "TextD",
+                                       "shared": "CrossD"}
+
+
+# ------------------------------------------------------------------------------------------ method level
+@dataclasses.dataclass(frozen=True, eq=False)
+class ClassAccuracy:
+    """Agreement of predicted categories with planted atom classes.
+
+    Attributes
+    ----------
+    accuracy : float
+        Share of scored features whose category is the one their planted class maps to.
+    n, n_correct : int
+        Scored features (alive and with a planted class) and correct ones.
+    ci_low, ci_high : float
+        Wilson interval of ``accuracy``.
+    n_excluded : int
+        Features left out (dead, or planted class ``None``).
+    per_class : DataFrame
+        ``expected``, ``n``, ``recall``, ``ci_low``, ``ci_high`` per expected category.
+    confusion : DataFrame
+        Counts, rows = expected category, columns = predicted category.
+    """
+
+    accuracy: float
+    n: int
+    n_correct: int
+    ci_low: float
+    ci_high: float
+    n_excluded: int
+    per_class: pd.DataFrame
+    confusion: pd.DataFrame
+
+
+def class_accuracy(predicted: Categories | Sequence[str], planted: Sequence[str | None],
+                   mapping: Mapping[str, str] = PLANTED_TO_CATEGORY, confidence: float = 0.95) -> ClassAccuracy:
+    """Method-level check: categories ``(K,)`` against planted atom classes ``(K,)``.
+
+    Parameters
+    ----------
+    predicted : Categories or (K,) labels in {"ImgD", "TextD", "CrossD", "dead"}
+    planted : (K,) planted classes, keys of ``mapping`` (``None`` = no planted class: excluded)
+    mapping : planted class -> expected category (default image(-only) -> ImgD, text(-only) -> TextD,
+        shared -> CrossD)
+    """
+    pred = np.asarray(predicted.labels if isinstance(predicted, Categories) else predicted, dtype=object)
+    planted = np.asarray(planted, dtype=object)
+    if pred.shape != planted.shape or pred.ndim != 1:
+        raise ValueError(f"{pred.shape} predicted labels but {planted.shape} planted classes")
+    unknown = sorted({str(p) for p in planted if p is not None and p not in mapping})
+    if unknown:
+        raise ValueError(f"planted classes {unknown} not in the mapping {dict(mapping)}")
+    bad = sorted({str(p) for p in pred if p not in (*CLASSES, DEAD)})
+    if bad:
+        raise ValueError(f"unknown predicted labels {bad}; expected {(*CLASSES, DEAD)}")
+    keep = np.array([p is not None for p in planted]) & (pred != DEAD)
+    expected = np.array([mapping[p] for p in planted[keep]], dtype=object)
+    got = pred[keep]
+    if len(got) == 0:
+        raise ValueError("no feature is both alive and planted: nothing to score")
+    correct = int((expected == got).sum())
+    rows = []
+    for c in CLASSES:
+        here = expected == c
+        k = int((got[here] == c).sum())
+        low, high = proportion_ci(k, int(here.sum()), confidence)
+        rows.append(dict(expected=c, n=int(here.sum()), recall=k / here.sum() if here.any() else np.nan,
+                         ci_low=low, ci_high=high))
+    confusion = pd.crosstab(pd.Categorical(expected, CLASSES), pd.Categorical(got, CLASSES),
+                            rownames=["expected"], colnames=["predicted"], dropna=False)
+    low, high = proportion_ci(correct, len(got), confidence)
+    return ClassAccuracy(accuracy=correct / len(got), n=len(got), n_correct=correct, ci_low=low, ci_high=high,
+                         n_excluded=int((~keep).sum()), per_class=pd.DataFrame(rows), confusion=confusion)
+
+
+# ------------------------------------------------------------------------------------------- model level
+class GroundTruth(Protocol):
+    """What :func:`match_features` reads from a :class:`mmlib.data.world.WorldSplit` (same order as activations)."""
+
+    def values(self, factor: str) -> np.ndarray: ...
+
+    def depicted(self, factor: str) -> np.ndarray: ...
+
+    def mentioned(self, factor: str) -> np.ndarray: ...
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FactorMatch:
+    """Each feature's association with each factor, and its best factor.
+
+    Attributes
+    ----------
+    factors : tuple of str
+    scores : (K, F) float array
+        Mutual information (nats) or normalised MI of feature ``k`` with factor ``f``.
+    best_factor : (K,) array of str
+        The factor with the highest score (``""`` for a feature that never varies).
+    best_score : (K,) float array
+    metric : {"mi", "nmi"}
+    binarise : {"active", "quantile"}
+    """
+
+    factors: tuple[str, ...]
+    scores: np.ndarray
+    best_factor: np.ndarray
+    best_score: np.ndarray
+    metric: str
+    binarise: str
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per feature: ``feature``, ``best_factor``, ``best_score`` and one column per factor."""
+        frame = pd.DataFrame(self.scores, columns=list(self.factors))
+        frame.insert(0, "best_score", self.best_score)
+        frame.insert(0, "best_factor", self.best_factor)
+        frame.insert(0, "feature", np.arange(len(self.best_score)))
+        return frame
+
+
+def match_features(a_image: torch.Tensor | np.ndarray, a_text: torch.Tensor | np.ndarray, truth: GroundTruth,
+                   factors: Iterable[str | Factor] | None = None, *, metric: str = "nmi",
+                   binarise: str = "active", n_bins: int = 4, eps: float = 0.0, labels: str = "value",
+                   per_value: bool = False, block: int = 512) -> FactorMatch:
+    """Model-level matching: mutual information of every feature with every factor, both modalities pooled.
+
+    The ``2n`` rows are the ``n`` image activations and the ``n`` caption activations ``(n, K)`` of the same
+    pairs. A feature's activation is discretised (``binarise="active"``: fires, ``> eps``, or not;
+    ``"quantile"``: ``n_bins`` per-feature quantile bins, ties merged), the factor's label of a row is its
+    value (``labels="value"``, the default) or, with ``labels="present"``, its value where shown (image rows) /
+    said (text rows) and a separate "absent" label elsewhere. ``"present"`` also rewards pure modality
+    features for factors that are never shown or never said, so the default is ``"value"``. MI tolerates
+    conjunction features (a feature carrying factor ``f`` among others still has positive MI with ``f``).
+
+    Parameters
+    ----------
+    truth : a :class:`mmlib.data.world.WorldSplit` (or anything with ``values``, ``depicted``, ``mentioned``)
+    factors : factor names or :class:`mmlib.data.world.Factor` objects; default ``truth.world.factors``
+    metric : {"nmi", "mi"}
+        Normalised MI (arithmetic mean of the entropies, as in ``sklearn.metrics.normalized_mutual_info_score``)
+        or MI in nats (as ``sklearn.metrics.mutual_info_score``); computed for all features at once.
+    per_value : bool
+        Match to single values instead (label = "the factor has this value", names ``"factor=value"``), for
+        factors whose values are planted at different MDS (the binary attribute); pair with
+        ``ideal_mds_by_factor(factors, per_value=True)``.
+    block : features per block (bounds memory at ``2n * block`` floats per bin).
+    """
+    if metric not in ("mi", "nmi"):
+        raise ValueError(f"unknown metric {metric!r}; choose 'mi' or 'nmi'")
+    if binarise not in ("active", "quantile"):
+        raise ValueError(f"unknown binarisation {binarise!r}; choose 'active' or 'quantile'")
+    if labels not in ("value", "present"):
+        raise ValueError(f"unknown labels {labels!r}; choose 'value' or 'present'")
+    a_image, a_text = np.asarray(a_image, dtype=np.float32), np.asarray(a_text, dtype=np.float32)
+    if a_image.shape != a_text.shape or a_image.ndim != 2:
+        raise ValueError(f"need paired activations (n, K); got {a_image.shape} and {a_text.shape}")
+    factors = list(truth.world.factors if factors is None else factors)  # type: ignore[attr-defined]
+    if not factors:
+        raise ValueError("no factors to match")
+    x = np.concatenate([a_image, a_text])
+    codes = _discretise(x, binarise, n_bins, eps)
+    names, columns = [], []
+    for f in factors:
+        name = f.name if isinstance(f, Factor) else str(f)
+        v = np.asarray(truth.values(name))
+        if len(v) != len(a_image):
+            raise ValueError(f"factor {name!r} has {len(v)} labels for {len(a_image)} pairs")
+        targets = [(name, v)]
+        if per_value:
+            if not isinstance(f, Factor):
+                raise ValueError("per_value matching needs Factor objects (for the value names)")
+            targets = [(f"{name}={word}", (v == i).astype(int)) for i, word in enumerate(f.values)]
+        for label, y in targets:
+            if labels == "value":
+                y = np.concatenate([y, y])
+            else:
+                y = np.concatenate([np.where(truth.depicted(name), y, -1), np.where(truth.mentioned(name), y, -1)])
+            names.append(label)
+            columns.append(mutual_information(codes, y, normalized=metric == "nmi", block=block))
+    scores = np.stack(columns, 1)
+    best = scores.argmax(1)
+    best_score = scores[np.arange(len(best)), best]
+    best_factor = np.where(best_score > 0, np.asarray(names, dtype=object)[best], "").astype(str)
+    return FactorMatch(factors=tuple(names), scores=scores, best_factor=best_factor, best_score=best_score,
+                       metric=metric, binarise=binarise)
+
+
+def mutual_information(codes: np.ndarray, labels: np.ndarray, normalized: bool = False,
+                       block: int = 512) -> np.ndarray:
+    """MI (nats) between each column of ``codes (N, K)`` (small non-negative ints) and ``labels (N,)``.
+
+    Equal to ``sklearn.metrics.mutual_info_score(labels, codes[:, k])`` per column (or, with
+    ``normalized``, ``normalized_mutual_info_score``; 0 where either side is constant), for all columns at
+    once. Returns ``(K,)``.
+    """
+    codes = np.asarray(codes)
+    _, y = np.unique(np.asarray(labels), return_inverse=True)
+    if codes.ndim != 2 or len(y) != len(codes):
+        raise ValueError(f"need codes (N, K) and labels (N,); got {codes.shape} and {np.shape(labels)}")
+    n, k = codes.shape
+    onehot = np.zeros((n, y.max() + 1), dtype=np.float32)
+    onehot[np.arange(n), y] = 1.0
+    p_y = onehot.sum(0, dtype=np.float64) / n                # (V,)
+    h_y = -np.sum(p_y[p_y > 0] * np.log(p_y[p_y > 0]))
+    out = np.zeros(k)
+    n_bins = int(codes.max()) + 1 if codes.size else 1
+    for start in range(0, k, block):
+        c = codes[:, start:start + block]
+        counts = np.stack([onehot.T @ (c == b).astype(np.float32) for b in range(n_bins)])  # (B, V, k), exact
+        joint = counts.astype(np.float64) / n
+        p_c = joint.sum(1)                                     # (B, k)
+        ratio = joint / np.maximum(p_c[:, None, :] * p_y[None, :, None], 1e-300)
+        mi = np.where(joint > 0, joint * np.log(np.where(joint > 0, ratio, 1.0)), 0.0).sum((0, 1))
+        mi = np.maximum(mi, 0.0)
+        if normalized:
+            h_c = -np.where(p_c > 0, p_c * np.log(np.where(p_c > 0, p_c, 1.0)), 0.0).sum(0)
+            denom = (h_c + h_y) / 2
+            mi = np.where((h_c > 0) & (h_y > 0), mi / np.maximum(denom, 1e-300), 0.0)
+        out[start:start + block] = mi
+    return out
+
+
+def ideal_mds_by_factor(factors: Iterable[Factor], per_value: bool = False) -> dict[str, float]:
+    """Factor name -> ideal MDS of a perfect feature (:attr:`mmlib.data.world.Factor.ideal_mds`); NaN dropped.
+
+    With ``per_value``, ``"factor=value"`` -> :func:`mmlib.data.world.ideal_mds` of that value's probabilities
+    (the names :func:`match_features` uses with ``per_value=True``).
+    """
+    if per_value:
+        out = {f"{f.name}={word}": ideal_mds(d, m)
+               for f in factors for word, d, m in zip(f.values, f.p_depict, f.p_mention)}
+    else:
+        out = {f.name: f.ideal_mds for f in factors}
+    return {k: v for k, v in out.items() if np.isfinite(v)}
+
+
+def matched_features(mds: MDSResult | np.ndarray, match: FactorMatch, ideal: Mapping[str, float],
+                     threshold: float = 0.0) -> pd.DataFrame:
+    """Alive features whose best match scores at least ``threshold`` and whose factor has a finite ideal MDS.
+
+    Returns
+    -------
+    DataFrame: ``feature``, ``factor``, ``score``, ``mds``, ``ideal_mds`` (one row per matched feature).
+    """
+    scores = np.asarray(mds.scores if isinstance(mds, MDSResult) else mds, dtype=float)
+    if len(scores) != len(match.best_score):
+        raise ValueError(f"{len(scores)} MDS scores but {len(match.best_score)} matched features")
+    ideal_of = np.array([ideal.get(f, np.nan) for f in match.best_factor], dtype=float)
+    keep = np.isfinite(scores) & np.isfinite(ideal_of) & (match.best_score >= threshold) & (match.best_factor != "")
+    idx = np.flatnonzero(keep)
+    return pd.DataFrame({"feature": idx, "factor": match.best_factor[idx], "score": match.best_score[idx],
+                         "mds": scores[idx], "ideal_mds": ideal_of[idx]})
+
+
+def mds_vs_ideal(mds: MDSResult | np.ndarray, match: FactorMatch, ideal: Mapping[str, float],
+                 thresholds: Sequence[float] = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3), n_boot: int = 1000,
+                 seed: int = 0, confidence: float = 0.95) -> pd.DataFrame:
+    """Spearman correlation between matched features' MDS and their factors' ideal MDS, per MI threshold.
+
+    Returns
+    -------
+    DataFrame: ``threshold``, ``n_matched``, ``n_factors`` (distinct matched factors), ``rho``, ``p_value``,
+    ``ci_low``, ``ci_high`` (percentile bootstrap over features, seeded). ``rho`` is NaN with fewer than 3
+    matched features or a constant side.
+    """
+    rows = []
+    for t in thresholds:
+        m = matched_features(mds, match, ideal, t)
+        x, y = m["mds"].to_numpy(), m["ideal_mds"].to_numpy()
+        rho, p, low, high = np.nan, np.nan, np.nan, np.nan
+        if len(m) >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0:
+            res = sps.spearmanr(x, y)
+            rho, p = float(res.statistic), float(res.pvalue)
+            low, high = bootstrap_ci(_spearman, x, y, n_boot=n_boot, seed=seed, confidence=confidence)
+        rows.append(dict(threshold=t, n_matched=len(m), n_factors=int(m["factor"].nunique()), rho=rho,
+                         p_value=p, ci_low=low, ci_high=high))
+    return pd.DataFrame(rows)
+
+
+# -------------------------------------------------------------------------------------------- null world
+def compare_to_null(world: MDSResult | np.ndarray, null: MDSResult | np.ndarray,
+                    extreme: tuple[float, float] = (0.1, 0.9),
+                    rule: CategoryRule | str = "sigma", confidence: float = 0.95) -> pd.DataFrame:
+    """An MDS distribution against its null-world baseline.
+
+    Parameters
+    ----------
+    world, null : MDSResult or (K,) scores (NaN = dead) of the same kind of feature map in the two worlds
+    extreme : (low, high)
+        The shares of alive features with MDS below ``low``, above ``high`` and either are compared.
+    rule : the categorisation rule whose class shares are compared
+
+    Returns
+    -------
+    DataFrame, one row per metric: ``metric``, ``world``, ``null``, ``difference`` (world - null), Wilson
+    ``world_ci_low/high`` and ``null_ci_low/high`` for shares, ``statistic`` and ``p_value`` (Fisher's exact
+    test for shares, two-sample Kolmogorov–Smirnov and Mann–Whitney U for the distributions; the
+    Mann–Whitney statistic is reported as ``P(world > null)``).
+    """
+    w, z = _alive(world, "world"), _alive(null, "null")
+    low, high = extreme
+    rows = [dict(metric="n_alive", world=len(w), null=len(z)),
+            dict(metric="mean", world=w.mean(), null=z.mean()),
+            dict(metric="std", world=w.std(), null=z.std())]
+    shares = {f"share < {low:g}": (w < low, z < low), f"share > {high:g}": (w > high, z > high),
+              "share extreme": ((w < low) | (w > high), (z < low) | (z > high))}
+    cw, cz = categorise(w, rule), categorise(z, rule)
+    for c in CLASSES:
+        shares[f"share {c} ({cw.rule.name})"] = (cw.mask(c), cz.mask(c))
+    for name, (mw, mz) in shares.items():
+        kw, kz = int(mw.sum()), int(mz.sum())
+        odds, p = sps.fisher_exact([[kw, len(w) - kw], [kz, len(z) - kz]])
+        rows.append(dict(metric=name, world=kw / len(w), null=kz / len(z),
+                         world_ci_low=proportion_ci(kw, len(w), confidence)[0],
+                         world_ci_high=proportion_ci(kw, len(w), confidence)[1],
+                         null_ci_low=proportion_ci(kz, len(z), confidence)[0],
+                         null_ci_high=proportion_ci(kz, len(z), confidence)[1], statistic=odds, p_value=p))
+    ks = sps.ks_2samp(w, z)
+    rows.append(dict(metric="KS distance", world=np.nan, null=np.nan, statistic=ks.statistic, p_value=ks.pvalue))
+    mw = sps.mannwhitneyu(w, z)
+    rows.append(dict(metric="Mann-Whitney P(world > null)", world=np.nan, null=np.nan,
+                     statistic=mw.statistic / (len(w) * len(z)), p_value=mw.pvalue))
+    table = pd.DataFrame(rows, columns=["metric", "world", "null", "difference", "world_ci_low", "world_ci_high",
+                                        "null_ci_low", "null_ci_high", "statistic", "p_value"])
+    table["difference"] = table["world"] - table["null"]
+    return table
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _discretise(x: np.ndarray, binarise: str, n_bins: int, eps: float) -> np.ndarray:
+    """Codes ``(N, K)``: active (``> eps``) or per-feature quantile bin (ties merged)."""
+    if binarise == "active":
+        return (x > eps).astype(np.int8)
+    if n_bins < 2:
+        raise ValueError(f"n_bins must be at least 2, got {n_bins}")
+    edges = np.quantile(x, np.linspace(0, 1, n_bins + 1)[1:-1], axis=0)  # (n_bins - 1, K)
+    codes = np.zeros(x.shape, dtype=np.int8)
+    for e in edges:
+        codes += x > e[None, :]
+    return codes
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(sps.spearmanr(x, y).statistic)
+
+
+def _alive(mds: MDSResult | np.ndarray, name: str) -> np.ndarray:
+    scores = np.asarray(mds.scores if isinstance(mds, MDSResult) else mds, dtype=float)
+    scores = scores[np.isfinite(scores)]
+    if len(scores) == 0:
+        raise ValueError(f"the {name} MDS has no alive feature")
+    return scores

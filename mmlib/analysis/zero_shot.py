@@ -1,0 +1,222 @@
+"""Evaluation on embeddings: zero-shot accuracy, linear probes per factor, and the modality gap.
+
+Everything here works on precomputed embeddings (tensors), so it runs without the model in memory, except
+:func:`encode_texts`, which embeds class prompts.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from scipy.stats import binomtest
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
+
+from mmlib.models.clip import ModelBundle
+from mmlib.data.world import Factor, WorldSplit, compose_caption
+
+
+def proportion_ci(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (``(nan, nan)`` for zero trials)."""
+    if trials == 0:
+        return (float("nan"), float("nan"))
+    ci = binomtest(int(successes), int(trials)).proportion_ci(confidence_level=confidence, method="wilson")
+    return (float(ci.low), float(ci.high))
+
+
+@torch.inference_mode()
+def encode_texts(bundle: ModelBundle, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    """Text embeddings ``(k, d)`` (unnormalised) of ``texts``."""
+    if len(texts) == 0:
+        raise ValueError("no texts to encode")
+    device = next(bundle.model.parameters()).device
+    chunks = [bundle.model.encode_text(bundle.tokenizer(list(texts[i:i + batch_size])).to(device)).float().cpu()
+              for i in range(0, len(texts), batch_size)]
+    return torch.cat(chunks)
+
+
+def zero_shot_predict(image_emb: torch.Tensor, class_emb: torch.Tensor) -> torch.Tensor:
+    """Predicted class ``(n,)`` of images ``(n, d)`` by cosine similarity to class embeddings.
+
+    ``class_emb`` is ``(k, d)`` (one embedding per class) or ``(k, p, d)`` (``p`` prompts per class, e.g. the
+    class named together with each value of a context factor): a class then scores its best prompt, i.e. the
+    prediction is the class of the most similar prompt in the joint label space.
+    """
+    if class_emb.ndim not in (2, 3):
+        raise ValueError(f"class embeddings must be (k, d) or (k, p, d), got shape {tuple(class_emb.shape)}")
+    if image_emb.shape[1] != class_emb.shape[-1]:
+        raise ValueError(f"image embeddings have d={image_emb.shape[1]} but class embeddings d={class_emb.shape[-1]}")
+    classes = F.normalize(class_emb.float(), dim=-1)
+    sims = torch.einsum("nd,k...d->nk...", F.normalize(image_emb.float(), dim=-1), classes)
+    return (sims.amax(-1) if classes.ndim == 3 else sims).argmax(1)
+
+
+def zero_shot_accuracy(image_emb: torch.Tensor, class_emb: torch.Tensor, labels: torch.Tensor | np.ndarray) -> float:
+    """Share of images ``(n, d)`` whose predicted class (see :func:`zero_shot_predict`) is their label ``(n,)``."""
+    labels = torch.as_tensor(np.asarray(labels))
+    if len(labels) != len(image_emb):
+        raise ValueError(f"{len(image_emb)} images but {len(labels)} labels")
+    if len(labels) == 0:
+        return float("nan")
+    return float((zero_shot_predict(image_emb, class_emb) == labels).float().mean())
+
+
+#: How class prompts are read (PAPER.md leaves zero-shot prompting open; see the Reproduction notes).
+PROMPT_READINGS = ("joint", "ensemble", "single")
+
+
+def prompt_context(factors: Sequence[Factor], factor: Factor) -> tuple[Factor, ...]:
+    """The other object factors that every caption names (``p_mention = 1`` for every value).
+
+    World captions always name these (e.g. the colour of a shape), so a prompt that names the class alone
+    ("a photo of a circle") lies off the caption distribution; :func:`class_prompt_sets` names them too.
+    """
+    return tuple(f for f in factors if f.name != factor.name and f.kind == "object" and min(f.p_mention) == 1.0)
+
+
+def class_prompt_sets(factor: Factor, context: Sequence[Factor] = (), template: str = "a photo of",
+                      ) -> list[list[str]]:
+    """Per value of ``factor``, one prompt per combination of the ``context`` factors' canonical words.
+
+    With no context: one prompt per value, as :func:`class_prompts`. Returns ``k`` lists of ``p`` prompts.
+    """
+    combos = list(itertools.product(*[[(f.name, syn[0]) for syn in f.synonyms] for f in context]))
+    return [[compose_caption({**dict(combo), factor.name: factor.synonyms[v][0]}, prefix=template)
+             for combo in combos] for v in range(len(factor.values))]
+
+
+def class_embeddings(encode: Callable[[list[str]], torch.Tensor], factor: Factor,
+                     factors: Sequence[Factor] = (), reading: str = "joint", template: str = "a photo of",
+                     ) -> torch.Tensor:
+    """Class embeddings of ``factor`` under a prompt ``reading``.
+
+    Parameters
+    ----------
+    encode : callable
+        list of ``m`` texts -> ``(m, d)`` embeddings (e.g. ``lambda t: encode_texts(bundle, t)``).
+    factors : the world's factors (the context is :func:`prompt_context` of them).
+    reading : str
+        ``"joint"`` (default): ``(k, p, d)``, one prompt per value of the context factors, scored by the best
+        prompt (zero-shot over the joint label space); ``"ensemble"``: ``(k, d)``, the normalised mean of
+        those prompts (CLIP's prompt ensembling); ``"single"``: ``(k, d)``, the class named alone.
+    """
+    if reading not in PROMPT_READINGS:
+        raise ValueError(f"unknown prompt reading {reading!r}; choose one of {PROMPT_READINGS}")
+    context = () if reading == "single" else prompt_context(factors, factor)
+    sets = class_prompt_sets(factor, context, template)
+    k, p = len(sets), len(sets[0])
+    emb = F.normalize(encode([t for prompts in sets for t in prompts]).float(), dim=-1).reshape(k, p, -1)
+    if reading == "joint":
+        return emb
+    return F.normalize(emb.mean(1), dim=-1)
+
+
+def zero_shot_report(bundle: ModelBundle, image_emb: torch.Tensor, split: WorldSplit,
+                     factors: Sequence[str] | None = None, readings: Sequence[str] = ("joint",)) -> pd.DataFrame:
+    """Zero-shot accuracy per factor on the images where the factor is depicted, with 95 % Wilson CIs.
+
+    Parameters
+    ----------
+    image_emb : (n, d) tensor
+        Image embeddings of ``split`` (same order).
+    factors : names; default all factors that are depicted somewhere in the split.
+    readings : prompt readings (see :func:`class_embeddings`), one row per factor and reading.
+    """
+    if len(image_emb) != len(split):
+        raise ValueError(f"{len(image_emb)} image embeddings for a split of {len(split)} pairs")
+    rows = []
+    for f in split.world.factors:
+        if factors is not None and f.name not in factors:
+            continue
+        shown = split.depicted(f.name)
+        if factors is None and not shown.any():
+            continue
+        labels = split.values(f.name)[shown]
+        for reading in readings:
+            classes = class_embeddings(lambda t: encode_texts(bundle, t), f, split.world.factors, reading)
+            acc = zero_shot_accuracy(image_emb[torch.from_numpy(shown)], classes, labels)
+            low, high = proportion_ci(round(acc * len(labels)), len(labels)) if len(labels) else (np.nan, np.nan)
+            rows.append(dict(factor=f.name, role=f.role, reading=reading, n=int(len(labels)), accuracy=acc,
+                             ci_low=low, ci_high=high, chance=1.0 / len(f.values)))
+    return pd.DataFrame(rows)
+
+
+def linear_probe_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+                          c: float = 1.0, seed: int = 0) -> np.ndarray:
+    """Fit a standardised multinomial logistic regression; return per-test-sample correctness ``(n_test,)`` bool.
+
+    The fit runs with one BLAS thread: for these small matrices (a few thousand x at most a few hundred) a second
+    thread made each L-BFGS fit about 14 times slower on 2 cores, and one thread makes the result independent
+    of the machine's core count.
+    """
+    if len(np.unique(y_train)) < 2:
+        return np.zeros(len(y_test), dtype=bool)
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000, random_state=seed))
+    with threadpool_limits(limits=1):
+        clf.fit(np.asarray(x_train, dtype=np.float64), y_train)
+        return clf.predict(np.asarray(x_test, dtype=np.float64)) == y_test
+
+
+def probe_report(train: WorldSplit, test: WorldSplit, features: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                 factors: Sequence[str] | None = None, c: float = 1.0) -> pd.DataFrame:
+    """Linear probe of every factor from every feature set, split by whether the factor was present.
+
+    Parameters
+    ----------
+    features : dict
+        ``name -> (train_features (n_train, w), test_features (n_test, w))``; a name starting with ``image``
+        is read on the image side (present = depicted), otherwise on the text side (present = mentioned).
+
+    Returns
+    -------
+    DataFrame with one row per (feature set, factor): accuracy overall, where present, where absent, with
+    95 % CIs where present, and the chance level.
+    """
+    rows = []
+    for fname, (x_tr, x_te) in features.items():
+        side = "image" if fname.startswith("image") else "text"
+        for f in train.world.factors:
+            if factors is not None and f.name not in factors:
+                continue
+            correct = linear_probe_accuracy(x_tr.numpy(), train.values(f.name), x_te.numpy(), test.values(f.name), c)
+            present = test.depicted(f.name) if side == "image" else test.mentioned(f.name)
+            k_present = int(correct[present].sum())
+            low, high = proportion_ci(k_present, int(present.sum()))
+            rows.append(dict(features=fname, side=side, factor=f.name, role=f.role,
+                             accuracy=float(correct.mean()),
+                             acc_present=float(correct[present].mean()) if present.any() else np.nan,
+                             ci_low=low, ci_high=high,
+                             acc_absent=float(correct[~present].mean()) if (~present).any() else np.nan,
+                             share_present=float(present.mean()), chance=1.0 / len(f.values)))
+    return pd.DataFrame(rows)
+
+
+def modality_gap(image_emb: torch.Tensor, text_emb: torch.Tensor) -> dict[str, float]:
+    """The modality gap of paired embeddings ``(n, d)`` (Liang et al., NeurIPS 2022).
+
+    Returns
+    -------
+    dict with ``gap`` (Euclidean distance between the centroids of the L2-normalised image and text
+    embeddings), ``cos_matched`` (mean cosine of matched pairs), ``cos_unmatched`` (mean cosine of
+    image ``i`` with text ``i+1``), ``cos_centroids`` (cosine between the two centroids).
+    """
+    if image_emb.shape != text_emb.shape:
+        raise ValueError(f"image {tuple(image_emb.shape)} and text {tuple(text_emb.shape)} embeddings differ in shape")
+    if len(image_emb) < 2:
+        raise ValueError("need at least 2 pairs to measure the modality gap")
+    img = F.normalize(image_emb.double(), dim=-1)
+    txt = F.normalize(text_emb.double(), dim=-1)
+    ci, ct = img.mean(0), txt.mean(0)
+    return {
+        "gap": float((ci - ct).norm()),
+        "cos_matched": float((img * txt).sum(1).mean()),
+        "cos_unmatched": float((img * txt.roll(1, 0)).sum(1).mean()),
+        "cos_centroids": float(F.cosine_similarity(ci, ct, dim=0)),
+    }

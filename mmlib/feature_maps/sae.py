@@ -1,0 +1,453 @@
+"""Multimodal sparse autoencoder (PAPER.md §2): one SAE trained on image and text embeddings.
+
+Model, for a modality ``m`` with normalised input ``x = (z - mu_m) / s_m`` (see ``normalize``)::
+
+    h = ReLU(W_e (x - b_d) + b_e)        (K,)   TopK variant: keep the k largest, zero the rest
+    x_hat = W_d h + b_d                   (d,)
+    loss = sum_m  mean_batch ||x_m - x_hat_m||² + lambda ||h_m||_1       (summed over m in {image, text})
+
+Decoder columns are renormalised to unit norm after every step; ``b_d`` starts at the data mean and
+``W_e`` at ``W_dᵀ``. Dead latents (not fired for ``dead_window`` steps) are resampled toward high-loss
+inputs for ``relu_l1`` (Bricken et al., 2023) and revived by the AuxK loss for ``topk`` (Gao et al., 2024);
+their fraction is logged. Training streams the data in chunks (:func:`mmlib.feature_maps.base.pair_chunks`).
+
+With ``shared=False`` one SAE per modality is trained; the map then has ``2K`` features, the image SAE's
+latents first and the text SAE's last, so that a feature index means one latent whatever the modality
+(an image activates only the first block, a text only the second).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from mmlib.core.artifacts import to_jsonable
+from mmlib.feature_maps.base import (MODALITIES, FeatureMap, History, Liveness, PairData, Source, check_schedule,
+                                iterate_batches, linear_decay_lr, torch_threads, training_data, training_device)
+
+__all__ = ["SAEConfig", "SAEMap", "train_sae", "NORMALIZATIONS"]
+
+#: Per-modality input normalisation applied before the SAE (and undone after the decoder).
+NORMALIZATIONS = ("none", "scale", "center", "center_scale")
+
+
+@dataclasses.dataclass(frozen=True)
+class SAEConfig:
+    """How a multimodal SAE is built and trained.
+
+    Attributes
+    ----------
+    K : int
+        Latents per SAE (dictionary size; the paper profile uses ``8 d``).
+    kind : {"relu_l1", "topk"}
+        ReLU with an L1 penalty (the paper's kind) or TopK (Gao et al., 2024).
+    k : int
+        Active latents per sample for ``topk`` (``1 <= k <= K``; ignored by ``relu_l1``).
+    l1_coef : float
+        ``lambda`` of the L1 penalty (``relu_l1`` only; ignored by ``topk``).
+    normalize : {"scale", "none", "center", "center_scale"}
+        Per-modality normalisation before the SAE, from statistics of the training data stored in the map
+        and undone by ``decode``: ``"scale"`` (default) divides each modality by the root of its mean squared
+        norm (keeps the modality gap, makes ``lambda`` scale-free); ``"center"`` subtracts each modality's
+        mean (removes the gap); ``"center_scale"`` does both (unit mean squared norm after centring);
+        ``"none"`` uses the embeddings as they are.
+    shared : bool
+        One SAE for both modalities (default) or one per modality.
+    epochs, batch_size : int
+        Passes over the data and pairs per step (a step sees ``batch_size`` images and their texts).
+    lr : float
+        Adam learning rate, decayed linearly to 0 over the last ``lr_decay`` fraction of the steps (the
+        defaults are tuned on the planted dictionary, 8000 pairs; lower ``lr`` for long runs).
+    lr_decay : float
+    resample_at : tuple of float
+        Fractions of training at which dead latents are resampled (``relu_l1``; empty: never).
+    dead_window : int
+        A latent is dead when it has not fired in the last ``dead_window`` steps.
+    aux_coef : float
+        Weight of the AuxK loss (``topk``; 0 disables it).
+    aux_k : int or None
+        Dead latents used by AuxK per sample (default ``d // 2``).
+    log_every : int
+        Steps between history records.
+    chunk_size : int
+        Rows per chunk when the data are tensors in memory (rows are shuffled within a chunk).
+    seed : int
+        Seeds the initialisation, the batch order and the resampling.
+    """
+
+    K: int = 512
+    kind: str = "relu_l1"
+    k: int = 8
+    l1_coef: float = 0.1
+    normalize: str = "scale"
+    shared: bool = True
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 1e-2
+    lr_decay: float = 0.2
+    resample_at: tuple[float, ...] = (0.25, 0.5)
+    dead_window: int = 100
+    aux_coef: float = 1 / 32
+    aux_k: int | None = None
+    log_every: int = 20
+    chunk_size: int = 65536
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.K < 1:
+            raise ValueError(f"K (dictionary size) must be a positive integer, got {self.K}")
+        if self.kind not in ("relu_l1", "topk"):
+            raise ValueError(f"kind must be 'relu_l1' or 'topk', got {self.kind!r}")
+        if self.kind == "topk" and not 1 <= self.k <= self.K:
+            raise ValueError(f"k (active latents of a TopK SAE) must lie in [1, K={self.K}], got {self.k}")
+        if not (self.l1_coef >= 0 and math.isfinite(self.l1_coef)):
+            raise ValueError(f"l1_coef (lambda) must be a finite number >= 0, got {self.l1_coef}")
+        if self.normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {self.normalize!r}")
+        check_schedule(self)
+        if any(not 0 < f < 1 for f in self.resample_at):
+            raise ValueError(f"resample_at fractions must lie in (0, 1), got {self.resample_at}")
+        if self.aux_coef < 0:
+            raise ValueError(f"aux_coef must be >= 0, got {self.aux_coef}")
+        if self.aux_k is not None and self.aux_k < 1:
+            raise ValueError(f"aux_k must be a positive integer or None, got {self.aux_k}")
+
+    @property
+    def n_sae(self) -> int:
+        """Number of SAEs: 1 if shared, else 2 (image, text)."""
+        return 1 if self.shared else 2
+
+
+# ------------------------------------------------------------------------------------------- the model
+
+class _SAE(nn.Module):
+    """``M`` stacked SAEs (``M = 1`` shared, ``2`` per modality) on normalised inputs.
+
+    Parameters ``W_e (M, K, d)``, ``b_e (M, K)``, ``W_d (M, d, K)``, ``b_d (M, d)``.
+    """
+
+    def __init__(self, n_sae: int, dim: int, n_latents: int, kind: str, k: int, generator: torch.Generator) -> None:
+        super().__init__()
+        w_d = torch.randn(n_sae, dim, n_latents, generator=generator)
+        w_d /= w_d.norm(dim=1, keepdim=True)
+        self.W_d = nn.Parameter(w_d)
+        self.W_e = nn.Parameter(w_d.transpose(1, 2).clone())
+        self.b_e = nn.Parameter(torch.zeros(n_sae, n_latents))
+        self.b_d = nn.Parameter(torch.zeros(n_sae, dim))
+        self.kind, self.k = kind, k
+
+    def pre(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-activations ``(M, b, K)`` of inputs ``(M, b, d)``."""
+        return torch.baddbmm(self.b_e[:, None], x - self.b_d[:, None], self.W_e.transpose(1, 2))
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        """Codes ``(M, b, K)``: ReLU, or the ReLU of the top ``k`` pre-activations."""
+        if self.kind == "topk":
+            top = pre.topk(self.k, dim=-1)
+            return torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
+        return torch.relu(pre)
+
+    def topk(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The TopK codes of pre-activations ``(M, b, K)`` in sparse form: ReLU'd values and indices
+        ``(M, b, k)`` each."""
+        top = pre.topk(self.k, dim=-1)
+        return torch.relu(top.values), top.indices
+
+    def decode_sparse(self, values: torch.Tensor, indices: torch.Tensor, bias: bool = True) -> torch.Tensor:
+        """Reconstructions ``(M, b, d)`` of sparse codes ``(M, b, k)`` (values at latent ``indices``): a
+        sum of ``k`` gathered decoder columns instead of a dense product, for TopK's small ``k``."""
+        n_sae = self.W_d.shape[0]
+        columns = self.W_d.transpose(1, 2)[torch.arange(n_sae)[:, None, None], indices]  # (M, b, k, d)
+        out = (values[..., None] * columns).sum(-2)
+        return out + self.b_d[:, None] if bias else out
+
+    def encode_one(self, x: torch.Tensor, s: int) -> torch.Tensor:
+        """Codes ``(n, K)`` of SAE ``s`` for inputs ``(n, d)``."""
+        return self.activate(torch.addmm(self.b_e[s], x - self.b_d[s], self.W_e[s].T)[None])[0]
+
+    def decode(self, h: torch.Tensor) -> torch.Tensor:
+        """Reconstructions ``(M, b, d)`` of codes ``(M, b, K)``."""
+        return torch.baddbmm(self.b_d[:, None], h, self.W_d.transpose(1, 2))
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Unit-norm decoder columns."""
+        self.W_d /= self.W_d.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+# ----------------------------------------------------------------------------------------------- the map
+
+class SAEMap(FeatureMap):
+    """A trained multimodal SAE as a feature map (``has_decoder`` is True).
+
+    ``encode`` normalises ``z`` with its modality's stored statistics and returns the codes ``(n, K)``
+    (``(n, 2K)`` block layout when not shared); ``decode`` reconstructs in the original embedding space.
+
+    Attributes
+    ----------
+    model : nn.Module
+        The stacked SAE(s): ``W_e (M, K, d)``, ``b_e (M, K)``, ``W_d (M, d, K)``, ``b_d (M, d)``.
+    norm_mean, norm_scale : Tensor
+        ``(2, d)`` and ``(2,)``: the per-modality normalisation (image, text).
+    train_config : SAEConfig
+    """
+
+    kind = "sae"
+    has_decoder = True
+
+    def __init__(self, model: _SAE, norm_mean: torch.Tensor, norm_scale: torch.Tensor, config: SAEConfig,
+                 source: Source | None = None) -> None:
+        n_sae, dim, n_latents = model.W_d.shape
+        super().__init__(dim, n_sae * n_latents, hparams=to_jsonable(config), source=source)
+        self.model = model.eval().requires_grad_(False)
+        self.norm_mean = norm_mean.float()    # (2, d)
+        self.norm_scale = norm_scale.float()  # (2,)
+        self.train_config = config
+
+    @property
+    def name(self) -> str:
+        c = self.train_config
+        sparsity = f"k={c.k}" if c.kind == "topk" else f"λ={c.l1_coef:g}"
+        return f"sae-{c.kind}(K={self.n_features}, {sparsity}{'' if c.shared else ', per-modality'})"
+
+    @property
+    def n_latents(self) -> int:
+        """Latents per SAE (``K`` of the config)."""
+        return int(self.model.W_d.shape[2])
+
+    def _index(self, modality: str) -> tuple[int, int]:
+        m = MODALITIES.index(modality)
+        return m, 0 if self.train_config.shared else m
+
+    def normalize_input(self, z: torch.Tensor, modality: str) -> torch.Tensor:
+        """Embeddings ``(n, d)`` in the SAE's input space: ``(z - mu_m) / s_m``."""
+        m, _ = self._index(modality)
+        return (z - self.norm_mean[m]) / self.norm_scale[m]
+
+    def _encode(self, z: torch.Tensor, modality: str) -> torch.Tensor:
+        m, s = self._index(modality)
+        x = self.normalize_input(z, modality)
+        h = self.model.encode_one(x, s)
+        if self.train_config.shared:
+            return h
+        out = torch.zeros(len(z), self.n_features)
+        out[:, s * self.n_latents:(s + 1) * self.n_latents] = h
+        return out
+
+    def _decode(self, h: torch.Tensor, modality: str) -> torch.Tensor:
+        m, s = self._index(modality)
+        if not self.train_config.shared:
+            h = h[:, s * self.n_latents:(s + 1) * self.n_latents]
+        x_hat = h @ self.model.W_d[s].T + self.model.b_d[s]
+        return x_hat * self.norm_scale[m] + self.norm_mean[m]
+
+    @property
+    def dictionary(self) -> torch.Tensor:
+        """Unit decoder directions ``(n_features, d)`` (also the directions in the original space, since the
+        normalisation scales isotropically)."""
+        return self.model.W_d.detach().permute(0, 2, 1).reshape(self.n_features, self.input_dim).clone()
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {**{k: v.detach() for k, v in self.model.state_dict().items()},
+                "norm_mean": self.norm_mean, "norm_scale": self.norm_scale}
+
+    @classmethod
+    def from_state(cls, tensors: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> SAEMap:
+        hp = dict(config["hparams"])
+        hp["resample_at"] = tuple(hp.get("resample_at", ()))
+        sae_config = SAEConfig(**hp)
+        n_sae, dim, n_latents = tensors["W_d"].shape
+        if (dim, n_sae * n_latents) != (config["input_dim"], config["n_features"]) or n_sae != sae_config.n_sae:
+            raise ValueError(f"SAE tensors of shape {tuple(tensors['W_d'].shape)} do not match the recorded "
+                             f"d={config['input_dim']}, K={config['n_features']}, shared={sae_config.shared}")
+        model = _SAE(n_sae, dim, n_latents, sae_config.kind, sae_config.k, torch.Generator().manual_seed(0))
+        model.load_state_dict({k: tensors[k] for k in ("W_d", "W_e", "b_e", "b_d")})
+        return cls(model, tensors["norm_mean"], tensors["norm_scale"], sae_config)
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+def _normalization(stats: Any, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-modality ``(mean (2, d), scale (2,))`` of the chosen normalisation."""
+    zeros, ones = torch.zeros_like(stats.mean), torch.ones(2)
+    if mode == "none":
+        return zeros, ones
+    if mode == "scale":
+        return zeros, stats.sq_norm.sqrt().clamp_min(1e-12)
+    if mode == "center":
+        return stats.mean.clone(), ones
+    return stats.mean.clone(), stats.centered_sq_norm.sqrt().clamp_min(1e-12)
+
+
+def _group(x: torch.Tensor, n_sae: int) -> torch.Tensor:
+    """``(2, b, ...)`` per-modality rows -> ``(M, rows, ...)`` per-SAE rows (both modalities pooled if shared)."""
+    return x.reshape(n_sae, -1, *x.shape[2:])
+
+
+def _reset_adam(optimizer: torch.optim.Optimizer, param: nn.Parameter, index: tuple) -> None:
+    state = optimizer.state.get(param, {})
+    for name in ("exp_avg", "exp_avg_sq"):
+        if name in state:
+            state[name][index] = 0.0
+
+
+@torch.no_grad()
+def _resample(model: _SAE, optimizer: torch.optim.Optimizer, dead: torch.Tensor, recent: torch.Tensor,
+              generator: torch.Generator) -> int:
+    """Resample dead latents toward high-loss inputs (Bricken et al., 2023); return how many.
+
+    ``dead`` ``(M, K)`` bool; ``recent`` ``(M, r, d)`` recent normalised inputs of each SAE. A dead latent's
+    decoder column becomes a recent input (minus ``b_d``) drawn with probability proportional to its
+    squared reconstruction loss, unit-normalised; its encoder row that direction scaled to 0.2 times the
+    mean norm of the alive encoder rows; its encoder bias 0; its Adam state is reset.
+    """
+    total = 0
+    for s in range(dead.shape[0]):
+        idx = torch.nonzero(dead[s]).flatten()
+        if len(idx) == 0:
+            continue
+        x = recent[s]
+        loss = (x - model.decode(model.activate(model.pre(x[None])))[0]).square().sum(-1)
+        weights = loss.square() + 1e-12
+        pick = torch.multinomial(weights.cpu(), len(idx), replacement=len(idx) > len(x), generator=generator)
+        pick = pick.to(x.device)
+        direction = x[pick] - model.b_d[s]
+        direction /= direction.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        alive = ~dead[s]
+        enc_norm = model.W_e[s][alive].norm(dim=1).mean() if bool(alive.any()) else x.new_tensor(1.0)
+        model.W_d[s][:, idx] = direction.T
+        model.W_e[s][idx] = direction * 0.2 * enc_norm
+        model.b_e[s][idx] = 0.0
+        _reset_adam(optimizer, model.W_d, (s, slice(None), idx))
+        _reset_adam(optimizer, model.W_e, (s, idx))
+        _reset_adam(optimizer, model.b_e, (s, idx))
+        total += len(idx)
+    return total
+
+
+def _aux_loss(model: _SAE, residual: torch.Tensor, pre: torch.Tensor, dead: torch.Tensor,
+              aux_k: int) -> torch.Tensor:
+    """AuxK (Gao et al., 2024): the ``aux_k`` largest dead latents reconstruct the ``residual``.
+
+    Shapes: ``residual`` ``(M, b, d)`` (``x - x_hat``, detached); ``pre`` ``(M, b, K)``; ``dead`` ``(M, K)``.
+    Returns each SAE's mean squared error divided by the residual's mean squared norm (a scale-free
+    term), summed over SAEs.
+    """
+    total = pre.new_zeros(())
+    for s in range(dead.shape[0]):
+        idx = torch.nonzero(dead[s]).flatten()
+        if len(idx) == 0:
+            continue
+        top = pre[s][:, idx].topk(min(aux_k, len(idx)), dim=-1)
+        columns = model.W_d[s].T[idx[top.indices]]                      # (b, k_aux, d)
+        estimate = (torch.relu(top.values)[..., None] * columns).sum(-2)
+        err = (residual[s] - estimate).square().sum(-1).mean()
+        total = total + err / residual[s].square().sum(-1).mean().clamp_min(1e-12)
+    return total
+
+
+def train_sae(data: PairData, config: SAEConfig = SAEConfig(), source: Source | None = None,
+              progress: bool = True, threads: int | None = 1, device: str | torch.device = "cpu"
+              ) -> tuple[SAEMap, dict[str, list[float]]]:
+    """Train a multimodal SAE on paired image and text embeddings.
+
+    Parameters
+    ----------
+    data : PairData
+        :class:`~mmlib.models.embed.Embeddings`, an ``(image (n, d), text (n, d))`` pair, or a function returning an
+        iterable of such chunks (streamed; memory does not grow with ``n``).
+    config : SAEConfig
+    source : Source, optional
+        What the data are (default: read from ``data`` by :func:`mmlib.feature_maps.base.source_of`).
+    progress : bool
+        Show a tqdm bar over steps.
+    threads : int or None
+        torch CPU threads during training (``None``: leave torch's setting). One thread is the default: these
+        matrices are small, and several threads slow down badly on cores shared with other processes.
+    device : str
+        Where to train (``"cpu"``, ``"cuda"``, ``"auto"``); the returned map is on the CPU. Deterministic on
+        the CPU only.
+
+    Returns
+    -------
+    (SAEMap, dict)
+        The map and its history: per logged step ``step``, ``loss``, ``mse`` (mean over modalities of the
+        per-sample squared error in the normalised space), ``l0`` (active latents per sample), ``dead``
+        (fraction of latents not fired in the last ``dead_window`` steps), ``lr``, and ``resampled``
+        (latents resampled at each resampling step, with ``resample_step``).
+    """
+    with torch_threads(threads):
+        return _train(data, config, source, progress, training_device(device))
+
+
+def _train(data: PairData, config: SAEConfig, source: Source | None, progress: bool, device: torch.device
+           ) -> tuple[SAEMap, dict[str, list[float]]]:
+    chunks, stats, source = training_data(data, config.chunk_size, source)
+    n_sae = config.n_sae
+    gen = torch.Generator().manual_seed(config.seed)
+    norm_mean, norm_scale = _normalization(stats, config.normalize)
+    model = _SAE(n_sae, stats.dim, config.K, config.kind, config.k, gen)
+    with torch.no_grad():  # b_d = mean of the normalised data (pooled over modalities if shared)
+        centre = (stats.mean - norm_mean) / norm_scale[:, None]
+        model.b_d.copy_(centre.mean(0, keepdim=True) if config.shared else centre)
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, foreach=True)
+    total = config.epochs * stats.steps_per_epoch(config.batch_size)
+    resample_steps = {max(1, round(f * total)) for f in config.resample_at} if config.kind == "relu_l1" else set()
+    aux_k = config.aux_k or max(1, stats.dim // 2)
+    liveness = Liveness(n_sae, config.K, config.dead_window, device)
+    recent: collections.deque[torch.Tensor] = collections.deque(maxlen=max(1, math.ceil(4096 / config.batch_size)))
+    resampled: dict[str, list[float]] = {"resample_step": [], "resampled": []}
+    shift, scale = norm_mean[:, None, :].to(device), norm_scale[:, None, None].to(device)
+    step = 0
+    model.train()
+    with tqdm(total=total, desc=f"SAE {config.kind} K={config.K}", unit="step", disable=not progress,
+              dynamic_ncols=True) as bar:
+        history = History(("loss", "mse", "l0"), config.log_every, total, bar)
+        for _ in range(config.epochs):
+            for z in iterate_batches(chunks, config.batch_size, gen):
+                step += 1
+                lr = linear_decay_lr(step, total, config.lr, config.lr_decay)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                x = _group((z.to(device) - shift) / scale, n_sae)  # (M, rows, d)
+                pre = model.pre(x)
+                if config.kind == "topk":
+                    values, indices = model.topk(pre)
+                    x_hat = model.decode_sparse(values, indices)
+                    with torch.no_grad():
+                        on = (values > 0).float()
+                        counts = torch.zeros(n_sae, config.K, device=device)
+                        fired = counts.scatter_add_(1, indices.reshape(n_sae, -1), on.reshape(n_sae, -1)) > 0
+                else:
+                    h = model.activate(pre)
+                    x_hat = model.decode(h)
+                    on = (h.detach() > 0).float()
+                    fired = on.amax(1) > 0
+                mse = (x - x_hat).square().sum(-1).reshape(2, -1).mean(1)  # (2,) per modality
+                loss = mse.sum()
+                if config.kind == "relu_l1":
+                    loss = loss + config.l1_coef * h.sum(-1).reshape(2, -1).mean(1).sum()
+                dead = liveness.update(fired, step)
+                if config.kind == "topk" and config.aux_coef > 0 and bool(dead.any()):
+                    loss = loss + config.aux_coef * _aux_loss(model, (x - x_hat).detach(), pre, dead, aux_k)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                model.normalize_decoder()
+                recent.append(x.detach())
+                if step in resample_steps:
+                    resampled["resampled"].append(_resample(model, optimizer, dead, torch.cat(list(recent), 1), gen))
+                    resampled["resample_step"].append(step)
+                    liveness.revive(dead, step)
+                history.add(step, float(dead.float().mean()), lr, loss=float(loss.detach()),
+                            mse=float(mse.detach().mean()), l0=float(on.sum()) / (2 * z.shape[1]))
+                bar.update(1)
+    return SAEMap(model.cpu(), norm_mean, norm_scale, config, source), {**history.data, **resampled}
