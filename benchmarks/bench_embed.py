@@ -22,8 +22,8 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from mmlib.core.artifacts import stable_hash  # noqa: E402
-from mmlib.models.embed import EmbedConfig, embed_dataset  # noqa: E402
 from mmlib.models.clip import ModelBundle, TinyClipArch, build_tiny_clip, tiny_bundle  # noqa: E402
+from mmlib.models.embed import EmbedConfig, embed_dataset  # noqa: E402
 
 
 class MemoryPairs:

@@ -19,14 +19,15 @@ import os
 import time
 from types import ModuleType
 
+from mmlib.core.devices import torch_threads
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from mmlib.feature_maps.diagnostics import fvu  # noqa: E402
-from mmlib.feature_maps.base import torch_threads  # noqa: E402
 from mmlib.data.planted import PlantedConfig, generate_planted  # noqa: E402
+from mmlib.feature_maps.diagnostics import fvu  # noqa: E402
 from mmlib.feature_maps.sae import SAEConfig, train_sae  # noqa: E402
 
 

@@ -24,9 +24,9 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from mmlib.profiles import get_profile  # noqa: E402
-from mmlib.models.training import train_tiny_clip  # noqa: E402
 from mmlib.data.world import generate_world  # noqa: E402
+from mmlib.models.training import train_tiny_clip  # noqa: E402
+from mmlib.profiles import get_profile  # noqa: E402
 
 MOOD_WORDS = ("happy", "sad", "angry", "calm")
 

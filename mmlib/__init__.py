@@ -1,43 +1,41 @@
 """mmlib: the helper library of the *Multi-Faceted Multimodal Monosemanticity* reproducibility book.
 
-One module per concept; every arrow of the book's data flow is one function here::
+Every arrow of the book's data flow is one function here::
 
-    profile -> world / real corpus -> model -> embeddings -> feature map -> MDS -> ...
+    profile -> world / real corpus -> model -> embeddings -> feature map -> MDS -> categories -> case studies
 
-Modules
--------
-paths      where the repository, notebooks and artifacts live (resolved from the package)
-artifacts  content-keyed, atomically written artifact store (safetensors + JSON)
-profiles   the ``tiny`` and ``paper`` profiles as typed, frozen configs
-world      the generated multimodal world with planted modality dominance
-data       the paired-dataset protocol and its errors
-realdata   real-data adapters (CSV/TSV of image path + caption, webdataset tar shards, CelebA faces)
-models     open_clip loader and the tiny CLIP architecture
-training   tiny CLIP / DeCLIP-like training on the world
-embed      cached, resumable, torchrun-shardable embedding extraction
-evaluate   zero-shot accuracy (prompt readings), linear probes and the modality gap
-pipeline   the shared first steps of every chapter: world -> models -> cached embeddings -> feature maps
-feature_maps  the feature-map interface, raw CLIP dimensions, storage, source checks, streamed training data
-sae        multimodal sparse autoencoder (ReLU-L1 / TopK)
-ncl        multimodal non-negative contrastive head
-planted    planted sparse dictionary (image-only / text-only / shared atoms)
-diagnostics   reconstruction, sparsity, effective rank, downstream retention, purity
-mds        Modality Dominance Score (paired / aggregate), streamed
-categories ImgD / TextD / CrossD rules and their sensitivity
-validation planted-truth checks: class accuracy, MI matching, MDS vs ideal MDS, null world
-interpretability  top-m samples, EmbSim, WinRate (a)/(b), purity, m sweep
-removal    feature-group removal vs size-matched random removal
-stats      seeded bootstrap, aggregation over seeds, CI formatting
-bias       per-value zero-shot recognition of a binary attribute and per-value group removal (gender)
-adversarial  PGD on pixels, per-category feature movement, the alignment defence, cross-modal attacks
-decoder    a small diffusers UNet that generates world images from CLIP image embeddings
-image_probes  CNN probes that read the planted factors of (generated) images
-editing    feature-space edits of ImgD / TextD / CrossD toward a prompt, and their sweep
-unclip     the paper profile's Stable unCLIP generator behind the decoder's interface
-splice     SpLiCE: sparse non-negative concept decompositions (batched ADMM), sweeps, interventions, spurious cues
-interpret  CLIP-InterpreT: per-head decomposition of a ViT's image embedding, TextSpan, head metrics, analyses
-claims     the paper's claims and the verdicts the chapters record
-plots      figures shared by the notebooks
+The package is built in layers. A module may import from its own layer and from the layers below it, never
+from a layer above (``tests/test_layers.py`` enforces this, and that the import graph has no cycle):
+
+==========  ===============  ==============================================================================
+rank        layer            what it holds
+==========  ===============  ==============================================================================
+0           ``core``         paths, the artifact store, statistics, devices and threads
+1           ``data``         the paired-dataset protocol, embeddings, the generated world, real corpora
+2           ``analysis``     the paper's method on tensors: MDS, categories, EmbSim/WinRate, zero-shot
+                             scoring, retrieval, planted-truth checks (no model needed)
+3           ``models``       the tiny CLIP and open_clip models, their training, prompts, embedding extraction
+4           ``feature_maps`` raw dimensions, the multimodal SAE and NCL head, their store and diagnostics
+5           ``case_studies`` the paper's uses of the categories: removal, gender bias, adversarial, text-to-image
+5           ``companions``   SpLiCE and CLIP-InterpreT (the two layers of rank 5 never import each other)
+6           ``profiles``     the ``tiny`` and ``paper`` profiles as typed, frozen configs
+7           ``reporting``    chapter set-up, the claims registry and verdicts, numbers bound to the prose, plots
+8           ``pipeline``     the chapters' shared steps: world -> models -> embeddings -> maps -> MDS -> categories
+==========  ===============  ==============================================================================
 """
 
 __version__ = "0.1.0"
+
+#: The layers, lowest first: each entry is one rank; a module may import its own rank or a lower one (within one
+#: rank, only its own layer). ``profiles`` and ``pipeline`` are single modules, the others subpackages.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("core",),
+    ("data",),
+    ("analysis",),
+    ("models",),
+    ("feature_maps",),
+    ("case_studies", "companions"),
+    ("profiles",),
+    ("reporting",),
+    ("pipeline",),
+)

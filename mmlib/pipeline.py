@@ -15,14 +15,15 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-from mmlib.feature_maps.base import TrainedFeatureMap, load_or_train_feature_map
-from mmlib.data.protocol import PairDataset
-from mmlib.models.embed import EmbedConfig, Embeddings, embed_dataset, resolve_device
-from mmlib.models.clip import ModelBundle, load_open_clip
-from mmlib.profiles import Profile
-from mmlib.data.corpora import CsvPairs, WebDatasetPairs
-from mmlib.models.training import TrainedModel, load_or_train
+from mmlib.core.devices import resolve_device
+from mmlib.data.corpora import open_pairs
+from mmlib.data.embeddings import Embeddings
 from mmlib.data.world import World, generate_world
+from mmlib.feature_maps.store import TrainedFeatureMap, load_or_train_feature_map
+from mmlib.models.clip import ModelBundle, load_open_clip
+from mmlib.models.embed import EmbedConfig, embed_dataset
+from mmlib.models.training import TrainedModel, load_or_train
+from mmlib.profiles import Profile
 
 #: The tiny profile's two models, by display name.
 MODEL_NAMES = ("CLIP", "DeCLIP-like")
@@ -40,7 +41,7 @@ class Setup:
     trained : dict
         model name -> :class:`~mmlib.models.training.TrainedModel` (``tiny`` profile only; empty otherwise).
     embeddings : dict
-        ``(model name, split)`` -> :class:`~mmlib.models.embed.Embeddings` (with the towers' activations).
+        ``(model name, split)`` -> :class:`~mmlib.data.embeddings.Embeddings` (with the towers' activations).
     """
 
     world: World
@@ -55,12 +56,6 @@ class Setup:
         except KeyError:
             raise KeyError(f"no embeddings for model {model!r}, split {split!r}; "
                            f"available: {sorted(self.embeddings)}") from None
-
-
-def open_pairs(pairs: str | Path) -> PairDataset:
-    """A real paired corpus by path: webdataset shards (a path or brace pattern containing ``.tar``) or a
-    CSV/TSV of (image path, caption)."""
-    return WebDatasetPairs(pairs) if ".tar" in str(pairs) else CsvPairs(pairs)
 
 
 def tiny_setup(profile: Profile, null: bool = False, models: Sequence[str] = MODEL_NAMES,

@@ -14,12 +14,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 
-from mmlib.feature_maps.base import RawConfig
-from mmlib.models.clip import TinyClipArch
-from mmlib.feature_maps.ncl import NCLConfig
-from mmlib.feature_maps.sae import SAEConfig
-from mmlib.models.training import TrainConfig
 from mmlib.data.world import WorldConfig
+from mmlib.feature_maps.ncl import NCLConfig
+from mmlib.feature_maps.raw import RawConfig
+from mmlib.feature_maps.sae import SAEConfig
+from mmlib.models.clip import TinyClipArch
+from mmlib.models.training import TrainConfig
 
 
 class UnknownProfileError(ValueError):

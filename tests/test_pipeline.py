@@ -7,10 +7,10 @@ import dataclasses
 import pytest
 import torch
 
+from mmlib.data.world import WorldConfig
+from mmlib.models.training import TrainConfig
 from mmlib.pipeline import feature_maps, tiny_setup
 from mmlib.profiles import get_profile
-from mmlib.models.training import TrainConfig
-from mmlib.data.world import WorldConfig
 
 
 @pytest.mark.slow

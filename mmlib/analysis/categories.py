@@ -13,7 +13,7 @@ strings: ``"sigma"``, ``"sigma:1.5"``, ``"fixed"`` (0.6/0.4), ``"fixed:0.7/0.3"`
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -256,3 +256,67 @@ def _kappa(a: np.ndarray, b: np.ndarray) -> float:
     if len(set(a) | set(b)) < 2:  # one label everywhere: kappa is undefined, the rules agree trivially
         return 1.0 if (a == b).all() else float("nan")
     return float(cohen_kappa_score(a, b, labels=list(CLASSES)))
+
+
+def random_feature_mask(rng: np.random.Generator, alive_idx: np.ndarray, k: int, n_features: int) -> np.ndarray:
+    """A size-matched random feature set: ``k`` of ``alive_idx`` drawn uniformly without replacement.
+
+    Returns a boolean mask ``(n_features,)``. Every chapter's "random set as large as the group" control uses
+    this draw, so the same ``rng`` state gives the same set everywhere.
+    """
+    mask = np.zeros(n_features, bool)
+    mask[rng.choice(alive_idx, size=k, replace=False)] = True
+    return mask
+
+
+#: ``"random:TextD"`` names a random set of alive features as large as TextD.
+RANDOM_PREFIX = "random:"
+
+
+def group_masks(categories: Categories, groups: Sequence[str], seed: int = 0, skip_empty: bool = False
+                ) -> dict[str, np.ndarray]:
+    """Feature masks ``(K,)`` of the named groups: classes (``"ImgD"``, ``"TextD"``, ``"CrossD"``) or
+    size-matched random sets (``"random:TextD"``: as many alive features as TextD, drawn uniformly without
+    replacement among the alive features, seeded by ``seed`` and the group's position).
+
+    Raises
+    ------
+    ValueError
+        for an unknown group (the message lists the choices), or an empty group unless ``skip_empty`` (then
+        it is left out of the result).
+    """
+    choices = [*CLASSES, *(RANDOM_PREFIX + c for c in CLASSES)]
+    unknown = [g for g in groups if g not in choices]
+    if unknown:
+        raise ValueError(f"unknown feature group(s) {unknown}; choose from {choices}")
+    alive_idx = np.flatnonzero(categories.alive)
+    out: dict[str, np.ndarray] = {}
+    for i, g in enumerate(groups):
+        base = g[len(RANDOM_PREFIX):] if g.startswith(RANDOM_PREFIX) else g
+        mask = categories.mask(base)
+        if not mask.any():
+            if skip_empty:
+                continue
+            raise ValueError(f"feature group {base!r} is empty under rule {categories.rule.name} "
+                             f"(class sizes {categories.sizes()}): nothing to edit")
+        if g.startswith(RANDOM_PREFIX):
+            mask = random_feature_mask(np.random.default_rng([seed, i]), alive_idx, int(mask.sum()), len(mask))
+        out[g] = mask
+    return out
+
+
+def check_group_masks(groups: Mapping[str, np.ndarray], n_features: int) -> dict[str, np.ndarray]:
+    """The named feature masks as boolean arrays ``(n_features,)``; ValueError for no group, a mask of another
+    dtype or shape, or an empty mask (naming the group)."""
+    if not groups:
+        raise ValueError("no feature groups given")
+    out = {}
+    for name, mask in groups.items():
+        mask = np.asarray(mask)
+        if mask.dtype != bool or mask.shape != (n_features,):
+            raise ValueError(f"group {name!r}: expected a boolean mask of shape ({n_features},), "
+                             f"got dtype {mask.dtype} and shape {mask.shape}")
+        if not mask.any():
+            raise ValueError(f"group {name!r} is empty: no feature selected")
+        out[name] = mask
+    return out

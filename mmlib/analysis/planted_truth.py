@@ -23,9 +23,8 @@ import torch
 from scipy import stats as sps
 
 from mmlib.analysis.categories import CLASSES, DEAD, Categories, CategoryRule, categorise
-from mmlib.analysis.zero_shot import proportion_ci
 from mmlib.analysis.mds import MDSResult
-from mmlib.core.stats import bootstrap_ci
+from mmlib.core.stats import bootstrap_ci, proportion_ci
 from mmlib.data.world import Factor, ideal_mds
 
 #: Planted atom class -> the category MDS should assign (both spellings: ``mmlib.data.planted.ATOM_CLASSES`` uses

@@ -17,7 +17,7 @@ Three parts, one per question of the chapter:
 * **(c) v3 cross-modal adversarial examples.** Perturbations that steer the selected category's activations of
   an image toward a target (by default the activations of another pair's *caption*) while penalising change
   of every other feature (:func:`steering_attack`); their effect across modalities is read from image->text
-  and text->image retrieval ranks (:func:`retrieval_ranks`, :func:`cross_modal_effect`).
+  and text->image retrieval ranks (:func:`mmlib.analysis.retrieval.retrieval_ranks`, :func:`cross_modal_effect`).
 
 Feature maps are applied differentiably through their own ``_encode`` (the public ``encode`` runs without
 gradients); the map's weights are never updated.
@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -41,16 +40,17 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from mmlib.core.artifacts import load_or_compute, module_version, stable_hash, tensor_fingerprint
+from mmlib.analysis.categories import check_group_masks, random_feature_mask
+from mmlib.analysis.retrieval import retrieval_ranks
+from mmlib.core.artifacts import code_version, load_or_compute, stable_hash, tensor_fingerprint
+from mmlib.core.stats import mean_bootstrap_ci
 from mmlib.feature_maps.base import FeatureMap, check_modality
 from mmlib.models.clip import ModelBundle
-from mmlib.case_studies.removal import random_feature_mask
-from mmlib.core.stats import mean_bootstrap_ci
 
 __all__ = ["PGDConfig", "ImageEncoder", "image_encoder", "to_pixels", "feature_activations", "zero_shot_logits",
            "pgd_attack", "zero_shot_attack", "noise_attack", "category_shift", "alignment_loss", "ADAPTERS",
            "INNER_OBJECTIVES", "DefenceConfig", "TrainedAdapter", "train_alignment_adapter",
-           "load_or_train_adapter", "feature_scale", "steering_attack", "retrieval_ranks", "cross_modal_effect"]
+           "load_or_train_adapter", "feature_scale", "steering_attack", "cross_modal_effect"]
 
 ARTIFACT_KIND = "adversarial_adapters"
 #: Where the defence's trainable parameters sit (see :class:`DefenceConfig`).
@@ -351,21 +351,6 @@ def feature_scale(h: torch.Tensor, floor: float = 1e-6) -> torch.Tensor:
     return torch.where(s > floor, s, torch.full_like(s, float("inf")))
 
 
-def _group_masks(groups: Mapping[str, np.ndarray], n_features: int) -> dict[str, np.ndarray]:
-    if not groups:
-        raise ValueError("no feature groups given")
-    out = {}
-    for name, mask in groups.items():
-        mask = np.asarray(mask)
-        if mask.dtype != bool or mask.shape != (n_features,):
-            raise ValueError(f"group {name!r}: expected a boolean mask of shape ({n_features},), "
-                             f"got dtype {mask.dtype} and shape {mask.shape}")
-        if not mask.any():
-            raise ValueError(f"group {name!r} is empty: no feature selected")
-        out[name] = mask
-    return out
-
-
 def category_shift(h_clean: torch.Tensor, h_adv: torch.Tensor, groups: Mapping[str, np.ndarray],
                    alive: np.ndarray | None = None, n_random: int = 200, seed: int = 0, confidence: float = 0.95,
                    normalise: str = "std") -> pd.DataFrame:
@@ -401,7 +386,7 @@ def category_shift(h_clean: torch.Tensor, h_adv: torch.Tensor, groups: Mapping[s
     if normalise not in ("std", "relative"):
         raise ValueError(f"unknown normalise {normalise!r}; choose 'std' or 'relative'")
     n_features = h_clean.shape[1]
-    groups = _group_masks(groups, n_features)
+    groups = check_group_masks(groups, n_features)
     alive = np.ones(n_features, bool) if alive is None else np.asarray(alive, bool)
     alive_idx = np.flatnonzero(alive)
     delta = (h_adv - h_clean).abs()
@@ -663,7 +648,7 @@ def load_or_train_adapter(bundle: ModelBundle, fmap: FeatureMap, x_train: torch.
     x_train = _check_pixels(x_train)
     key = stable_hash("adversarial_adapter", config, bundle.identity, _fmap_fingerprint(fmap),
                       tensor_fingerprint({"mask": torch.from_numpy(mask.astype(np.uint8)), "x": x_train}),
-                      module_version(sys.modules[__name__]))
+                      code_version(__name__))
     trained: list[TrainedAdapter] = []
 
     def compute() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -737,21 +722,6 @@ def steering_attack(encoder: nn.Module, fmap: FeatureMap, x: torch.Tensor, targe
         hold = hold.mean(1) if hold.shape[1] else torch.zeros_like(pull)
         return -pull - penalty * hold
     return pgd_attack(encoder, x, objective, config, batch_size)
-
-
-def retrieval_ranks(queries: torch.Tensor, gallery: torch.Tensor, targets: np.ndarray | torch.Tensor) -> np.ndarray:
-    """0-based rank ``(n,)`` of ``gallery[targets[i]]`` among all gallery items ``(m, d)`` for query ``i``
-    ``(n, d)``, by cosine similarity (ties count in the target's favour: rank = number strictly more similar)."""
-    targets = torch.as_tensor(np.asarray(targets)).long()
-    if queries.ndim != 2 or gallery.ndim != 2 or queries.shape[1] != gallery.shape[1]:
-        raise ValueError(f"queries {tuple(queries.shape)} and gallery {tuple(gallery.shape)} must be (n, d), (m, d)")
-    if len(targets) != len(queries):
-        raise ValueError(f"{len(queries)} queries but {len(targets)} targets")
-    if len(targets) and (int(targets.min()) < 0 or int(targets.max()) >= len(gallery)):
-        raise ValueError(f"targets must index the gallery of {len(gallery)} items")
-    sims = F.normalize(queries.float(), dim=-1) @ F.normalize(gallery.float(), dim=-1).T
-    own = sims.gather(1, targets[:, None])
-    return (sims > own).sum(1).numpy()
 
 
 def cross_modal_effect(image_clean: torch.Tensor, image_adv: torch.Tensor, text: torch.Tensor,

@@ -37,10 +37,13 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from mmlib.analysis.zero_shot import class_embeddings, proportion_ci, zero_shot_predict
+from mmlib.analysis.zero_shot import zero_shot_predict
+from mmlib.case_studies.removal import RemovalData, group_removal
+from mmlib.core.stats import proportion_ci
 from mmlib.data.planted import PlantedConfig, generate_planted
-from mmlib.case_studies.removal import FeatureMapLike, RemovalData, group_removal
 from mmlib.data.world import WorldSplit
+from mmlib.feature_maps.base import FeatureMapLike
+from mmlib.models.prompts import class_embeddings
 
 __all__ = ["AttributeTask", "BiasRemovalReport", "PlantedAttributeConfig", "PlantedAttribute", "value_index",
            "accuracy_gap", "balanced_accuracy", "recognition_table", "world_attribute_task", "planted_attribute",

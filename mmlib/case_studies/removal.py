@@ -18,26 +18,19 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Protocol
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from mmlib.analysis.zero_shot import proportion_ci, zero_shot_accuracy
-from mmlib.analysis.mds import Encoder
+from mmlib.analysis.categories import random_feature_mask
+from mmlib.analysis.retrieval import recall_at_k
+from mmlib.analysis.zero_shot import zero_shot_accuracy
+from mmlib.core.stats import proportion_ci
+from mmlib.feature_maps.base import FeatureMapLike
 
 METRICS: tuple[str, ...] = ("zero_shot", "recall@1")
-
-
-class FeatureMapLike(Encoder, Protocol):
-    """A feature map: ``encode(z (n, d), modality) -> (n, K)`` non-negative, and ``decode(h, modality)``."""
-
-    has_decoder: bool
-
-    def decode(self, h: torch.Tensor, modality: str) -> torch.Tensor: ...
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -106,31 +99,6 @@ def remove_features(feature_map: FeatureMapLike, z: torch.Tensor, modality: str,
     """
     h = feature_map.encode(z, modality)
     return _represent(feature_map, h, modality, _keep(mask, h.shape[1]))
-
-
-def random_feature_mask(rng: np.random.Generator, alive_idx: np.ndarray, k: int, n_features: int) -> np.ndarray:
-    """A size-matched random feature set: ``k`` of ``alive_idx`` drawn uniformly without replacement.
-
-    Returns a boolean mask ``(n_features,)``. Every chapter's "random set as large as the group" control uses
-    this draw, so the same ``rng`` state gives the same set everywhere.
-    """
-    mask = np.zeros(n_features, bool)
-    mask[rng.choice(alive_idx, size=k, replace=False)] = True
-    return mask
-
-
-def recall_at_1(image_emb: torch.Tensor, text_emb: torch.Tensor, block: int = 4096) -> float:
-    """Image->text retrieval recall@1: share of images ``(n, d)`` whose most similar caption is their own."""
-    if image_emb.shape != text_emb.shape:
-        raise ValueError(f"image {tuple(image_emb.shape)} and text {tuple(text_emb.shape)} embeddings differ")
-    if len(image_emb) == 0:
-        return float("nan")
-    img, txt = F.normalize(image_emb.float(), dim=-1), F.normalize(text_emb.float(), dim=-1)
-    hits = 0
-    for start in range(0, len(img), block):
-        pred = (img[start:start + block] @ txt.T).argmax(1)
-        hits += int((pred == torch.arange(start, start + len(pred))).sum())
-    return hits / len(img)
 
 
 def group_removal(feature_map: FeatureMapLike, data: RemovalData, groups: Mapping[str, np.ndarray], *,
@@ -237,5 +205,5 @@ def _metrics(data: RemovalData, image: torch.Tensor, text: torch.Tensor | None,
     if classes is not None:
         out["zero_shot"] = zero_shot_accuracy(image, classes, data.labels)
     if text is not None:
-        out["recall@1"] = recall_at_1(image, text)
+        out["recall@1"] = recall_at_k(image, text, (1,))[1]
     return out

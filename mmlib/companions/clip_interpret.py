@@ -44,8 +44,8 @@ from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from PIL import Image
 from torch import nn
 
-from mmlib.models.clip import ModelBundle
 from mmlib.data.world import Factor, compose_caption, default_factors
+from mmlib.models.clip import ModelBundle
 
 __all__ = [
     "NotAViTError", "vision_transformer", "ImageDecomposition", "decompose_images", "preprocess_images",

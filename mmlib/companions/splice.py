@@ -47,10 +47,12 @@ import torch
 import torch.nn.functional as F
 import tqdm
 
-from mmlib.models.embed import _context_length
-from mmlib.analysis.zero_shot import encode_texts, proportion_ci, zero_shot_accuracy
+from mmlib.analysis.zero_shot import zero_shot_accuracy
+from mmlib.core.stats import proportion_ci
+from mmlib.data.world import CAPTION_PREFIXES, OBJECT_NOUNS, Factor, default_factors, phrase
 from mmlib.models.clip import ModelBundle
-from mmlib.data.world import _OBJECT_NOUNS, _PREFIXES, Factor, _phrase, default_factors
+from mmlib.models.embed import context_length
+from mmlib.models.prompts import encode_texts
 
 __all__ = [
     "VocabularyError", "ConceptVocabulary", "world_vocabulary", "read_vocabulary", "check_vocabulary",
@@ -181,13 +183,13 @@ def world_vocabulary(factors: Sequence[Factor] | None = None, phrases: bool = Tr
         for f in factors:
             for v, synonyms in enumerate(f.synonyms):
                 for word in synonyms:
-                    clause = _phrase(f.name, word)
+                    clause = phrase(f.name, word)
                     if clause != word:
                         concepts.append(clause)
                         labels.append(f.name)
                         values.append(v)
     if grammar_words:
-        fillers = list(_OBJECT_NOUNS) + [w for p in _PREFIXES for w in p.split() if w not in _STOPWORDS]
+        fillers = list(OBJECT_NOUNS) + [w for p in CAPTION_PREFIXES for w in p.split() if w not in _STOPWORDS]
         for word in fillers:
             if word not in concepts:
                 concepts.append(word)
@@ -250,7 +252,7 @@ def check_vocabulary(vocabulary: ConceptVocabulary, tokenizer, template: str = "
     open_clip tokenizers silently truncate long texts, so a concept cut short would be embedded as another
     concept; this check makes that an error instead.
     """
-    context = _context_length(tokenizer)
+    context = context_length(tokenizer)
     texts = [template.format(c) for c in vocabulary.concepts]
     too_long = [(c, n) for c, n in zip(vocabulary.concepts, _token_lengths(tokenizer, texts)) if n > context]
     if too_long:

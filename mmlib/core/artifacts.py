@@ -2,7 +2,7 @@
 
 An artifact is a folder ``<root>/<kind>/<key>/`` holding ``tensors.safetensors`` and ``meta.json``.
 The key is a hash of everything that determines the artifact (config, data fingerprint, model identity,
-code version of the producing module), so nothing is silently reused across different configs.
+code version of the producing code, :func:`code_version`), so nothing is silently reused across different configs.
 Writes go to a temporary sibling folder that is renamed into place, so an interrupted write never leaves
 a partial artifact. ``meta.json`` records the SHA-256 of the tensor file; a mismatch on load is reported as
 :class:`CorruptArtifactError` and :func:`load_or_compute` then recomputes with a warning.
@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import hashlib
 import json
 import os
 import shutil
+import sys
 import uuid
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from mmlib.core.imports import import_closure, module_file
 from mmlib.core.paths import artifacts_dir
 
 TENSORS_FILE = "tensors.safetensors"
@@ -66,10 +68,29 @@ def stable_hash(*parts: Any, length: int = 16) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
-def module_version(module: ModuleType) -> str:
-    """The code version of a producing module: a hash of its source file."""
-    source = Path(module.__file__).read_bytes()  # type: ignore[arg-type]
-    return hashlib.sha256(source).hexdigest()[:12]
+@functools.lru_cache(maxsize=None)
+def code_version(module: str) -> str:
+    """The code version of what a module produces: a hash of its source and of the source of every mmlib module
+    it imports, directly or indirectly (found statically, from the import statements).
+
+    An edit anywhere in that closure changes the version: editing the tiny architecture (``mmlib.models.clip``)
+    re-keys the trained models, editing the world's renderer re-keys everything trained on its images. Modules
+    that are only re-exported by a package's ``__init__`` are not part of it unless imported explicitly, so an
+    edit of an unrelated sibling does not re-key. Cached per process (restart the kernel after editing mmlib).
+
+    Parameters
+    ----------
+    module : str
+        A dotted mmlib module name, e.g. ``__name__`` of the producing module (``"__main__"`` is resolved to the
+        module's real name when it runs with ``python -m``).
+    """
+    if module == "__main__":  # a module run with `python -m mmlib.x.y` (e.g. under torchrun) knows its real name
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        module = spec.name if spec is not None else module
+    digest = hashlib.sha256()
+    for name in sorted(import_closure(module)):
+        digest.update(name.encode() + b"\0" + module_file(name).read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
 
 
 def file_sha256(path: Path) -> str:

@@ -1,6 +1,6 @@
 """Small statistics shared by the MDS chapters: a seeded percentile bootstrap and aggregation over seeds.
 
-(Proportions get Wilson intervals from :func:`mmlib.analysis.zero_shot.proportion_ci`.)
+(Proportions get Wilson intervals from :func:`proportion_ci`.)
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
+from scipy.stats import binomtest
 
 
 def bootstrap_ci(statistic: Callable[..., float], *samples: np.ndarray, n_boot: int = 1000, seed: int = 0,
@@ -129,3 +130,11 @@ def _percentiles(values: np.ndarray, confidence: float) -> tuple[float, float]:
     tail = 100 * (1 - confidence) / 2
     low, high = np.percentile(values, [tail, 100 - tail])
     return (float(low), float(high))
+
+
+def proportion_ci(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (``(nan, nan)`` for zero trials)."""
+    if trials == 0:
+        return (float("nan"), float("nan"))
+    ci = binomtest(int(successes), int(trials)).proportion_ci(confidence_level=confidence, method="wilson")
+    return (float(ci.low), float(ci.high))

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from mmlib.core.artifacts import stable_hash
+from mmlib.data.embeddings import Embeddings
 
 __all__ = ["ATOM_CLASSES", "PlantedConfig", "PlantedData", "generate_planted", "atom_recovery"]
 
@@ -131,9 +132,8 @@ class PlantedData:
         """Embeddings-like metadata: the "model" is the planted generator."""
         return {"model": "planted", "identity": f"planted:{self.key}", "n": len(self), "dim": self.config.d}
 
-    def as_embeddings(self) -> Any:
-        """The pairs as :class:`mmlib.models.embed.Embeddings` (key and identity from the config)."""
-        from mmlib.models.embed import Embeddings
+    def as_embeddings(self) -> Embeddings:
+        """The pairs as :class:`~mmlib.data.embeddings.Embeddings` (key and identity from the config)."""
         return Embeddings(image=self.image, text=self.text, key=self.key, meta=self.meta)
 
 

@@ -7,6 +7,8 @@ A :class:`PairDataset` is anything with ``len()``, ``image(i)`` (an RGB ``PIL.Im
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from PIL import Image
@@ -34,3 +36,20 @@ class PairDataset(Protocol):
     def caption(self, index: int) -> str:
         """The ``index``-th caption."""
         ...
+
+
+#: Image member extensions recognised in webdataset shards, in order of preference.
+IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
+
+
+def _open_rgb(source: Path | io.BytesIO) -> Image.Image:
+    """Decode an image fully and convert it to RGB (raises ``OSError``/``UnidentifiedImageError``)."""
+    with Image.open(source) as img:
+        img.load()
+        return img.convert("RGB")
+
+
+def _check_index(index: int, n: int) -> int:
+    if not 0 <= index < n:
+        raise IndexError(f"index {index} is out of range for a dataset of {n} pairs")
+    return index

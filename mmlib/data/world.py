@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 from collections.abc import Sequence
 from functools import cached_property
 
@@ -29,7 +28,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from mmlib.core.artifacts import module_version, stable_hash
+from mmlib.core.artifacts import code_version, stable_hash
 
 SPLITS = ("train", "val", "test")
 
@@ -216,7 +215,7 @@ class WorldConfig:
 
     def fingerprint(self) -> str:
         """A hash of the config and of this module's code (the world is a deterministic function of both)."""
-        return stable_hash("world", self, module_version(sys.modules[__name__]))
+        return stable_hash("world", self, code_version(__name__))
 
 
 def factor_table(config: WorldConfig) -> pd.DataFrame:
@@ -361,11 +360,13 @@ def render_images(config: WorldConfig, latents: Latents, rng: np.random.Generato
 
 
 # ------------------------------------------------------------------------------------------------ captions
-_PREFIXES = ("a photo of", "an image of", "a picture of", "")
-_OBJECT_NOUNS = ("object", "thing", "shape")
+#: Caption openings, drawn uniformly per caption ("" = none).
+CAPTION_PREFIXES = ("a photo of", "an image of", "a picture of", "")
+#: The noun of a caption that does not mention the shape.
+OBJECT_NOUNS = ("object", "thing", "shape")
 
 
-def _phrase(factor: str, word: str) -> str:
+def phrase(factor: str, word: str) -> str:
     """The caption clause that mentions ``factor`` with ``word``."""
     templates = {
         "position": "in the {}", "background": "on a {} background", "mood": "that looks {}",
@@ -385,9 +386,9 @@ def compose_caption(words: dict[str, str], order: Sequence[str] = (), prefix: st
     noun = words.get("shape", "object")
     head = " ".join([*adjectives, noun])
     article = "an" if head[0] in "aeiou" else "a"
-    clauses = [_phrase(k, words[k]) for k in order if k in words and k not in
+    clauses = [phrase(k, words[k]) for k in order if k in words and k not in
                ("size", "colour", "texture", "shape")]
-    clauses += [_phrase(k, words[k]) for k in words if k not in order and k not in
+    clauses += [phrase(k, words[k]) for k in words if k not in order and k not in
                 ("size", "colour", "texture", "shape")]
     text = " ".join([prefix, article, head, *clauses]).strip()
     return text
@@ -406,9 +407,9 @@ def write_captions(config: WorldConfig, latents: Latents, rng: np.random.Generat
                 choices = f.synonyms[latents.values[f.name][i]]
                 words[f.name] = choices[rng.integers(len(choices))]
         order = [clause_names[j] for j in rng.permutation(len(clause_names))]
-        prefix = _PREFIXES[rng.integers(len(_PREFIXES))]
+        prefix = CAPTION_PREFIXES[rng.integers(len(CAPTION_PREFIXES))]
         if "shape" not in words:
-            words["shape"] = _OBJECT_NOUNS[rng.integers(len(_OBJECT_NOUNS))]
+            words["shape"] = OBJECT_NOUNS[rng.integers(len(OBJECT_NOUNS))]
         captions.append(compose_caption(words, order, prefix))
     return captions
 

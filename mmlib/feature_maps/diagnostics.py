@@ -15,12 +15,13 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from mmlib.analysis.embsim import best_purity, top_samples
+from mmlib.analysis.retrieval import retrieval_recall
 from mmlib.analysis.zero_shot import zero_shot_accuracy
 from mmlib.feature_maps.base import FeatureMap
-from mmlib.analysis.embsim import best_purity, top_samples
 
-__all__ = ["mse", "fvu", "l0", "dead_fraction", "mean_cosine", "effective_rank", "retrieval_ranks",
-           "retrieval_recall", "reconstruction_report", "downstream_retention", "top_m_purity"]
+__all__ = ["mse", "fvu", "l0", "dead_fraction", "mean_cosine", "effective_rank",
+           "reconstruction_report", "downstream_retention", "top_m_purity"]
 
 
 def _pair(z: torch.Tensor | np.ndarray, z_hat: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,37 +91,6 @@ def effective_rank(x: torch.Tensor | np.ndarray, center: bool = False) -> float:
     p = s / s.sum()
     p = p[p > 0]
     return float(torch.exp(-(p * p.log()).sum()))
-
-
-def retrieval_ranks(queries: torch.Tensor | np.ndarray, keys: torch.Tensor | np.ndarray,
-                    chunk: int = 1024) -> torch.Tensor:
-    """Rank ``(n,)`` of each query's match (row ``i`` of ``keys``) among all ``n`` keys by cosine similarity:
-    the number of keys strictly more similar than the match (0 = retrieved first; ties count in its favour)."""
-    q, k = _pair(queries, keys)
-    q, k = F.normalize(q.float(), dim=1), F.normalize(k.float(), dim=1)
-    ranks = []
-    for i in range(0, len(q), chunk):
-        sims = q[i:i + chunk] @ k.T                                   # (c, n)
-        own = sims[torch.arange(len(sims)), torch.arange(i, i + len(sims))]
-        ranks.append((sims > own[:, None]).sum(1))
-    return torch.cat(ranks)
-
-
-def retrieval_recall(image: torch.Tensor | np.ndarray, text: torch.Tensor | np.ndarray,
-                     ks: Sequence[int] = (1, 5)) -> dict[str, float]:
-    """Image-text retrieval recall@k of ``n`` pairs ``(n, d)`` (pair ``i`` is the only match of ``i``).
-
-    Returns
-    -------
-    dict
-        ``"i2t@k"`` (share of images whose caption ranks in the top ``k`` texts) and ``"t2i@k"`` for each ``k``.
-    """
-    i2t, t2i = retrieval_ranks(image, text), retrieval_ranks(text, image)
-    out = {}
-    for direction, ranks in (("i2t", i2t), ("t2i", t2i)):
-        for k in ks:
-            out[f"{direction}@{k}"] = float((ranks < k).double().mean())
-    return out
 
 
 def reconstruction_report(fmap: FeatureMap, image: torch.Tensor, text: torch.Tensor) -> pd.DataFrame:

@@ -26,8 +26,17 @@ from torch import nn
 from tqdm import tqdm
 
 from mmlib.core.artifacts import to_jsonable
-from mmlib.feature_maps.base import (MODALITIES, FeatureMap, History, Liveness, PairData, Source, check_schedule,
-                                iterate_batches, linear_decay_lr, torch_threads, training_data, training_device)
+from mmlib.core.devices import resolve_device, torch_threads
+from mmlib.feature_maps._training import (
+    History,
+    Liveness,
+    PairData,
+    check_schedule,
+    iterate_batches,
+    linear_decay_lr,
+    training_data,
+)
+from mmlib.feature_maps.base import MODALITIES, FeatureMap, Source
 
 __all__ = ["NCLConfig", "NCLMap", "train_ncl", "rep_relu"]
 
@@ -212,7 +221,7 @@ def train_ncl(data: PairData, config: NCLConfig = NCLConfig(), source: Source | 
     Parameters
     ----------
     data : PairData
-        :class:`~mmlib.models.embed.Embeddings`, an ``(image (n, d), text (n, d))`` pair, or a function returning an
+        :class:`~mmlib.data.embeddings.Embeddings`, an ``(image (n, d), text (n, d))`` pair, or a function returning an
         iterable of such chunks (streamed).
     config : NCLConfig
     source : Source, optional
@@ -231,7 +240,7 @@ def train_ncl(data: PairData, config: NCLConfig = NCLConfig(), source: Source | 
         sample), ``logit_scale``, ``dead`` (fraction of features silent for ``dead_window`` steps), ``lr``.
     """
     with torch_threads(threads):
-        return _train(data, config, source, progress, training_device(device))
+        return _train(data, config, source, progress, resolve_device(device))
 
 
 def _train(data: PairData, config: NCLConfig, source: Source | None, progress: bool, device: torch.device

@@ -29,8 +29,17 @@ from torch import nn
 from tqdm import tqdm
 
 from mmlib.core.artifacts import to_jsonable
-from mmlib.feature_maps.base import (MODALITIES, FeatureMap, History, Liveness, PairData, Source, check_schedule,
-                                iterate_batches, linear_decay_lr, torch_threads, training_data, training_device)
+from mmlib.core.devices import resolve_device, torch_threads
+from mmlib.feature_maps._training import (
+    History,
+    Liveness,
+    PairData,
+    check_schedule,
+    iterate_batches,
+    linear_decay_lr,
+    training_data,
+)
+from mmlib.feature_maps.base import MODALITIES, FeatureMap, Source
 
 __all__ = ["SAEConfig", "SAEMap", "train_sae", "NORMALIZATIONS"]
 
@@ -361,7 +370,7 @@ def train_sae(data: PairData, config: SAEConfig = SAEConfig(), source: Source | 
     Parameters
     ----------
     data : PairData
-        :class:`~mmlib.models.embed.Embeddings`, an ``(image (n, d), text (n, d))`` pair, or a function returning an
+        :class:`~mmlib.data.embeddings.Embeddings`, an ``(image (n, d), text (n, d))`` pair, or a function returning an
         iterable of such chunks (streamed; memory does not grow with ``n``).
     config : SAEConfig
     source : Source, optional
@@ -384,7 +393,7 @@ def train_sae(data: PairData, config: SAEConfig = SAEConfig(), source: Source | 
         (latents resampled at each resampling step, with ``resample_step``).
     """
     with torch_threads(threads):
-        return _train(data, config, source, progress, training_device(device))
+        return _train(data, config, source, progress, resolve_device(device))
 
 
 def _train(data: PairData, config: SAEConfig, source: Source | None, progress: bool, device: torch.device

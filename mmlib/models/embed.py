@@ -30,18 +30,27 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import open_clip
 import torch
-import torch.nn.functional as F
 import tqdm
 from open_clip.transformer import VisionTransformer, text_global_pool
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from mmlib.core.artifacts import (CorruptArtifactError, artifact_path, load_artifact, module_version, read_tensors,
-                             save_artifact, stable_hash, tensor_fingerprint, write_tensors_atomic)
+from mmlib.core.artifacts import (
+    CorruptArtifactError,
+    artifact_path,
+    code_version,
+    load_artifact,
+    read_tensors,
+    save_artifact,
+    stable_hash,
+    tensor_fingerprint,
+    write_tensors_atomic,
+)
+from mmlib.core.devices import resolve_device
+from mmlib.data.embeddings import Embeddings
 from mmlib.data.protocol import DatasetError, PairDataset
 from mmlib.models.clip import ModelBundle
 
@@ -83,48 +92,6 @@ class EmbedConfig:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Embeddings:
-    """Embeddings of ``n`` image-caption pairs.
-
-    Attributes
-    ----------
-    image, text : Tensor
-        ``(n, d)`` float32, unnormalised joint-space embeddings (``encode_image`` / ``encode_text``).
-    key : str
-        The artifact key (a hash of everything that determines the result).
-    meta : dict
-        Model name and identity, dataset fingerprint, ``n``, timings, ...
-    image_tower : Tensor or None
-        ``(n, w_img)`` pooled vision activation before the projection (``towers=True`` only).
-    text_tower : Tensor or None
-        ``(n, w_txt)`` pooled text activation before the projection (``towers=True`` only).
-    path : Path or None
-        The artifact folder.
-    """
-
-    image: torch.Tensor
-    text: torch.Tensor
-    key: str
-    meta: dict[str, Any]
-    image_tower: torch.Tensor | None = None
-    text_tower: torch.Tensor | None = None
-    path: Path | None = None
-
-    def __len__(self) -> int:
-        return int(self.image.shape[0])
-
-    @property
-    def dim(self) -> int:
-        """Dimension ``d`` of the joint embedding space."""
-        return int(self.image.shape[1])
-
-    def normalized(self) -> Embeddings:
-        """A copy whose ``image`` and ``text`` rows have unit L2 norm (towers unchanged)."""
-        return dataclasses.replace(self, image=F.normalize(self.image, dim=-1),
-                                   text=F.normalize(self.text, dim=-1))
 
 
 # --------------------------------------------------------------------------------------------------- one batch
@@ -198,17 +165,6 @@ def encode_pairs(bundle: ModelBundle, images: torch.Tensor, tokens: torch.Tensor
     return {k: v.float().cpu() for k, v in out.items()}
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> cuda if available, else mps, else cpu; anything else -> ``torch.device(device)``."""
-    if str(device) != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
 # ------------------------------------------------------------------------------------------------- cache keys
 
 def describe_preprocess(preprocess: Callable) -> str:
@@ -216,7 +172,8 @@ def describe_preprocess(preprocess: Callable) -> str:
     return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(preprocess))
 
 
-def _context_length(tokenizer: Callable[[Sequence[str]], torch.Tensor]) -> int:
+def context_length(tokenizer: Callable[[Sequence[str]], torch.Tensor]) -> int:
+    """The number of tokens ``tokenizer`` returns per text (its ``context_length``, or measured on ``""``)."""
     length = getattr(tokenizer, "context_length", None)
     return int(length) if length is not None else int(tokenizer([""]).shape[-1])
 
@@ -227,8 +184,8 @@ def embedding_key(bundle: ModelBundle, dataset: PairDataset, towers: bool = Fals
     Batch size, shard size and device are deliberately not part of it.
     """
     return stable_hash("embeddings", bundle.identity, describe_preprocess(bundle.preprocess),
-                       _context_length(bundle.tokenizer), dataset.fingerprint, len(dataset), bool(towers),
-                       module_version(sys.modules[__name__]))
+                       context_length(bundle.tokenizer), dataset.fingerprint, len(dataset), bool(towers),
+                       code_version(__name__))
 
 
 def tensor_names(towers: bool) -> tuple[str, ...]:
@@ -473,11 +430,11 @@ def embed_dataset(bundle: ModelBundle, dataset: PairDataset, config: EmbedConfig
                 meta = {"model": bundle.name, "identity": bundle.identity, "dataset": type(dataset).__name__,
                         "dataset_fingerprint": dataset.fingerprint, "n": n, "dim": int(merged["image"].shape[1]),
                         "towers": config.towers, "preprocess": describe_preprocess(bundle.preprocess),
-                        "context_length": _context_length(bundle.tokenizer), "batch_size": config.batch_size,
+                        "context_length": context_length(bundle.tokenizer), "batch_size": config.batch_size,
                         "shard_size": config.shard_size, "device": str(ranks.device),
                         "world_size": ranks.world_size, "seconds": round(seconds, 3),
                         "pairs_computed_rank0": computed,
-                        "code_version": module_version(sys.modules[__name__])}
+                        "code_version": code_version(__name__)}
                 if config.towers:
                     meta["tower_widths"] = [int(merged["image_tower"].shape[1]),
                                             int(merged["text_tower"].shape[1])]
@@ -534,8 +491,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.image_root is not None and args.csv is None:
         parser.error("--image-root applies to --csv only")
-    from mmlib.models.clip import WeightsUnavailableError, load_open_clip, load_tiny_clip
     from mmlib.data.corpora import CsvPairs, WebDatasetPairs
+    from mmlib.models.clip import WeightsUnavailableError, load_open_clip, load_tiny_clip
     try:
         dataset: PairDataset = CsvPairs(args.csv, image_root=args.image_root) if args.csv is not None \
             else WebDatasetPairs(args.wds)

@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import open_clip
@@ -31,11 +30,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from mmlib.core.artifacts import artifact_path, load_or_compute, module_version, stable_hash, to_jsonable
-from mmlib.models.clip import ModelBundle, TinyClipArch, build_tiny_clip, tiny_bundle
-from mmlib.analysis.zero_shot import class_embeddings, zero_shot_accuracy
-from mmlib.feature_maps.base import torch_threads
+from mmlib.analysis.zero_shot import zero_shot_accuracy
+from mmlib.core.artifacts import artifact_path, code_version, load_or_compute, stable_hash, to_jsonable
+from mmlib.core.devices import torch_threads
 from mmlib.data.world import World
+from mmlib.models.clip import ModelBundle, TinyClipArch, build_tiny_clip, tiny_bundle
+from mmlib.models.prompts import class_embeddings
 
 SOT_ID, EOT_ID = 49406, 49407
 MASK_ID = 49405  # an unused-in-the-world BPE id below EOT (open_clip pools the text tower at argmax id)
@@ -274,7 +274,7 @@ def _train(world, arch, cfg, progress, eval_factors, eval_every):
 
 def model_key(world: World, arch: TinyClipArch, cfg: TrainConfig) -> str:
     """Cache key of a trained tiny model: architecture, training config, world, code version."""
-    return stable_hash("tiny-clip", arch, cfg, world.fingerprint, module_version(sys.modules[__name__]))
+    return stable_hash("tiny-clip", arch, cfg, world.fingerprint, code_version(__name__))
 
 
 def load_or_train(world: World, arch: TinyClipArch = TinyClipArch(), cfg: TrainConfig = TrainConfig(),

@@ -35,16 +35,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from mmlib.analysis.categories import CLASSES, Categories
-from mmlib.feature_maps.base import check_modality
-from mmlib.case_studies.removal import random_feature_mask
+from mmlib.feature_maps.base import FeatureMapLike, check_modality
 
 __all__ = ["RANDOM_PREFIX", "Generator", "EditConfig", "EditResult", "edit_features", "edit_embedding", "group_masks",
            "edit_sweep"]
-
-#: ``"random:TextD"`` names a random set of alive features as large as TextD.
-RANDOM_PREFIX = "random:"
-
 
 class Generator(Protocol):
     """What :func:`edit_sweep` generates with: embeddings ``(n, d)`` -> uint8 images ``(n, H, W, 3)``."""
@@ -56,16 +50,6 @@ class Generator(Protocol):
 
 class _Probes(Protocol):
     def predict(self, images: np.ndarray, factors: Sequence[str] | None = None) -> dict[str, np.ndarray]: ...
-
-
-class _Map(Protocol):
-    has_decoder: bool
-    n_features: int
-    input_dim: int
-
-    def encode(self, z: torch.Tensor, modality: str) -> torch.Tensor: ...
-
-    def decode(self, h: torch.Tensor, modality: str) -> torch.Tensor: ...
 
 
 def _check_alpha(alpha: float) -> float:
@@ -118,7 +102,7 @@ def edit_features(h_ref: torch.Tensor, h_prompt: torch.Tensor, mask: np.ndarray 
     return torch.where(s[None, :], target, h_ref)
 
 
-def edit_embedding(feature_map: _Map, z_ref: torch.Tensor, z_prompt: torch.Tensor, mask: np.ndarray | torch.Tensor,
+def edit_embedding(feature_map: FeatureMapLike, z_ref: torch.Tensor, z_prompt: torch.Tensor, mask: np.ndarray | torch.Tensor,
                    alpha: float, scale: float = 1.0, prompt_modality: str = "text", keep_residual: bool = True
                    ) -> torch.Tensor:
     """Edited image embeddings ``(n, d)``: the references' with group ``mask`` moved toward the prompt's.
@@ -155,38 +139,6 @@ def edit_embedding(feature_map: _Map, z_ref: torch.Tensor, z_prompt: torch.Tenso
     h_edit = edit_features(h_ref, h_prompt[0] if len(h_prompt) == 1 else h_prompt, mask, alpha, scale)
     decoded = feature_map.decode(h_edit, "image")
     return z_ref + decoded - feature_map.decode(h_ref, "image") if keep_residual else decoded
-
-
-def group_masks(categories: Categories, groups: Sequence[str], seed: int = 0, skip_empty: bool = False
-                ) -> dict[str, np.ndarray]:
-    """Feature masks ``(K,)`` of the named groups: classes (``"ImgD"``, ``"TextD"``, ``"CrossD"``) or
-    size-matched random sets (``"random:TextD"``: as many alive features as TextD, drawn uniformly without
-    replacement among the alive features, seeded by ``seed`` and the group's position).
-
-    Raises
-    ------
-    ValueError
-        for an unknown group (the message lists the choices), or an empty group unless ``skip_empty`` (then
-        it is left out of the result).
-    """
-    choices = [*CLASSES, *(RANDOM_PREFIX + c for c in CLASSES)]
-    unknown = [g for g in groups if g not in choices]
-    if unknown:
-        raise ValueError(f"unknown feature group(s) {unknown}; choose from {choices}")
-    alive_idx = np.flatnonzero(categories.alive)
-    out: dict[str, np.ndarray] = {}
-    for i, g in enumerate(groups):
-        base = g[len(RANDOM_PREFIX):] if g.startswith(RANDOM_PREFIX) else g
-        mask = categories.mask(base)
-        if not mask.any():
-            if skip_empty:
-                continue
-            raise ValueError(f"feature group {base!r} is empty under rule {categories.rule.name} "
-                             f"(class sizes {categories.sizes()}): nothing to edit")
-        if g.startswith(RANDOM_PREFIX):
-            mask = random_feature_mask(np.random.default_rng([seed, i]), alive_idx, int(mask.sum()), len(mask))
-        out[g] = mask
-    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,7 +198,7 @@ class EditResult:
     images: dict[tuple[str, float], np.ndarray]
 
 
-def edit_sweep(generator: Generator, probes: _Probes, feature_map: _Map, z_ref: torch.Tensor, z_prompt: torch.Tensor,
+def edit_sweep(generator: Generator, probes: _Probes, feature_map: FeatureMapLike, z_ref: torch.Tensor, z_prompt: torch.Tensor,
                groups: Mapping[str, np.ndarray], factor: str, target: np.ndarray, reference: Mapping[str, np.ndarray],
                config: EditConfig = EditConfig(), noise_seeds: np.ndarray | None = None) -> EditResult:
     """Edit every reference toward its prompt, per group and strength; generate; read with the probes.

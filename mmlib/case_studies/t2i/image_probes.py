@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,10 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from mmlib.core.artifacts import load_or_compute, module_version, stable_hash, tensor_fingerprint, to_jsonable
 from mmlib.case_studies.t2i.tiny_decoder import to_resolution
-from mmlib.analysis.zero_shot import proportion_ci
-from mmlib.feature_maps.base import torch_threads
+from mmlib.core.artifacts import code_version, load_or_compute, stable_hash, tensor_fingerprint, to_jsonable
+from mmlib.core.devices import torch_threads
+from mmlib.core.stats import proportion_ci
 
 __all__ = ["IMAGE_FACTORS", "ProbeConfig", "FactorProbes", "TrainedProbes", "train_probes", "load_or_train_probes",
            "probe_table"]
@@ -256,7 +255,7 @@ def load_or_train_probes(images: np.ndarray, labels: Mapping[str, np.ndarray], n
     data = tensor_fingerprint({"images": torch.as_tensor(np.ascontiguousarray(images)),
                                **{f"y_{f}": torch.from_numpy(v) for f, v in y.items()}})
     key = stable_hash("image_probes", config, data, {f: int(n_classes[f]) for f in config.factors},
-                      module_version(sys.modules[__name__]))
+                      code_version(__name__))
     trained_now = False
 
     def compute() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

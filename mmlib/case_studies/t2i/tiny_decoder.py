@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -47,8 +46,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from mmlib.core.artifacts import load_or_compute, module_version, stable_hash, tensor_fingerprint, to_jsonable
-from mmlib.feature_maps.base import torch_threads
+from mmlib.core.artifacts import code_version, load_or_compute, stable_hash, tensor_fingerprint, to_jsonable
+from mmlib.core.devices import torch_threads
 
 __all__ = ["CONDITIONINGS", "DecoderConfig", "EmbeddingDecoder", "TrainedDecoder", "to_resolution", "to_uint8",
            "train_decoder", "decoder_key", "load_or_train_decoder"]
@@ -476,7 +475,7 @@ def decoder_key(images: np.ndarray, embeddings: torch.Tensor, config: DecoderCon
     """The artifact key: config, a fingerprint of the images and embeddings, and this module's version."""
     data = tensor_fingerprint({"images": torch.as_tensor(np.ascontiguousarray(images)),
                                "embeddings": torch.as_tensor(embeddings).float()})
-    return stable_hash("decoder", config, data, module_version(sys.modules[__name__]))
+    return stable_hash("decoder", config, data, code_version(__name__))
 
 
 def load_or_train_decoder(images: np.ndarray, embeddings: torch.Tensor | np.ndarray,

@@ -1,0 +1,76 @@
+"""Image-text retrieval by cosine similarity: the rank of each query's match, and recall@k.
+
+One implementation serves every chapter: the feature maps' downstream retention (chapter 02), group removal
+(chapter 05) and the cross-modal effect of adversarial images (chapter 07).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def retrieval_ranks(queries: torch.Tensor | np.ndarray, gallery: torch.Tensor | np.ndarray,
+                    targets: torch.Tensor | np.ndarray | None = None, chunk: int = 1024) -> np.ndarray:
+    """0-based rank ``(n,)`` of each query's match among all gallery items, by cosine similarity.
+
+    Parameters
+    ----------
+    queries : (n, d)
+    gallery : (m, d)
+    targets : (n,) int, optional
+        Index in ``gallery`` of query ``i``'s match; default ``i`` (paired rows, then ``m >= n``).
+    chunk : int
+        Queries scored per block (bounds the ``(chunk, m)`` similarity matrix).
+
+    Returns
+    -------
+    (n,) int64 array: the number of gallery items *strictly* more similar than the match (0 = retrieved first;
+    ties count in the match's favour).
+    """
+    q, g = torch.as_tensor(queries).float(), torch.as_tensor(gallery).float()
+    if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
+        raise ValueError(f"queries {tuple(q.shape)} and gallery {tuple(g.shape)} must be (n, d) and (m, d)")
+    if chunk < 1:
+        raise ValueError(f"chunk must be a positive integer, got {chunk}")
+    t = torch.arange(len(q)) if targets is None else torch.as_tensor(np.asarray(targets)).long()
+    if t.shape != (len(q),):
+        raise ValueError(f"{len(q)} queries but targets of shape {tuple(t.shape)}")
+    if len(t) and (int(t.min()) < 0 or int(t.max()) >= len(g)):
+        raise ValueError(f"targets must index the gallery of {len(g)} items (got {int(t.min())}..{int(t.max())})")
+    q, g = F.normalize(q, dim=1), F.normalize(g, dim=1)
+    ranks = [np.zeros(0, dtype=np.int64)]
+    for i in range(0, len(q), chunk):
+        sims = q[i:i + chunk] @ g.T                                   # (c, m)
+        own = sims.gather(1, t[i:i + chunk, None])                    # (c, 1)
+        ranks.append((sims > own).sum(1).numpy().astype(np.int64))
+    return np.concatenate(ranks)
+
+
+def recall_at_k(queries: torch.Tensor | np.ndarray, gallery: torch.Tensor | np.ndarray, ks: Sequence[int] = (1,),
+                targets: torch.Tensor | np.ndarray | None = None) -> dict[int, float]:
+    """Share of the ``n`` queries whose match ranks among the top ``k`` gallery items, per ``k``
+    (NaN for no query)."""
+    if any(int(k) < 1 for k in ks):
+        raise ValueError(f"every k must be a positive integer, got {list(ks)}")
+    ranks = retrieval_ranks(queries, gallery, targets)
+    return {int(k): float((ranks < k).mean()) if len(ranks) else float("nan") for k in ks}
+
+
+def retrieval_recall(image: torch.Tensor | np.ndarray, text: torch.Tensor | np.ndarray,
+                     ks: Sequence[int] = (1, 5)) -> dict[str, float]:
+    """Image-text retrieval recall@k of ``n`` pairs ``(n, d)`` (pair ``i`` is the only match of ``i``).
+
+    Returns
+    -------
+    dict
+        ``"i2t@k"`` (share of images whose caption ranks in the top ``k`` texts) and ``"t2i@k"`` for each ``k``.
+    """
+    if torch.as_tensor(image).shape != torch.as_tensor(text).shape:
+        raise ValueError(f"image {tuple(torch.as_tensor(image).shape)} and text {tuple(torch.as_tensor(text).shape)} "
+                         "embeddings must be paired (n, d)")
+    i2t, t2i = recall_at_k(image, text, ks), recall_at_k(text, image, ks)
+    return {**{f"i2t@{k}": v for k, v in i2t.items()}, **{f"t2i@{k}": v for k, v in t2i.items()}}

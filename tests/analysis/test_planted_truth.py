@@ -1,0 +1,175 @@
+"""Planted-truth validation: class accuracy, MI matching, MDS vs ideal MDS, and the null-world comparison."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import mutual_info_score, normalized_mutual_info_score
+
+from mmlib.analysis.mds import modality_dominance
+from mmlib.analysis.planted_truth import (
+    FactorMatch,
+    class_accuracy,
+    compare_to_null,
+    ideal_mds_by_factor,
+    match_features,
+    matched_features,
+    mds_vs_ideal,
+    mutual_information,
+)
+from mmlib.core.stats import proportion_ci
+from mmlib.data.world import WorldConfig, default_factors, generate_world
+
+
+def test_class_accuracy_hand_computed():
+    predicted = ["ImgD", "TextD", "CrossD", "ImgD", "dead", "CrossD"]
+    planted = ["image-only", "text", "shared", "shared", "image", None]  # both spellings of the classes
+    acc = class_accuracy(predicted, planted)
+    assert (acc.n, acc.n_correct, acc.n_excluded) == (4, 3, 2)
+    assert acc.accuracy == 0.75 and (acc.ci_low, acc.ci_high) == pytest.approx(proportion_ci(3, 4))
+    per = acc.per_class.set_index("expected")
+    assert per.loc["CrossD", "n"] == 2 and per.loc["CrossD", "recall"] == 0.5 and per.loc["ImgD", "recall"] == 1
+    assert acc.confusion.loc["CrossD", "ImgD"] == 1 and int(acc.confusion.to_numpy().sum()) == 4
+
+
+def test_class_accuracy_errors():
+    with pytest.raises(ValueError, match="not in the mapping"):
+        class_accuracy(["ImgD"], ["visual"])
+    with pytest.raises(ValueError, match="unknown predicted"):
+        class_accuracy(["Img"], ["shared"])
+    with pytest.raises(ValueError, match="planted classes"):
+        class_accuracy(["ImgD", "TextD"], ["shared"])
+    with pytest.raises(ValueError, match="nothing to score"):
+        class_accuracy(["dead"], ["shared"])
+
+
+def test_mutual_information_matches_sklearn():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 300)
+    codes = np.stack([rng.integers(0, 3, 300), (labels == 1).astype(int), labels % 2, np.zeros(300, int)], 1)
+    mi = mutual_information(codes, labels)
+    nmi = mutual_information(codes, labels, normalized=True, block=3)
+    for k in range(3):
+        assert mi[k] == pytest.approx(mutual_info_score(labels, codes[:, k]), abs=1e-9)
+        assert nmi[k] == pytest.approx(normalized_mutual_info_score(labels, codes[:, k]), abs=1e-9)
+    assert mi[3] == 0 and nmi[3] == 0  # a constant feature carries nothing
+
+
+class FakeTruth:
+    """Two factors over 8 pairs; ``b`` is never said."""
+
+    a = np.array([0, 1, 0, 1, 0, 1, 0, 1])
+    b = np.array([0, 0, 1, 1, 2, 2, 0, 1])
+
+    def values(self, name):
+        return getattr(self, name)
+
+    def depicted(self, name):
+        return np.ones(8, bool)
+
+    def mentioned(self, name):
+        return np.full(8, name == "a")
+
+
+def test_match_features_finds_the_planted_factor():
+    t = FakeTruth()
+    a_image = np.stack([t.a == 1, t.b == 2, np.arange(8) < 4], 1).astype(float)
+    a_text = np.stack([t.a == 1, np.zeros(8, bool), np.arange(8) < 4], 1).astype(float)
+    for metric in ("mi", "nmi"):
+        m = match_features(a_image, a_text, t, ["a", "b"], metric=metric)
+        assert m.best_factor[:2].tolist() == ["a", "b"]
+        assert m.scores.shape == (3, 2)
+    m = match_features(a_image, a_text, t, ["a", "b"], metric="mi")
+    assert m.best_score[0] == pytest.approx(np.log(2))  # the feature is the factor: MI = H(a)
+    pooled = np.concatenate([a_image[:, 1], a_text[:, 1]])
+    assert m.scores[1, 1] == pytest.approx(mutual_info_score(np.concatenate([t.b, t.b]), pooled))
+    q = match_features(a_image * np.arange(1, 9)[:, None], a_text, t, ["a", "b"], binarise="quantile", n_bins=3)
+    assert q.binarise == "quantile" and q.scores.shape == (3, 2)
+    # with "present" labels, b's text rows are all "absent": feature 1 (b == 2 on images) is a function of the
+    # label, so its MI is its own entropy (fires on 2 of 16 rows)
+    present = match_features(a_image, a_text, t, ["a", "b"], metric="mi", labels="present")
+    h = -(1 / 8 * np.log(1 / 8) + 7 / 8 * np.log(7 / 8))
+    assert present.scores[1, 1] == pytest.approx(h) and present.scores[1, 1] > m.scores[1, 1]
+    assert list(m.to_frame().columns[:3]) == ["feature", "best_factor", "best_score"]
+
+
+def test_match_features_errors():
+    t = FakeTruth()
+    x = np.zeros((8, 2))
+    with pytest.raises(ValueError, match="unknown metric"):
+        match_features(x, x, t, ["a"], metric="ami")
+    with pytest.raises(ValueError, match="unknown binarisation"):
+        match_features(x, x, t, ["a"], binarise="median")
+    with pytest.raises(ValueError, match="paired activations"):
+        match_features(x, x[:4], t, ["a"])
+    with pytest.raises(ValueError, match="labels for"):
+        match_features(x[:4], x[:4], t, ["a"])
+    with pytest.raises(ValueError, match="no factors"):
+        match_features(x, x, t, [])
+    with pytest.raises(ValueError, match="Factor objects"):
+        match_features(x, x, t, ["a"], per_value=True)
+
+
+def _match(best_factor, best_score):
+    best_factor = np.asarray(best_factor)
+    return FactorMatch(factors=tuple(sorted(set(best_factor) - {""})), scores=np.zeros((len(best_factor), 1)),
+                       best_factor=best_factor, best_score=np.asarray(best_score, float), metric="nmi",
+                       binarise="active")
+
+
+def test_mds_vs_ideal_hand_computed():
+    ideal = {"f0": 0.0, "f1": 0.25, "f2": 0.5, "f3": 1.0}
+    match = _match(["f0", "f1", "f2", "f3", "f3", ""], [0.9, 0.8, 0.5, 0.1, 0.6, 0.0])
+    mds = np.array([0.1, 0.3, 0.6, 0.2, 0.9, 0.5])
+    table = mds_vs_ideal(mds, match, ideal, thresholds=(0.0, 0.3, 0.7), n_boot=200)
+    assert table["n_matched"].tolist() == [5, 4, 2]
+    # threshold 0.3: features 0,1,2,4 -> MDS (0.1,0.3,0.6,0.9) vs ideal (0,0.25,0.5,1): perfectly monotone
+    row = table.set_index("threshold").loc[0.3]
+    assert row.rho == pytest.approx(1.0) and row.n_factors == 4
+    assert -1 <= row.ci_low <= row.ci_high <= 1
+    assert np.isnan(table.iloc[2].rho)  # 2 features: no correlation
+    m = matched_features(mds, match, ideal, 0.0)
+    assert m.feature.tolist() == [0, 1, 2, 3, 4] and m.ideal_mds.tolist() == [0, 0.25, 0.5, 1, 1]
+
+
+def test_ideal_mds_by_factor_drops_unseen_factors():
+    factors = default_factors()
+    ideal = ideal_mds_by_factor(factors)
+    assert ideal["position"] == 1.0 and ideal["owner"] == 0.0 and ideal["shape"] == 0.5
+    hidden = factors[6].with_probabilities(0.0, 0.0)  # mood: a glyph factor
+    assert hidden.name not in ideal_mds_by_factor([hidden])
+
+
+def test_planted_order_recovered_on_a_generated_world():
+    """Perfect features (fire when a factor's value 0 is shown / said) rank like the ideal MDS."""
+    world = generate_world(WorldConfig(n_train=600, n_val=0, n_test=0, seed=1))
+    split = world.subset("train")
+    names = [f.name for f in world.factors]
+    a_image = np.stack([(split.values(n) == 0) & split.depicted(n) for n in names], 1).astype(np.float32)
+    a_text = np.stack([(split.values(n) == 0) & split.mentioned(n) for n in names], 1).astype(np.float32)
+    match = match_features(a_image, a_text, split)  # factors default to the split's world's
+    assert match.best_factor.tolist() == names
+    mds = modality_dominance(a_image, a_text)
+    table = mds_vs_ideal(mds, match, ideal_mds_by_factor(world.factors), thresholds=(0.0,), n_boot=200)
+    assert table.rho[0] > 0.9 and table.ci_low[0] > 0.5
+    by_value = match_features(a_image, a_text, split, world.factors, per_value=True)
+    assert by_value.best_factor.tolist() == [f"{f.name}={f.values[0]}" for f in world.factors]
+    ideal = ideal_mds_by_factor(world.factors, per_value=True)
+    assert ideal["gender=female"] == pytest.approx((0.72 + 0.09) / 0.92)
+    rho = mds_vs_ideal(mds, by_value, ideal, thresholds=(0.0,), n_boot=50).rho[0]
+    assert rho > table.rho[0] - 0.05
+
+
+def test_compare_to_null_hand_computed():
+    world = np.array([0.05, 0.95, 0.5, 0.02, np.nan])
+    null = np.array([0.5, 0.5, 0.45, 0.55])
+    table = compare_to_null(world, null, rule="fixed").set_index("metric")
+    assert table.loc["n_alive", "world"] == 4 and table.loc["n_alive", "null"] == 4
+    assert table.loc["share extreme", "world"] == 0.75 and table.loc["share extreme", "null"] == 0
+    assert table.loc["share < 0.1", "difference"] == 0.5
+    assert table.loc["share CrossD (fixed 0.6/0.4)", "null"] == 1.0
+    assert table.loc["KS distance", "statistic"] == pytest.approx(0.5)  # at x just below 0.45
+    assert 0 <= table.loc["Mann-Whitney P(world > null)", "statistic"] <= 1
+    assert table.loc["share extreme", "world_ci_low"] < 0.75 < table.loc["share extreme", "world_ci_high"]
+    with pytest.raises(ValueError, match="no alive"):
+        compare_to_null(np.array([np.nan]), null)

@@ -1,0 +1,64 @@
+"""Seeded percentile bootstrap, the across-seed aggregation and Wilson intervals, against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from mmlib.core.stats import across_seeds, bootstrap_ci, format_ci, mean_bootstrap_ci, proportion_ci
+
+
+def test_bootstrap_of_a_constant_and_determinism():
+    assert bootstrap_ci(np.mean, np.full(10, 3.0)) == (3.0, 3.0)
+    x = np.random.default_rng(0).normal(size=50)
+    assert bootstrap_ci(np.mean, x, seed=4) == bootstrap_ci(np.mean, x, seed=4)
+    low, high = mean_bootstrap_ci(x, n_boot=2000)
+    assert low < x.mean() < high
+    # the vectorised mean bootstrap and the generic one agree to Monte Carlo error
+    g_low, g_high = bootstrap_ci(np.mean, x, n_boot=2000)
+    assert low == pytest.approx(g_low, abs=0.05) and high == pytest.approx(g_high, abs=0.05)
+    assert np.isnan(mean_bootstrap_ci(np.array([1.0, np.nan]))[0])  # one finite value: no interval
+
+
+def test_paired_bootstrap_resamples_rows_jointly():
+    x = np.arange(20.0)
+    low, high = bootstrap_ci(lambda a, b: float(np.all(a == b)), x, x.copy(), n_boot=100)
+    assert (low, high) == (1.0, 1.0)
+    with pytest.raises(ValueError, match="differ in length"):
+        bootstrap_ci(np.mean, x, x[:3])
+
+
+def test_across_seeds_hand_computed():
+    table = pd.DataFrame({"seed": [0, 1, 2, 0, 1, 2], "map": ["sae"] * 3 + ["ncl"] * 3,
+                          "winrate": [0.6, 0.7, 0.8, 0.5, 0.5, 0.5]})
+    out = across_seeds(table, "winrate", by="map").set_index("map")
+    half = sps.t.ppf(0.975, 2) * 0.1 / np.sqrt(3)  # std of (0.6, 0.7, 0.8) is 0.1
+    assert out.loc["sae", "mean"] == pytest.approx(0.7) and out.loc["sae", "std"] == pytest.approx(0.1)
+    assert (out.loc["sae", "ci_low"], out.loc["sae", "ci_high"]) == pytest.approx((0.7 - half, 0.7 + half))
+    assert out.loc["ncl", "ci_low"] == pytest.approx(0.5) and out.loc["sae", "n_seeds"] == 3
+    with pytest.raises(ValueError, match="at least 3"):
+        across_seeds(table[table.seed < 2], "winrate", by="map")
+    with pytest.raises(ValueError, match="not in the table"):
+        across_seeds(table, "embsim")
+
+
+def test_format_ci_hand_written():
+    row = {"mean": 0.1234, "ci_low": -0.05, "ci_high": 0.3}
+    assert format_ci(row) == "0.123 [-0.050, 0.300]"
+    assert format_ci(row, digits=1, signed=True) == "+0.1 [-0.1, +0.3]"
+    assert format_ci(pd.Series(row), digits=0) == "0 [-0, 0]"
+    nan = float("nan")
+    assert format_ci({"mean": nan, "ci_low": nan, "ci_high": nan}) == "n/a"
+    assert format_ci({"mean": 0.25, "ci_low": nan, "ci_high": nan}, digits=2, signed=True) == "+0.25 (no interval)"
+    with pytest.raises(KeyError, match="ci_high"):
+        format_ci({"mean": 1.0, "ci_low": 0.0})
+
+
+def test_proportion_ci():
+    low, high = proportion_ci(50, 100)
+    assert low < 0.5 < high and high - low == pytest.approx(0.19, abs=0.01)
+    assert all(math.isnan(v) for v in proportion_ci(0, 0))

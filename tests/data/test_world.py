@@ -1,0 +1,161 @@
+"""The generated world: determinism, planted probabilities, ideal MDS, null world, spurious knob, errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mmlib.data.protocol import PairDataset
+from mmlib.data.world import (
+    Factor,
+    WorldConfig,
+    compose_caption,
+    default_factors,
+    factor_table,
+    generate_world,
+    ideal_mds,
+    prompt,
+)
+
+SMALL = WorldConfig(n_train=600, n_val=100, n_test=300, seed=3)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return generate_world(SMALL)
+
+
+def test_ideal_mds_hand_computed():
+    assert ideal_mds(1, 1) == 0.5
+    assert ideal_mds(1, 0) == 1.0
+    assert ideal_mds(0, 1) == 0.0
+    assert ideal_mds(1, 0.5) == pytest.approx(0.75)          # (0.5 + 0.25) / 1
+    assert ideal_mds(0.5, 1) == pytest.approx(0.25)          # 0.25 / 1
+    assert ideal_mds(0.9, 0.2) == pytest.approx((0.72 + 0.09) / 0.92)
+    assert math.isnan(ideal_mds(0, 0))
+
+
+@given(st.floats(0, 1), st.floats(0, 1))
+def test_ideal_mds_symmetry_and_range(pd_, pm):
+    if pd_ + pm - pd_ * pm == 0:
+        return
+    value = ideal_mds(pd_, pm)
+    assert 0 <= value <= 1
+    assert value + ideal_mds(pm, pd_) == pytest.approx(1.0)  # swapping modalities maps MDS to 1 - MDS
+
+
+def test_deterministic(world):
+    again = generate_world(SMALL)
+    assert np.array_equal(world.images, again.images)
+    assert world.captions == again.captions
+    other = generate_world(dataclasses.replace(SMALL, seed=4))
+    assert not np.array_equal(world.images, other.images)
+    assert world.fingerprint != other.fingerprint
+
+
+def test_shapes_and_splits(world):
+    assert world.images.shape == (1000, 32, 32, 3) and world.images.dtype == np.uint8
+    assert [len(world.indices(s)) for s in ("train", "val", "test")] == [600, 100, 300]
+    assert isinstance(world.subset("test"), PairDataset)
+    assert world.subset("test").image(0).size == (32, 32)
+    with pytest.raises(ValueError, match="unknown split"):
+        world.indices("dev")
+
+
+def test_planted_probabilities_within_tolerance():
+    w = generate_world(WorldConfig(n_train=6000, n_val=0, n_test=0, seed=1))
+    for f in w.factors:
+        v = w.latents.values[f.name]
+        for flags, planned in ((w.latents.depicted[f.name], f.p_depict), (w.latents.mentioned[f.name], f.p_mention)):
+            expected = np.asarray(planned)[v].mean()
+            assert abs(flags.mean() - expected) < 4 * math.sqrt(0.25 / len(v)) + 1e-9, f.name
+        counts = np.bincount(v, minlength=len(f.values))
+        assert counts.min() > 0.8 * len(v) / len(f.values)  # balanced values
+
+
+def test_captions_mention_exactly_the_mentioned_factors(world):
+    # owner names and mood/weather words are unique to their factor: present iff mentioned
+    for name in ("owner", "mood", "weather", "texture"):
+        f = world.factor(name)
+        for i in range(200):
+            words = f.synonyms[world.latents.values[name][i]]
+            present = any(w in world.captions[i].split() for w in words)
+            assert present == bool(world.latents.mentioned[name][i]), (name, world.captions[i])
+    assert not world.latents.depicted["owner"].any() and world.latents.mentioned["owner"].all()
+    assert world.factor("owner").ideal_mds == 0.0
+
+
+def test_glyph_drawn_only_when_depicted(world):
+    strip = world.images[:, 26:, :, :].astype(int)
+    mood_slot = strip[:, :, 0:6].max(axis=(1, 2, 3))
+    shown = world.latents.depicted["mood"]
+    assert (mood_slot[shown] > 230).all()
+    assert (mood_slot[~shown] < 160).all()
+
+
+def test_null_world_shows_and_says_everything():
+    w = generate_world(dataclasses.replace(SMALL, null=True))
+    for f in w.factors:
+        assert w.latents.depicted[f.name].all() and w.latents.mentioned[f.name].all()
+    assert (factor_table(w.config).ideal_mds == 0.5).all()
+
+
+def test_spurious_knob_ties_background_to_shape():
+    tied = generate_world(dataclasses.replace(SMALL, spurious=1.0))
+    assert (tied.latents.values["background"] == tied.latents.values["shape"]).all()
+    free = generate_world(dataclasses.replace(SMALL, spurious=0.0))
+    assert (free.latents.values["background"] == free.latents.values["shape"]).mean() < 0.4
+
+
+def test_factor_table_lists_ladders():
+    table = factor_table(WorldConfig())
+    ladder = table[table.role == "image-ladder"].set_index("factor")
+    assert list(ladder.p_mention) == [0.5, 0.2, 0.05]
+    text = table[table.role == "text-ladder"].set_index("factor")
+    assert list(text.p_depict) == [0.5, 0.2, 0.05]
+    gender = table[(table.factor == "gender") & (table.value != "(all)")].set_index("value")
+    assert gender.loc["female", "ideal_mds"] > 0.8 > 0.2 > gender.loc["male", "ideal_mds"]
+
+
+def test_prompts_and_captions():
+    shape = default_factors()[0]
+    assert prompt(shape, 0) == "a photo of a circle"
+    assert compose_caption({"colour": "red", "shape": "square", "owner": "bob"}) == "a photo of a red square owned by bob"
+    assert compose_caption({"size": "huge"}, prefix="") == "a huge object"
+
+
+def test_bad_configs():
+    with pytest.raises(ValueError, match="probabilities"):
+        Factor("x", ("a", "b"), (1.2, 1), (1, 1), "glyph", "cross", (("a",), ("b",)))
+    with pytest.raises(ValueError, match="always depicted"):
+        dataclasses.replace(default_factors()[0], p_depict=(0.5,) * 4)
+    with pytest.raises(ValueError, match="spurious"):
+        WorldConfig(spurious=2.0)
+    with pytest.raises(ValueError, match="image_size"):
+        WorldConfig(image_size=8)
+    with pytest.raises(ValueError, match="glyph factors .* do not fit"):
+        WorldConfig(image_size=16)  # five 5-px glyphs in 16 px: the strip would be cut off
+    with pytest.raises(KeyError, match="known factors"):
+        generate_world(WorldConfig(n_train=10, n_val=0, n_test=0)).factor("smell")
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, 10_000))
+def test_pixels_valid_for_any_seed(seed):
+    w = generate_world(WorldConfig(n_train=8, n_val=0, n_test=0, seed=seed, image_size=64))
+    assert w.images.shape == (8, 64, 64, 3)
+    assert len(set(w.captions)) >= 1 and all(c.strip() for c in w.captions)
+
+
+def test_fingerprint_tracks_config_and_code(monkeypatch):
+    import mmlib.data.world as world_module
+
+    base = SMALL.fingerprint()
+    assert dataclasses.replace(SMALL, noise=0.0).fingerprint() != base
+    monkeypatch.setattr(world_module, "code_version", lambda module: "edited-rendering-code")
+    assert SMALL.fingerprint() != base  # a change to the generator's code invalidates cached models

@@ -1,0 +1,85 @@
+"""Tiny CLIP / DeCLIP-like training: it learns, it is cached, it reloads identically."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from mmlib.data.world import WorldConfig, generate_world
+from mmlib.models.clip import (
+    TinyClipArch,
+)
+from mmlib.models.training import (
+    MASK_ID,
+    TrainConfig,
+    _augment,
+    _mask_tokens,
+    load_or_train,
+    model_key,
+    train_tiny_clip,
+)
+
+ARCH = TinyClipArch(embed_dim=32, image_size=32, patch_size=8, vision_width=32, vision_layers=1,
+                    vision_head_width=16, text_width=32, text_layers=1, text_heads=2, context_length=32)
+WORLD = WorldConfig(n_train=512, n_val=128, n_test=128, seed=0)
+
+
+def test_augment_and_mask_shapes():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, 32, 32)
+    y = _augment(x, 2, gen)
+    assert y.shape == x.shape and not torch.equal(x, y)
+    tokens = torch.tensor([[49406, 320, 1929, 49407, 0, 0]] * 50)
+    masked, mask = _mask_tokens(tokens, 0.5, gen)
+    assert mask[:, 0].sum() == 0 and mask[:, 3:].sum() == 0 and mask.any()
+    assert (masked[mask] == MASK_ID).all() and torch.equal(masked[~mask], tokens[~mask])
+
+
+@pytest.mark.slow
+def test_training_learns_colour_and_is_cached(artifact_root):
+    world = generate_world(WORLD)
+    cfg = TrainConfig(steps=250, batch_size=64, lr=3e-3, warmup=10)
+    first = load_or_train(world, ARCH, cfg, progress=False)
+    # chance is 0.25 with sd 0.038 on 128 validation images: > 0.37 is more than 3 sd above chance
+    assert first.history["val_zs_colour"][-1] > 0.37
+    assert first.history["loss"][-1] < first.history["loss"][0]
+    # cached: the second call reloads the same weights without training
+    second = load_or_train(world, ARCH, cfg, progress=False)
+    assert second.bundle.identity == first.bundle.identity
+    assert second.path == first.path
+    # another config -> another key
+    assert model_key(world, ARCH, dataclasses.replace(cfg, seed=1)) != model_key(world, ARCH, cfg)
+
+
+@pytest.mark.slow
+def test_declip_like_training_runs_its_extra_terms(artifact_root):
+    world = generate_world(WORLD)
+    trained = load_or_train(world, ARCH, TrainConfig(steps=20, batch_size=32, declip=True, warmup=5),
+                            progress=False)
+    assert np.all(np.isfinite(trained.history["ssl_loss"])) and min(trained.history["ssl_loss"]) > 0
+    assert min(trained.history["mlm_loss"]) > 0
+
+
+def test_declip_like_step_takes_half_the_pairs_in_two_views(artifact_root):
+    # the DeCLIP-like batch counts images: batch_size / 2 pairs, each in two augmented views
+    with pytest.raises(ValueError, match="two views per pair"):
+        TrainConfig(batch_size=31, declip=True)
+    with pytest.raises(ValueError, match="two views per pair"):
+        TrainConfig(batch_size=2, declip=True)
+    TrainConfig(batch_size=31)  # plain CLIP: any batch of at least 2 pairs
+    world = generate_world(dataclasses.replace(WORLD, n_train=24))
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        load_or_train(world, ARCH, TrainConfig(steps=2, batch_size=32), progress=False)
+    # 24 pairs suffice for 16 pairs x 2 views (one step, no reshuffle)
+    model, history = train_tiny_clip(world, ARCH, TrainConfig(steps=1, batch_size=32, declip=True, warmup=1),
+                                     progress=False, eval_every=10)
+    assert len(history["clip_loss"]) == 1 and history["ssl_loss"][0] > 0
+
+
+def test_training_rejects_mismatched_image_size(artifact_root):
+    world = generate_world(dataclasses.replace(WORLD, image_size=64, n_train=64))
+    with pytest.raises(ValueError, match="image_size"):
+        load_or_train(world, ARCH, TrainConfig(steps=2, batch_size=8), progress=False)
