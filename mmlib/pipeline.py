@@ -1,24 +1,35 @@
-"""The book's shared first steps, one call per notebook: world -> trained models -> cached embeddings.
+"""The chapters' shared steps, one call each: world -> models -> embeddings -> feature maps -> MDS -> categories.
 
-Every chapter from 01 on starts from the same artifacts: the generated world (or its null-world control),
-the tiny CLIP and DeCLIP-like models trained on it, and their embeddings of the train and test splits. This
-module names those steps once, so that a notebook reads ``setup = tiny_setup(P)`` instead of repeating the
-plumbing, and every notebook reuses the artifacts the first one stored (nothing is trained twice in a run).
+* :func:`setup`: the generated world (or its null-world control), its models and their cached embeddings. On the
+  ``tiny`` profile it trains (or reloads) the tiny CLIP / DeCLIP-like models; on ``paper`` it loads the open_clip
+  model and embeds the real corpus as the train split.
+* :func:`trained_maps`: the profile's feature maps (raw dimensions, SAE, NCL) trained on one model's embeddings.
+* :func:`map_grid`: every (world, model, map, seed) combination a chapter asks for, each with its feature map, its
+  MDS in both forms and its categories (:class:`MapResult`), in one :class:`MapGrid`.
 
-On the ``paper`` profile the same calls load the open_clip model instead of training tiny ones; the world is
-then a planted-truth probe of the real model.
+Every expensive step goes through the artifact store, so a chapter reloads what an earlier chapter trained and
+nothing is trained twice in a run.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import functools
+import itertools
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from mmlib.analysis.categories import DEFAULT_RULE, Categories, CategoryRule, categorise, parse_rule
+from mmlib.analysis.mds import MDSResult, modality_dominance
 from mmlib.core.devices import resolve_device
 from mmlib.data.corpora import open_pairs
 from mmlib.data.embeddings import Embeddings
 from mmlib.data.world import World, generate_world
+from mmlib.feature_maps.base import FeatureMap
 from mmlib.feature_maps.store import TrainedFeatureMap, load_or_train_feature_map
 from mmlib.models.clip import ModelBundle, load_open_clip
 from mmlib.models.embed import EmbedConfig, embed_dataset
@@ -27,6 +38,10 @@ from mmlib.profiles import Profile
 
 #: The tiny profile's two models, by display name.
 MODEL_NAMES = ("CLIP", "DeCLIP-like")
+#: The worlds a chapter can ask for: the generated world and its null-world control (every factor shown and said).
+WORLDS = ("world", "null")
+#: The feature maps of chapter 02, by display name.
+MAP_NAMES = ("raw", "SAE", "NCL")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -57,28 +72,37 @@ class Setup:
             raise KeyError(f"no embeddings for model {model!r}, split {split!r}; "
                            f"available: {sorted(self.embeddings)}") from None
 
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The model names, in the order they were loaded."""
+        return tuple(self.bundles)
 
-def tiny_setup(profile: Profile, null: bool = False, models: Sequence[str] = MODEL_NAMES,
-               splits: Sequence[str] = ("train", "test"), progress: bool = False,
-               pairs: str | Path | None = None) -> Setup:
+
+def setup(profile: Profile, null: bool = False, models: Sequence[str] | None = None,
+          splits: Sequence[str] = ("train", "test"), progress: bool = False,
+          pairs: str | Path | None = None) -> Setup:
     """The world (``null=True``: its null-world control), its models and their embeddings.
 
-    ``tiny``: trains (or reloads) the tiny CLIP / DeCLIP-like models named in ``models`` on this world.
-    ``paper``: loads ``profile.open_clip_model`` with ``profile.pretrained`` (one model, named after it) and
-    embeds the world's splits with it (its world has only a test split: a planted-truth probe of the real
-    model). ``pairs`` (default ``profile.pairs``), a real corpus (:func:`open_pairs`), is then embedded as the
-    ``"train"`` split, on which the feature maps are trained. Embeddings include each tower's pre-projection
+    ``tiny``: trains (or reloads) the tiny models named in ``models`` (default both of :data:`MODEL_NAMES`) on this
+    world. ``paper``: loads ``profile.open_clip_model`` with ``profile.pretrained`` (one model, named after it) and
+    embeds the world's splits with it (its world has only a test split: a planted-truth probe of the real model).
+    ``pairs`` (default ``profile.pairs``), a real corpus (:func:`~mmlib.data.corpora.open_pairs`), is then embedded
+    as the ``"train"`` split, on which the feature maps are trained. Embeddings include each tower's pre-projection
     activation (not those of the real corpus, which can be large).
     """
     pairs = pairs if pairs is not None else profile.pairs
     if pairs is not None and profile.is_tiny:
         raise ValueError("pairs is for the paper profile: the tiny profile trains on its world's train split")
+    if null and not profile.is_tiny:
+        raise ValueError("the null world is the tiny profile's control (its models are trained on it); the paper "
+                         "profile has no null-world model")
     corpus = open_pairs(pairs) if pairs is not None else None  # checked before any model is loaded
     world = generate_world(profile.null_world if null else profile.world)
     trained: dict[str, TrainedModel] = {}
     bundles: dict[str, ModelBundle] = {}
     if profile.is_tiny:
         configs = {"CLIP": profile.clip_train, "DeCLIP-like": profile.declip_train}
+        models = MODEL_NAMES if models is None else tuple(models)
         unknown = [m for m in models if m not in configs]
         if unknown:
             raise ValueError(f"unknown tiny model(s) {unknown}; choose from {list(configs)}")
@@ -86,6 +110,8 @@ def tiny_setup(profile: Profile, null: bool = False, models: Sequence[str] = MOD
             trained[name] = load_or_train(world, profile.arch, configs[name], progress=progress, name=name)
             bundles[name] = trained[name].bundle
     else:
+        if models is not None and tuple(models) != (profile.open_clip_model,):
+            raise ValueError(f"the paper profile loads one model, {profile.open_clip_model!r}; got {list(models)}")
         bundles[profile.open_clip_model] = load_open_clip(profile.open_clip_model, profile.pretrained,
                                                           device=resolve_device(profile.device))
     config = EmbedConfig(batch_size=profile.embed_batch_size, towers=True, device=profile.device)
@@ -98,15 +124,14 @@ def tiny_setup(profile: Profile, null: bool = False, models: Sequence[str] = MOD
     return Setup(world, bundles, trained, embeddings)
 
 
-def feature_maps(setup: Setup, profile: Profile, model: str = "CLIP", seed: int = 0,
-                 names: Sequence[str] = ("raw", "SAE", "NCL"), progress: bool = False,
+def trained_maps(setup: Setup, profile: Profile, model: str = "CLIP", seed: int = 0,
+                 names: Sequence[str] = MAP_NAMES, progress: bool = False,
                  train: Embeddings | None = None) -> dict[str, TrainedFeatureMap]:
     """The profile's feature maps (``raw``, ``SAE``, ``NCL``) trained on ``model``'s embeddings.
 
-    ``train``: the training embeddings; by default the world's train split. The ``paper`` profile's world has
-    no train split (it only probes the real model): pass the real corpus' embeddings (``mmlib.models.embed``).
-    Loaded from the artifact store when a chapter already trained them (the key covers the config, the
-    seed and the embeddings), trained and stored otherwise.
+    ``train``: the training embeddings; by default the setup's train split (on the ``paper`` profile: the real
+    corpus, see :func:`setup`). Loaded from the artifact store when a chapter already trained them (the key covers
+    the config, the seed and the embeddings), trained and stored otherwise.
     """
     configs = profile.feature_map_configs(seed)
     unknown = [n for n in names if n not in configs]
@@ -116,9 +141,172 @@ def feature_maps(setup: Setup, profile: Profile, model: str = "CLIP", seed: int 
         if (model, "train") not in setup.embeddings:
             raise ValueError(f"no train-split embeddings of {model!r} in this setup (the {profile.name!r} "
                              "profile's world has no train split): set the notebook parameter pairs = "
-                             "'/path/to/cc3m_subset.csv' (or a .tar shard pattern), which tiny_setup(P, pairs=pairs) "
+                             "'/path/to/cc3m_subset.csv' (or a .tar shard pattern), which setup(P, pairs=pairs) "
                              "embeds as the train split, or pass train=embed_dataset(bundle, corpus)")
         train = setup.emb(model, "train")
     return {name: load_or_train_feature_map(*configs[name], train, progress=progress,
                                             device=resolve_device(profile.device))
             for name in names}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MapResult:
+    """One feature map of one model on one world, with its MDS (both forms, on the train split) and categories.
+
+    Attributes
+    ----------
+    world, model, map : str
+        Which world (``"world"`` or ``"null"``), model and feature map (``"raw"``, ``"SAE"``, ``"NCL"``).
+    seed : int
+        The map's training seed.
+    trained : TrainedFeatureMap
+        The map from the artifact store, with its training history.
+    mds, mds_aggregate : MDSResult
+        Paired (default) and aggregate MDS over the train-split pairs.
+    rule : CategoryRule
+        The category rule of :attr:`categories`.
+    setup : Setup
+        Where the embeddings come from (for :meth:`activations`).
+    """
+
+    world: str
+    model: str
+    map: str
+    seed: int
+    trained: TrainedFeatureMap
+    mds: MDSResult
+    mds_aggregate: MDSResult
+    rule: CategoryRule
+    setup: Setup
+
+    @property
+    def key(self) -> tuple[str, str, str, int]:
+        """``(world, model, map, seed)``."""
+        return (self.world, self.model, self.map, self.seed)
+
+    @property
+    def fmap(self) -> FeatureMap:
+        """The feature map."""
+        return self.trained.fmap
+
+    @functools.cached_property
+    def categories(self) -> Categories:
+        """ImgD / TextD / CrossD of the features under :attr:`rule`."""
+        return categorise(self.mds, self.rule)
+
+    def categorise(self, rule: CategoryRule | str) -> Categories:
+        """The categories under another rule (e.g. ``"fixed"``)."""
+        return categorise(self.mds, rule)
+
+    def activations(self, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+        """Image and text activations ``(n, K)`` of the pairs of ``split`` (computed on each call)."""
+        return self.fmap.activations(self.setup.emb(self.model, split))
+
+    def summary(self) -> dict[str, object]:
+        """``world``, ``model``, ``map``, ``seed`` and :meth:`~mmlib.analysis.mds.MDSResult.summary` of the MDS."""
+        return dict(world=self.world, model=self.model, map=self.map, seed=self.seed, **self.mds.summary())
+
+
+class MapGrid(Mapping[tuple[str, str, str, int], MapResult]):
+    """The results of :func:`map_grid`, keyed by ``(world, model, map, seed)``.
+
+    Attributes
+    ----------
+    setups : dict
+        world -> :class:`Setup`.
+    worlds, models, maps, seeds : tuple
+        The grid's axes, in the order asked for.
+    """
+
+    def __init__(self, results: Mapping[tuple[str, str, str, int], MapResult], setups: Mapping[str, Setup],
+                 worlds: Sequence[str], models: Sequence[str], maps: Sequence[str], seeds: Sequence[int]) -> None:
+        self._results = dict(results)
+        self.setups = dict(setups)
+        self.worlds, self.models, self.maps, self.seeds = tuple(worlds), tuple(models), tuple(maps), tuple(seeds)
+
+    def __getitem__(self, key: tuple[str, str, str, int]) -> MapResult:
+        try:
+            return self._results[key]
+        except KeyError:
+            raise KeyError(f"no map result {key!r} in this grid (worlds {self.worlds}, models {self.models}, "
+                           f"maps {self.maps}, seeds {self.seeds})") from None
+
+    def __iter__(self) -> Iterator[tuple[str, str, str, int]]:
+        return iter(self._results)
+
+    def __len__(self) -> int:
+        return len(self._results)
+
+    def __repr__(self) -> str:
+        return (f"MapGrid({len(self)} results: worlds {self.worlds}, models {self.models}, maps {self.maps}, "
+                f"seeds {self.seeds})")
+
+    def select(self, **where: object) -> list[MapResult]:
+        """The results whose ``world`` / ``model`` / ``map`` / ``seed`` equal the given values, in grid order."""
+        unknown = [k for k in where if k not in ("world", "model", "map", "seed")]
+        if unknown:
+            raise TypeError(f"select() filters on world, model, map and seed; got {unknown}")
+        return [r for r in self._results.values() if all(getattr(r, k) == v for k, v in where.items())]
+
+    def summary(self) -> pd.DataFrame:
+        """One row per result: its keys and the summary of its (paired) MDS over alive features."""
+        return pd.DataFrame([r.summary() for r in self._results.values()])
+
+
+def map_grid(profile: Profile, worlds: Sequence[str] = WORLDS, models: Sequence[str] | None = None,
+             maps: Sequence[str] = MAP_NAMES, seeds: Sequence[int] | None = None,
+             rule: CategoryRule | str = DEFAULT_RULE, progress: bool = False,
+             setups: Mapping[str, Setup] | None = None) -> MapGrid:
+    """Every (world, model, map, seed) a chapter needs: each feature map, its MDS in both forms and its categories.
+
+    Parameters
+    ----------
+    profile : Profile
+    worlds : sequence of {"world", "null"}
+        ``"null"`` (the null-world control) exists on the ``tiny`` profile only.
+    models : sequence of str, optional
+        Default: every model of the profile (the tiny CLIP and DeCLIP-like models; on ``paper`` the open_clip model).
+    maps : sequence of {"raw", "SAE", "NCL"}
+    seeds : sequence of int, optional
+        Map training seeds (default ``profile.map_seeds``); raw dimensions do not depend on the seed.
+    rule : CategoryRule or str
+        The category rule of each result's :attr:`MapResult.categories` (default μ±σ).
+    progress : bool
+        A progress bar over the grid (and the training bars of anything not cached yet).
+    setups : mapping, optional
+        world -> :class:`Setup` already built (e.g. by :func:`setup` with ``pairs=`` on the paper profile); the
+        missing worlds are set up here.
+
+    Returns
+    -------
+    MapGrid
+    """
+    worlds, maps = tuple(worlds), tuple(maps)
+    bad = [w for w in worlds if w not in WORLDS]
+    if bad or not worlds:
+        raise ValueError(f"unknown world(s) {bad or list(worlds)}; choose from {list(WORLDS)}")
+    if "null" in worlds and not profile.is_tiny:
+        raise ValueError("the null world exists on the tiny profile only (its models are trained on it); on the "
+                         "paper profile ask for worlds=('world',)")
+    unknown_maps = [m for m in maps if m not in MAP_NAMES]
+    if unknown_maps or not maps:
+        raise ValueError(f"unknown feature map(s) {unknown_maps or list(maps)}; choose from {list(MAP_NAMES)}")
+    seeds = tuple(profile.map_seeds if seeds is None else seeds)
+    if not seeds:
+        raise ValueError("no map seeds given")
+    rule = parse_rule(rule)
+    setups = dict(setups or {})
+    for w in worlds:
+        if w not in setups:
+            setups[w] = setup(profile, null=(w == "null"), models=models, progress=progress)
+    models = tuple(setups[worlds[0]].models if models is None else models)
+    cells = list(itertools.product(worlds, models, maps, seeds))
+    results: dict[tuple[str, str, str, int], MapResult] = {}
+    for w, m, name, seed in tqdm(cells, desc="feature maps and MDS", disable=not progress):
+        trained = trained_maps(setups[w], profile, model=m, seed=seed, names=(name,), progress=progress)[name]
+        a_image, a_text = trained.fmap.activations(setups[w].emb(m, "train"))
+        results[(w, m, name, seed)] = MapResult(
+            world=w, model=m, map=name, seed=seed, trained=trained, rule=rule, setup=setups[w],
+            mds=modality_dominance(a_image, a_text), mds_aggregate=modality_dominance(a_image, a_text,
+                                                                                        form="aggregate"))
+    return MapGrid(results, setups, worlds, models, maps, seeds)

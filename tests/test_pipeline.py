@@ -1,44 +1,86 @@
-"""Pipeline: one call gives the world, its models and cached embeddings; a second call reuses them all."""
+"""Pipeline: one call gives the world, its models and cached embeddings; a second call reuses them all; one call
+gives every (world, model, map, seed) with its map, MDS in both forms and categories, on either profile."""
 
 from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
+from mmlib.analysis.mds import modality_dominance
 from mmlib.data.world import WorldConfig
+from mmlib.feature_maps.ncl import NCLConfig
+from mmlib.feature_maps.sae import SAEConfig
 from mmlib.models.training import TrainConfig
-from mmlib.pipeline import feature_maps, tiny_setup
+from mmlib.pipeline import MapGrid, map_grid, setup, trained_maps
 from mmlib.profiles import get_profile
 
 
-@pytest.mark.slow
-def test_tiny_setup_trains_once_and_embeds(artifact_root, tiny_arch, monkeypatch):
+@pytest.fixture
+def small_tiny(tiny_arch):
     cfg = TrainConfig(steps=3, batch_size=16, warmup=1)
     arch = dataclasses.replace(tiny_arch, image_size=32)
-    profile = get_profile("tiny", world=WorldConfig(n_train=32, n_val=16, n_test=16, image_size=32), arch=arch, clip_train=cfg, declip_train=dataclasses.replace(cfg, declip=True),
-                          embed_batch_size=16, device="cpu")
-    setup = tiny_setup(profile)
-    assert set(setup.bundles) == {"CLIP", "DeCLIP-like"}
-    e = setup.emb("DeCLIP-like", "test")
-    assert e.image.shape == (16, arch.embed_dim) and e.image_tower is not None
+    return get_profile("tiny", world=WorldConfig(n_train=32, n_val=16, n_test=16, image_size=32), arch=arch,
+                       clip_train=cfg, declip_train=dataclasses.replace(cfg, declip=True), embed_batch_size=16,
+                       device="cpu", sae=SAEConfig(K=24, epochs=2, batch_size=16),
+                       ncl=NCLConfig(K=24, epochs=2, batch_size=16), map_seeds=(0, 1))
+
+
+@pytest.mark.slow
+def test_setup_trains_once_and_embeds(artifact_root, small_tiny, monkeypatch):
+    s = setup(small_tiny)
+    assert set(s.bundles) == {"CLIP", "DeCLIP-like"} and s.models == ("CLIP", "DeCLIP-like")
+    e = s.emb("DeCLIP-like", "test")
+    assert e.image.shape == (16, small_tiny.arch.embed_dim) and e.image_tower is not None
     with pytest.raises(KeyError, match="available"):
-        setup.emb("CLIP", "val")
-    null = tiny_setup(profile, null=True, models=("CLIP",))
-    assert null.world.config.null and null.world.fingerprint != setup.world.fingerprint
+        s.emb("CLIP", "val")
+    null = setup(small_tiny, null=True, models=("CLIP",))
+    assert null.world.config.null and null.world.fingerprint != s.world.fingerprint
     # second call: models and embeddings come from the artifact store, training is not called
     import mmlib.models.training as training
     monkeypatch.setattr(training, "train_tiny_clip", lambda *a, **k: pytest.fail("retrained"))
-    again = tiny_setup(profile, models=("CLIP",))
-    assert torch.equal(again.emb("CLIP", "train").text, setup.emb("CLIP", "train").text)
+    again = setup(small_tiny, models=("CLIP",))
+    assert torch.equal(again.emb("CLIP", "train").text, s.emb("CLIP", "train").text)
     with pytest.raises(ValueError, match="unknown tiny model"):
-        tiny_setup(profile, models=("SigLIP",))
-    no_train = tiny_setup(profile, models=("CLIP",), splits=("test",))
+        setup(small_tiny, models=("SigLIP",))
+    no_train = setup(small_tiny, models=("CLIP",), splits=("test",))
     with pytest.raises(ValueError, match="pass train="):
-        feature_maps(no_train, profile, names=("raw",))
-    raw = feature_maps(no_train, profile, names=("raw",), train=setup.emb("CLIP", "train"))["raw"]
-    assert raw.fmap.n_features == arch.embed_dim
+        trained_maps(no_train, small_tiny, names=("raw",))
+    raw = trained_maps(no_train, small_tiny, names=("raw",), train=s.emb("CLIP", "train"))["raw"]
+    assert raw.fmap.n_features == small_tiny.arch.embed_dim
+
+
+@pytest.mark.slow
+def test_map_grid_gives_every_cell_with_its_mds_and_categories(artifact_root, small_tiny):
+    grid = map_grid(small_tiny, models=("CLIP",), maps=("raw", "SAE"))
+    assert isinstance(grid, MapGrid) and len(grid) == 2 * 1 * 2 * 2
+    assert grid.worlds == ("world", "null") and grid.seeds == (0, 1) and grid.models == ("CLIP",)
+    r = grid[("world", "CLIP", "SAE", 1)]
+    assert r.key == ("world", "CLIP", "SAE", 1) and r.fmap.n_features == 24
+    # the MDS is the one of the map's train-split activations, in both forms
+    a_i, a_t = r.activations("train")
+    np.testing.assert_allclose(r.mds.scores, modality_dominance(a_i, a_t).scores, equal_nan=True)
+    np.testing.assert_allclose(r.mds_aggregate.scores, modality_dominance(a_i, a_t, form="aggregate").scores,
+                               equal_nan=True)
+    assert r.categories.labels.shape == (24,) and r.categorise("fixed").rule.name != r.categories.rule.name
+    assert r.activations("test")[0].shape == (16, 24)
+    assert {x.seed for x in grid.select(world="null", map="SAE")} == {0, 1}
+    table = grid.summary()
+    assert len(table) == len(grid) and {"world", "model", "map", "seed", "mean", "share_extreme"} <= set(table)
+    with pytest.raises(KeyError, match="no map result"):
+        grid[("world", "CLIP", "NCL", 0)]
+    with pytest.raises(TypeError, match="filters on"):
+        grid.select(colour="red")
+    with pytest.raises(ValueError, match="unknown world"):
+        map_grid(small_tiny, worlds=("mars",))
+    with pytest.raises(ValueError, match="unknown feature map"):
+        map_grid(small_tiny, maps=("PCA",))
+    # a second grid reuses the stored maps: the same bytes
+    again = map_grid(small_tiny, worlds=("world",), models=("CLIP",), maps=("SAE",), seeds=(1,),
+                     setups={"world": grid.setups["world"]})
+    assert again[("world", "CLIP", "SAE", 1)].trained.key == r.trained.key
 
 
 def test_paper_setup_embeds_the_real_corpus_as_train_split(artifact_root, tiny_clip, make_csv_corpus, monkeypatch):
@@ -46,16 +88,21 @@ def test_paper_setup_embeds_the_real_corpus_as_train_split(artifact_root, tiny_c
     import mmlib.pipeline as pipeline
     monkeypatch.setattr(pipeline, "load_open_clip", lambda name, pretrained, device="cpu": tiny_clip)
     profile = get_profile("paper", world=WorldConfig(n_train=0, n_val=0, n_test=8, image_size=32),
-                          embed_batch_size=8, device="cpu")
+                          embed_batch_size=8, device="cpu", sae=SAEConfig(K=16, epochs=1, batch_size=8),
+                          map_seeds=(0,))
     corpus = make_csv_corpus(n=12)
-    setup = tiny_setup(profile, pairs=corpus)
+    s = setup(profile, pairs=corpus)
     name = profile.open_clip_model
-    assert setup.emb(name, "train").image.shape == (12, tiny_clip.embed_dim)
-    assert setup.emb(name, "train").image_tower is None  # the corpus is embedded without the towers
-    assert setup.emb(name, "test").image.shape[0] == 8
-    raw = feature_maps(setup, profile, model=name, names=("raw",))["raw"]
+    assert s.emb(name, "train").image.shape == (12, tiny_clip.embed_dim)
+    assert s.emb(name, "train").image_tower is None  # the corpus is embedded without the towers
+    assert s.emb(name, "test").image.shape[0] == 8
+    raw = trained_maps(s, profile, model=name, names=("raw",))["raw"]
     assert raw.fmap.n_features == tiny_clip.embed_dim
     with pytest.raises(ValueError, match="set the notebook parameter pairs"):
-        feature_maps(tiny_setup(profile), profile, model=name, names=("raw",))
+        trained_maps(setup(profile), profile, model=name, names=("raw",))
     with pytest.raises(ValueError, match="pairs is for the paper profile"):
-        tiny_setup(get_profile("tiny"), pairs=corpus)
+        setup(get_profile("tiny"), pairs=corpus)
+    with pytest.raises(ValueError, match="tiny profile only"):
+        map_grid(profile, worlds=("world", "null"))
+    grid = map_grid(profile, worlds=("world",), maps=("SAE",), setups={"world": s})
+    assert grid[("world", name, "SAE", 0)].mds.n_pairs == 12

@@ -82,12 +82,17 @@ class MDSResult:
                              "n_active_pairs": self.n_active_pairs})
 
     def summary(self, low: float = 0.1, high: float = 0.9) -> dict[str, float]:
-        """Counts and moments over alive features, and the shares with MDS below ``low`` / above ``high``."""
+        """Counts and moments over alive features: ``n_features``, ``n_alive``, ``n_dead``, ``mean``, ``std``,
+        the shares with MDS below ``low`` (``share_low``), above ``high`` (``share_high``), either
+        (``share_extreme``) and above 0.5 (``share_image_side``); NaN where no feature is alive."""
         s = self.alive_scores()
+
+        def share(mask: np.ndarray) -> float:
+            return float(mask.mean()) if len(s) else np.nan
         return dict(form=self.form, n_features=self.n_features, n_alive=self.n_alive, n_dead=self.n_dead,
                     mean=float(s.mean()) if len(s) else np.nan, std=float(s.std()) if len(s) else np.nan,
-                    share_low=float((s < low).mean()) if len(s) else np.nan,
-                    share_high=float((s > high).mean()) if len(s) else np.nan)
+                    share_low=share(s < low), share_high=share(s > high), share_extreme=share((s < low) | (s > high)),
+                    share_image_side=share(s > 0.5))
 
 
 class MDSAccumulator:

@@ -43,6 +43,7 @@ from tqdm import tqdm
 from mmlib.analysis.categories import check_group_masks, random_feature_mask
 from mmlib.analysis.retrieval import retrieval_ranks
 from mmlib.core.artifacts import code_version, load_or_compute, stable_hash, tensor_fingerprint
+from mmlib.core.devices import effective_threads
 from mmlib.core.stats import mean_bootstrap_ci
 from mmlib.feature_maps.base import FeatureMap, check_modality
 from mmlib.models.clip import ModelBundle
@@ -648,7 +649,7 @@ def load_or_train_adapter(bundle: ModelBundle, fmap: FeatureMap, x_train: torch.
     x_train = _check_pixels(x_train)
     key = stable_hash("adversarial_adapter", config, bundle.identity, _fmap_fingerprint(fmap),
                       tensor_fingerprint({"mask": torch.from_numpy(mask.astype(np.uint8)), "x": x_train}),
-                      code_version(__name__))
+                      {"threads": effective_threads(None)}, code_version(__name__))
     trained: list[TrainedAdapter] = []
 
     def compute() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

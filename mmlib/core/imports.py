@@ -82,3 +82,62 @@ def import_closure(name: str) -> frozenset[str]:
             seen.add(current)
             todo.extend(imports_of(current))
     return frozenset(seen)
+
+
+def layer_of(name: str) -> str | None:
+    """The layer of a module: the first name below the package (``mmlib.analysis.mds`` -> ``analysis``)."""
+    parts = name.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == PACKAGE else None
+
+
+def layer_violations(graph: dict[str, frozenset[str] | set[str]], layers: tuple[tuple[str, ...], ...]) -> list[str]:
+    """Imports of ``graph`` (module -> modules it imports) that break the layering ``layers`` (lowest rank first).
+
+    A module may import modules of its own layer and of lower ranks; an import of a higher rank is *upward*, one
+    of another layer of the same rank is *sideways*. Modules outside every layer are reported too.
+    """
+    rank = {layer: r for r, group in enumerate(layers) for layer in group}
+    problems = []
+    for name in sorted(graph):
+        src = layer_of(name)
+        if src is None:
+            continue
+        if src not in rank:
+            problems.append(f"{name}: layer {src!r} is not in the layer list")
+            continue
+        for target in sorted(graph[name]):
+            dst = layer_of(target)
+            if dst is None or dst not in rank:
+                continue
+            if rank[dst] > rank[src]:
+                problems.append(f"{name} ({src}, rank {rank[src]}) imports {target} ({dst}, rank {rank[dst]}): upward")
+            elif rank[dst] == rank[src] and dst != src:
+                problems.append(f"{name} ({src}) imports {target} ({dst}): sideways, two layers of one rank")
+    return problems
+
+
+def find_cycle(graph: dict[str, frozenset[str] | set[str]]) -> list[str]:
+    """One import cycle of ``graph`` as a list of modules (first == last), or ``[]``. A package's ``__init__``
+    importing its own submodules (a re-export) is not followed, as Python resolves it without a cycle."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: finished
+
+    def visit(node: str, path: list[str]) -> list[str]:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if nxt.startswith(node + ".") and module_file(node).name == "__init__.py":
+                continue
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [node, nxt] if nxt in path else [node, nxt]
+            if state.get(nxt) is None:
+                found = visit(nxt, path + [node])
+                if found:
+                    return found
+        state[node] = 2
+        return []
+
+    for start in sorted(graph):
+        if state.get(start) is None:
+            found = visit(start, [])
+            if found:
+                return found
+    return []

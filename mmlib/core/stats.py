@@ -1,4 +1,5 @@
-"""Small statistics shared by the MDS chapters: a seeded percentile bootstrap and aggregation over seeds.
+"""Small statistics shared by the chapters: a seeded percentile bootstrap, aggregation over seeds, Wilson intervals,
+and reading a row and its side out of an interval table.
 
 (Proportions get Wilson intervals from :func:`proportion_ci`.)
 """
@@ -138,3 +139,43 @@ def proportion_ci(successes: int, trials: int, confidence: float = 0.95) -> tupl
         return (float("nan"), float("nan"))
     ci = binomtest(int(successes), int(trials)).proportion_ci(confidence_level=confidence, method="wilson")
     return (float(ci.low), float(ci.high))
+
+
+def ci_row(table: pd.DataFrame, **where: object) -> pd.Series:
+    """The one row of ``table`` (e.g. of :func:`across_seeds`) whose columns equal ``where``.
+
+    >>> ci_row(pd.DataFrame({"map": ["SAE", "NCL"], "mean": [0.1, 0.2]}), map="NCL")["mean"]
+    np.float64(0.2)
+
+    Raises
+    ------
+    KeyError
+        naming the filter and the number of rows found, when that is not exactly one.
+    """
+    missing = [k for k in where if k not in table.columns]
+    if missing:
+        raise KeyError(f"columns {missing} not in the table (columns: {list(table.columns)})")
+    mask = np.ones(len(table), bool)
+    for column, value in where.items():
+        mask &= (table[column] == value).to_numpy()
+    if mask.sum() != 1:
+        raise KeyError(f"expected exactly one row with {where}, found {int(mask.sum())}")
+    return table[mask].iloc[0]
+
+
+def interval_side(row: Mapping[str, float] | pd.Series, value: float = 0.0) -> int:
+    """``+1`` if the interval ``[ci_low, ci_high]`` lies above ``value``, ``-1`` if below, ``0`` if it contains it
+    (or is undefined)."""
+    low, high = float(row["ci_low"]), float(row["ci_high"])
+    if np.isfinite(low) and low > value:
+        return 1
+    if np.isfinite(high) and high < value:
+        return -1
+    return 0
+
+
+def finite_mean(values: np.ndarray | Sequence[float]) -> float:
+    """Mean of the finite entries of ``values`` (NaN when there is none)."""
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if len(x) else float("nan")

@@ -111,3 +111,23 @@ def zero_shot_report(bundle: ModelBundle, image_emb: torch.Tensor, split: WorldS
             rows.append(dict(factor=f.name, role=f.role, reading=reading, n=int(len(labels)), accuracy=acc,
                              ci_low=low, ci_high=high, chance=1.0 / len(f.values)))
     return pd.DataFrame(rows)
+
+
+def caption_scale(captions: torch.Tensor) -> float:
+    """The mean L2 norm of caption embeddings ``(n, d)``: the scale a feature map's input normalisation is
+    fitted to."""
+    captions = torch.as_tensor(captions)
+    if captions.ndim != 2 or len(captions) == 0:
+        raise ValueError(f"expected caption embeddings (n, d) with n >= 1, got shape {tuple(captions.shape)}")
+    return float(captions.float().norm(dim=1).mean())
+
+
+def caption_scaled(class_emb: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
+    """Class embeddings ``(k, d)`` or ``(k, p, d)``, each set to the mean norm of the caption embeddings
+    ``(n, d)`` (:func:`caption_scale`).
+
+    Class prompts are compared with images by cosine, so their norm does not matter there; a feature map, however,
+    was fitted to caption embeddings at their own scale (an SAE fed unit vectors sees almost no signal), so prompts
+    that go through a map must first be put on that scale.
+    """
+    return F.normalize(torch.as_tensor(class_emb).float(), dim=-1) * caption_scale(captions)

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from mmlib.analysis.zero_shot import zero_shot_accuracy
 from mmlib.core.artifacts import artifact_path, code_version, load_or_compute, stable_hash, to_jsonable
-from mmlib.core.devices import torch_threads
+from mmlib.core.devices import effective_threads, torch_threads
 from mmlib.data.world import World
 from mmlib.models.clip import ModelBundle, TinyClipArch, build_tiny_clip, tiny_bundle
 from mmlib.models.prompts import class_embeddings
@@ -66,8 +66,9 @@ class TrainConfig:
         Maximum translation (px) of the image augmentation.
     ssl_temperature : float
         Temperature of the image-image InfoNCE.
-    threads : int
-        torch CPU threads during training (0 = leave torch's default).
+    threads : int or None
+        torch CPU threads during training (``None``: torch's setting, the machine's cores). Training is
+        bit-identical for a fixed count only, so the effective count is part of the model's artifact key.
     """
 
     steps: int = 600
@@ -82,7 +83,7 @@ class TrainConfig:
     mask_prob: float = 0.15
     shift: int = 2
     ssl_temperature: float = 0.1
-    threads: int = 0
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.steps <= 0 or self.batch_size < 2:
@@ -90,6 +91,8 @@ class TrainConfig:
         if self.declip and (self.batch_size < 4 or self.batch_size % 2):
             raise ValueError(f"the DeCLIP-like batch holds two views per pair: batch_size must be even and at "
                              f"least 4, got {self.batch_size}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ValueError(f"threads must be a positive integer or None, got {self.threads!r}")
         if not 0 < self.mask_prob < 1:
             raise ValueError(f"mask_prob must lie in (0, 1), got {self.mask_prob}")
 
@@ -177,7 +180,7 @@ def train_tiny_clip(world: World, arch: TinyClipArch = TinyClipArch(), cfg: Trai
     ``eval_step``, ``val_zs_<factor>`` (validation zero-shot accuracy, joint prompt reading) and
     ``val_zs1_<factor>`` (the class named alone) every ``eval_every`` steps.
     """
-    with torch_threads(cfg.threads or None):
+    with torch_threads(cfg.threads):
         return _train(world, arch, cfg, progress, eval_factors, eval_every)
 
 
@@ -273,8 +276,10 @@ def _train(world, arch, cfg, progress, eval_factors, eval_every):
 
 
 def model_key(world: World, arch: TinyClipArch, cfg: TrainConfig) -> str:
-    """Cache key of a trained tiny model: architecture, training config, world, code version."""
-    return stable_hash("tiny-clip", arch, cfg, world.fingerprint, code_version(__name__))
+    """Cache key of a trained tiny model: architecture, training config, the effective torch thread count, the
+    world and the code that trains it (:func:`~mmlib.core.artifacts.code_version`)."""
+    return stable_hash("tiny-clip", arch, cfg, {"threads": effective_threads(cfg.threads)}, world.fingerprint,
+                       code_version(__name__))
 
 
 def load_or_train(world: World, arch: TinyClipArch = TinyClipArch(), cfg: TrainConfig = TrainConfig(),

@@ -1,9 +1,12 @@
-"""The paper's claims and the book's verdicts, recorded by the chapters and gathered by the claims table.
+"""The paper's claims as data, and the verdicts the chapters record against them.
 
-Each chapter ends with claim checks. Besides asserting what was measured, it records one :class:`Verdict`
-per paper claim it tests (PAPER.md §5–6) with :func:`record_verdicts`; the claims-table chapter reads them
-all back with :func:`load_verdicts`. Nothing in the table is typed by hand: every row is written by the
-notebook that measured it, in the same run.
+:data:`CLAIMS` is the one registry of the claims the book tests: for each, its id, the paper's statement, the
+chapter that tests it, the rule that decides the verdict (in words) and the section of the book's Method page that
+states it. Each chapter ends with claim checks; besides asserting what was measured, it records one
+:class:`Verdict` per claim it tests with :func:`record_verdicts`, which refuses a claim that is not in the registry
+or that belongs to another chapter. The claims-table chapter reads the registry and the recorded verdicts back
+with :func:`claims_table`: nothing in the table is typed by hand; every verdict is written by the notebook that
+measured it, in the same run.
 
 Verdicts are stored as JSON under ``<artifacts>/claims/<profile>/<chapter>.json`` (atomic writes).
 """
@@ -26,36 +29,165 @@ from mmlib.core.paths import artifacts_dir
 #: The three verdicts a claim can get.
 VERDICTS = ("reproduced", "not reproduced", "inconclusive")
 
+#: How per-map verdicts combine into one (the words of :func:`combine_verdicts`), quoted by the rules below.
+COMBINED = ("reproduced if every map supports it, not reproduced if at least one map contradicts it and none supports "
+            "it, inconclusive otherwise")
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """One claim of the paper that the book tests.
+
+    Attributes
+    ----------
+    id : str
+        Short id, e.g. ``"5.1a"``: the paper's experiment (Method page, section "The paper's experiments"), then a
+        letter when one experiment makes several claims. ``6.x`` are the companion systems.
+    statement : str
+        The paper's claim, in words.
+    chapter : str
+        The notebook that tests it (e.g. ``"03_mds"``).
+    rule : str
+        How the chapter decides the verdict, fixed before reading the numbers.
+    section : str
+        The label of the claim on the book's Method page (``book/method.md``).
+    """
+
+    id: str
+    statement: str
+    chapter: str
+    rule: str
+
+    @property
+    def section(self) -> str:
+        return "claim-" + self.id.replace(".", "-")
+
+
+#: Every claim the book tests, in the paper's order.
+CLAIMS: tuple[Claim, ...] = (
+    Claim("5.1a", "The MDS mass of the feature maps leans to the image side.", "03_mds",
+          "Per trainable map (SAE, NCL) of the tiny CLIP, across map seeds: supported if the interval of mean MDS - 0.5 "
+          "lies above 0 and the interval of the world - null difference of the mean lies above 0; contradicted if "
+          f"the interval of mean MDS - 0.5 lies below 0. Combined: {COMBINED}."),
+    Claim("5.1b", "DeCLIP separates the modalities more than CLIP (more modality-specific features).", "03_mds",
+          "Separation = share of alive features with MDS < 0.1 or > 0.9. Per trainable map: supported if the interval "
+          "of DeCLIP-like - CLIP lies above 0 and the interval of that difference minus the same difference in the "
+          f"null world lies above 0; contradicted if the interval of DeCLIP-like - CLIP lies below 0. Combined: "
+          f"{COMBINED}."),
+    Claim("5.2", "ImgD/TextD/CrossD align with intuition: ImgD ≈ visual attributes, TextD ≈ linguistic content, "
+                 "CrossD ≈ shared concepts.", "04_categories",
+          "Features matched to a planted factor value; the factor's role gives the expected class. Per trainable map: "
+          "supported if the interval of Cohen's kappa (category vs expected class) lies above 0.2 and the interval of "
+          "kappa(world) - kappa(null world) lies above 0; contradicted if the interval of kappa lies below 0.2. "
+          f"Combined: {COMBINED}; the verdict under every rule of the grid is reported."),
+    Claim("5.3", "SAE and NCL features are more monosemantic than raw CLIP dimensions (EmbSim / WinRate).",
+          "04_categories",
+          "Per trainable map: supported if the interval of WinRate (b) against raw dimensions (all pairs) lies above "
+          f"0.5 on both sides (image, text); contradicted if it lies below 0.5 on either side. Combined: {COMBINED}."),
+    Claim("5.4", "Removing CrossD features hurts downstream accuracy least (vs size-matched random removal).",
+          "05_removal",
+          "Per map and seed, a group's excess drop (its drop minus the mean drop of size-matched random removals) is "
+          "averaged over the tasks; d = excess(CrossD) - the smallest excess of the other non-empty groups. Per map: "
+          f"supported if the interval of d over the seeds lies below 0, contradicted if above 0. Combined: {COMBINED}."),
+    Claim("5.5", "Female recognition relies mostly on ImgD features; male recognition is hurt most by removing "
+                 "TextD features.", "06_gender_bias",
+          "Precondition: the model recognises the attribute (balanced accuracy interval above 0.5), else "
+          "inconclusive. The margin of a value = excess drop of its expected class (ImgD for female, TextD for male) "
+          "minus the largest excess drop of the other classes. Per map: supported if both margins' intervals over the "
+          "seeds lie above 0 and the same analysis finds no such pattern in the null world or the planted null "
+          f"control; contradicted if either lies below 0. Combined: {COMBINED}."),
+    Claim("5.6a", "Alignment training on TextD features gives the best adversarial defence (v1), compared with ImgD "
+                  "and CrossD.", "07_adversarial",
+          "Per map: robust accuracy of the TextD-aligned model minus the better of the ImgD- and CrossD-aligned ones, "
+          "with a paired bootstrap interval over test images; supported if it lies above 0, contradicted if below 0. "
+          f"Combined: {COMBINED}."),
+    Claim("5.6b", "Cross-modal adversarial examples can be generated by perturbing one category of features (v3).",
+          "07_adversarial",
+          "Per map: supported if some category's steering raises the target caption's rank for the image (i2t target "
+          "gain) with its interval above the noise control's and is selective (selectivity interval above 0); "
+          "contradicted if no category's gain lies above the noise control's. Combined: " + COMBINED + "."),
+    Claim("5.7a", "Larger interventions on TextD features give stronger control of high-level semantics.",
+          "08_text_to_image",
+          "Delta = control(TextD, alpha = 1) - control(alpha = 0), and Delta minus the same gain for a size-matched "
+          "random set, over references with bootstrap intervals: supported if both intervals lie above 0; "
+          "contradicted if Delta's upper bound is below the minimum useful effect or the excess over random lies "
+          "below 0."),
+    Claim("5.7b", "ImgD interventions keep more of the reference image's visual detail.", "08_text_to_image",
+          "At alpha = 1, preservation(ImgD) - preservation(TextD) and - preservation(CrossD), over references with "
+          "bootstrap intervals: supported if both lie above 0, contradicted if either lies below 0; inconclusive "
+          "when the decoder reproduces none of the preserved factors (preservation cannot be measured)."),
+    Claim("6.1a", "SpLiCE decompositions are sparse and faithful: high cosine to the dense embedding and retained "
+                  "zero-shot accuracy at low L0.", "09_splice",
+          "Supported if some penalty gives a mean L0 <= 10 with cosine to the dense embedding >= 0.8 and a zero-shot "
+          "accuracy whose 95 % interval reaches 90 % of the dense accuracy for every task; contradicted if every "
+          "penalty with mean L0 <= 10 loses more than that for a task."),
+    Claim("6.1b", "SpLiCE detects a spurious correlation in a dataset (concepts over-represented in a class).",
+          "09_splice",
+          "Supported if the tied background is the top non-shape concept in >= 3 of the 4 shape classes of the "
+          "spurious world and in <= 1 of the control's; contradicted if it is in <= 1 class of the spurious world "
+          "although the model reads backgrounds (dense zero-shot background accuracy >= 0.35 on the control world)."),
+    Claim("6.2a", "A ViT CLIP's image embedding is the sum of per-layer, per-head contributions (plus fixed terms).",
+          "10_clip_interpret",
+          "Supported if the per-head terms sum to encode_image with a relative error below 1e-4 for every image; "
+          "contradicted above 1e-2."),
+    Claim("6.2b", "Some heads specialise in a property: TextSpan descriptions of a head name a consistent property "
+                  "(above a random-assignment baseline).", "10_clip_interpret",
+          "Supported if the association (mean TextSpan consistency) exceeds the 95th percentile of the "
+          "random-assignment baseline and at least one head has consistency >= 0.6; contradicted if it does not "
+          "exceed the baseline's median."),
+)
+
+_BY_ID = {c.id: c for c in CLAIMS}
+
+
+def claim(claim_id: str) -> Claim:
+    """The registered claim ``claim_id`` (KeyError listing the ids otherwise)."""
+    try:
+        return _BY_ID[claim_id]
+    except KeyError:
+        raise KeyError(f"no claim {claim_id!r} in the registry; known: {sorted(_BY_ID)}") from None
+
+
+def claims_of(chapter: str) -> tuple[Claim, ...]:
+    """The registered claims that ``chapter`` tests."""
+    return tuple(c for c in CLAIMS if c.chapter == chapter)
+
 
 @dataclasses.dataclass(frozen=True)
 class Verdict:
-    """The book's verdict on one paper claim.
+    """The book's verdict on one registered claim, as a chapter measured it.
 
     Attributes
     ----------
     claim : str
-        Short id, e.g. ``"5.1a"`` (PAPER.md §5 item 1, first claim).
-    statement : str
-        The paper's claim, in words.
-    evidence : str
-        What was measured (numbers with CIs), in one or two sentences.
+        The claim's id in :data:`CLAIMS`.
     verdict : str
         One of :data:`VERDICTS`.
+    evidence : str
+        What was measured (numbers with intervals), in one or two sentences.
     chapter : str
-        The notebook that measured it (e.g. ``"03_mds"``).
+        The notebook that measured it; must be the claim's registered chapter.
     """
 
     claim: str
-    statement: str
-    evidence: str
     verdict: str
+    evidence: str
     chapter: str
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
             raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
-        if not self.claim or not self.statement or not self.evidence:
-            raise ValueError("a verdict needs a claim id, the paper's statement and the evidence")
+        if not self.evidence:
+            raise ValueError(f"the verdict on claim {self.claim!r} needs its evidence")
+        registered = claim(self.claim)
+        if registered.chapter != self.chapter:
+            raise ValueError(f"claim {self.claim} is tested by chapter {registered.chapter!r} (mmlib.reporting.claims."
+                             f"CLAIMS), not by {self.chapter!r}")
+
+    @property
+    def statement(self) -> str:
+        """The paper's statement, from the registry."""
+        return claim(self.claim).statement
 
 
 def judge(supported: bool, contradicted: bool) -> str:
@@ -86,11 +218,25 @@ def claims_dir(profile: str, root: Path | None = None) -> Path:
 
 def record_verdicts(chapter: str, verdicts: Sequence[Verdict], profile: str = "tiny",
                     root: Path | None = None) -> Path:
-    """Write a chapter's verdicts (replacing its previous ones) and return the file."""
+    """Write a chapter's verdicts (replacing its previous ones) and return the file.
+
+    Raises
+    ------
+    ValueError
+        for no verdicts, a verdict of another chapter, a claim recorded twice, or a registered claim of this
+        chapter left without a verdict.
+    """
     if not verdicts:
         raise ValueError(f"chapter {chapter!r} records no verdicts")
     if any(v.chapter != chapter for v in verdicts):
         raise ValueError(f"every verdict recorded by {chapter!r} must name it as its chapter")
+    ids = [v.claim for v in verdicts]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"chapter {chapter!r} records a claim twice: {ids}")
+    missing = [c.id for c in claims_of(chapter) if c.id not in ids]
+    if missing:
+        raise ValueError(f"chapter {chapter!r} tests claims {missing} (mmlib.reporting.claims.CLAIMS) but records "
+                         "no verdict for them")
     folder = claims_dir(profile, root)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{chapter}.json"
@@ -108,14 +254,31 @@ def record_verdicts(chapter: str, verdicts: Sequence[Verdict], profile: str = "t
 def load_verdicts(profile: str = "tiny", root: Path | None = None) -> pd.DataFrame:
     """All recorded verdicts of ``profile``, one row per claim, sorted by claim id.
 
-    Columns: claim, statement, evidence, verdict, chapter, written. Empty (with those columns) if no chapter
-    has recorded anything yet.
+    Columns: claim, statement, verdict, evidence, chapter, profile, written. Empty (with those columns) if no
+    chapter has recorded anything yet. A recorded claim that is no longer in the registry is an error (a stale
+    file: rerun the chapter).
     """
     rows = []
     for path in sorted(claims_dir(profile, root).glob("*.json")):
         payload = json.loads(path.read_text())
         for v in payload["verdicts"]:
-            rows.append({**Verdict(**v).__dict__, "written": payload["written"]})
-    columns = ["claim", "statement", "evidence", "verdict", "chapter", "written"]
-    table = pd.DataFrame(rows, columns=columns)
-    return table.sort_values(["claim", "chapter"], ignore_index=True)
+            v = Verdict(**{k: v[k] for k in ("claim", "verdict", "evidence", "chapter")})
+            rows.append({**dataclasses.asdict(v), "statement": v.statement, "profile": payload["profile"],
+                         "written": payload["written"]})
+    columns = ["claim", "statement", "verdict", "evidence", "chapter", "profile", "written"]
+    return pd.DataFrame(rows, columns=columns).sort_values(["claim", "chapter"], ignore_index=True)
+
+
+def claims_table(profile: str = "tiny", root: Path | None = None) -> pd.DataFrame:
+    """The registry joined with the recorded verdicts of ``profile``: one row per registered claim, in the
+    registry's order, with ``rule`` and ``section``; ``verdict`` is ``"not recorded"`` where no chapter has
+    recorded one."""
+    recorded = load_verdicts(profile, root).set_index("claim")
+    rows = []
+    for c in CLAIMS:
+        r = recorded.loc[c.id] if c.id in recorded.index else None
+        rows.append(dict(claim=c.id, statement=c.statement, chapter=c.chapter, rule=c.rule, section=c.section,
+                         verdict=r["verdict"] if r is not None else "not recorded",
+                         evidence=r["evidence"] if r is not None else "",
+                         profile=profile, written=r["written"] if r is not None else None))
+    return pd.DataFrame(rows)

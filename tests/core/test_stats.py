@@ -62,3 +62,22 @@ def test_proportion_ci():
     low, high = proportion_ci(50, 100)
     assert low < 0.5 < high and high - low == pytest.approx(0.19, abs=0.01)
     assert all(math.isnan(v) for v in proportion_ci(0, 0))
+
+
+def test_ci_row_interval_side_and_finite_mean():
+    import pandas as pd
+
+    from mmlib.core.stats import ci_row, finite_mean, interval_side
+
+    table = pd.DataFrame({"map": ["SAE", "NCL"], "mean": [0.1, 0.2], "ci_low": [0.05, -0.1], "ci_high": [0.2, 0.3]})
+    assert ci_row(table, map="NCL")["mean"] == 0.2
+    with pytest.raises(KeyError, match="exactly one row"):
+        ci_row(table, map="raw")
+    with pytest.raises(KeyError, match="not in the table"):
+        ci_row(table, model="CLIP")
+    assert interval_side(ci_row(table, map="SAE")) == 1 and interval_side(ci_row(table, map="NCL")) == 0
+    assert interval_side({"ci_low": -2.0, "ci_high": -1.0}) == -1
+    assert interval_side({"ci_low": float("nan"), "ci_high": float("nan")}) == 0
+    assert interval_side({"ci_low": 0.6, "ci_high": 0.9}, value=0.5) == 1
+    assert finite_mean([1.0, float("nan"), 3.0, float("inf")]) == 2.0
+    assert math.isnan(finite_mean([float("nan")]))

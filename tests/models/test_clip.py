@@ -58,3 +58,19 @@ def test_save_reload_identical_outputs(tmp_path):
         model.eval()
         assert torch.equal(model.encode_image(x), bundle.model.encode_image(x))
     assert not any(p.name.endswith(".tmp") for p in (tmp_path / "m").iterdir())
+
+
+def test_caption_scaled_sets_every_class_to_the_mean_caption_norm():
+    import pytest
+
+    from mmlib.models.prompts import caption_scale, caption_scaled
+
+    captions = torch.tensor([[3.0, 4.0], [0.0, 1.0]])  # norms 5 and 1: mean 3
+    assert caption_scale(captions) == 3.0
+    classes = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    out = caption_scaled(classes, captions)
+    assert torch.allclose(out.norm(dim=1), torch.tensor([3.0, 3.0]))
+    assert torch.allclose(out[1], torch.tensor([3.0, 3.0]) / 2 ** 0.5)
+    assert caption_scaled(torch.ones(2, 4, 2), captions).shape == (2, 4, 2)  # (k, p, d) prompt sets too
+    with pytest.raises(ValueError, match=r"\(n, d\)"):
+        caption_scale(torch.zeros(0, 2))

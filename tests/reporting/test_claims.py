@@ -1,14 +1,35 @@
-"""Claims: verdicts are validated, recorded atomically per chapter and gathered into one table."""
+"""Claims: the registry, verdicts validated against it, recorded atomically per chapter and gathered into one table."""
 
 from __future__ import annotations
 
 import pytest
 
-from mmlib.reporting.claims import Verdict, combine_verdicts, judge, load_verdicts, record_verdicts
+from mmlib.reporting.claims import (
+    CLAIMS,
+    VERDICTS,
+    Verdict,
+    claim,
+    claims_of,
+    claims_table,
+    combine_verdicts,
+    judge,
+    load_verdicts,
+    record_verdicts,
+)
 
 
-def _v(claim: str, verdict: str = "reproduced", chapter: str = "03_mds") -> Verdict:
-    return Verdict(claim, "the paper says so", "we measured 0.5 [0.4, 0.6]", verdict, chapter)
+def _v(claim_id: str, verdict: str = "reproduced", chapter: str = "03_mds") -> Verdict:
+    return Verdict(claim_id, verdict, "we measured 0.5 [0.4, 0.6]", chapter)
+
+
+def test_registry_is_complete_and_consistent():
+    ids = [c.id for c in CLAIMS]
+    assert len(ids) == len(set(ids)) == 14
+    assert all(c.statement and c.rule and c.chapter for c in CLAIMS)
+    assert claim("5.4").chapter == "05_removal" and claim("5.1a").section == "claim-5-1a"
+    assert [c.id for c in claims_of("03_mds")] == ["5.1a", "5.1b"]
+    with pytest.raises(KeyError, match="known"):
+        claim("9.9")
 
 
 def test_judge():
@@ -21,11 +42,21 @@ def test_judge():
 
 def test_bad_verdicts_are_refused(tmp_path):
     with pytest.raises(ValueError, match="verdict must be one of"):
-        _v("5.1", verdict="sort of")
+        _v("5.1a", verdict="sort of")
+    with pytest.raises(KeyError, match="no claim"):
+        _v("5.1")
+    with pytest.raises(ValueError, match="tested by chapter '04_categories'"):
+        _v("5.2", chapter="03_mds")
+    with pytest.raises(ValueError, match="needs its evidence"):
+        Verdict("5.1a", "reproduced", "", "03_mds")
     with pytest.raises(ValueError, match="no verdicts"):
         record_verdicts("03_mds", [], root=tmp_path)
     with pytest.raises(ValueError, match="must name it"):
-        record_verdicts("04_categories", [_v("5.1")], root=tmp_path)
+        record_verdicts("04_categories", [_v("5.1a"), _v("5.1b")], root=tmp_path)
+    with pytest.raises(ValueError, match="records no verdict for them"):
+        record_verdicts("03_mds", [_v("5.1a")], root=tmp_path)
+    with pytest.raises(ValueError, match="twice"):
+        record_verdicts("03_mds", [_v("5.1a"), _v("5.1a"), _v("5.1b")], root=tmp_path)
 
 
 def test_record_and_load_roundtrip(tmp_path):
@@ -35,11 +66,16 @@ def test_record_and_load_roundtrip(tmp_path):
     table = load_verdicts(root=tmp_path)
     assert list(table.claim) == ["5.1a", "5.1b", "5.4"]
     assert list(table.verdict) == ["not reproduced", "reproduced", "inconclusive"]
+    assert table.statement[0] == claim("5.1a").statement  # the statement comes from the registry
     # re-recording a chapter replaces its verdicts; other chapters and profiles are untouched
-    record_verdicts("03_mds", [_v("5.1a")], root=tmp_path)
-    assert list(load_verdicts(root=tmp_path).claim) == ["5.1a", "5.4"]
+    record_verdicts("03_mds", [_v("5.1a"), _v("5.1b", "inconclusive")], root=tmp_path)
+    assert list(load_verdicts(root=tmp_path).verdict) == ["reproduced", "inconclusive", "inconclusive"]
     assert load_verdicts("paper", root=tmp_path).empty
     assert not list((tmp_path / "claims" / "tiny").glob(".*tmp"))
+    full = claims_table(root=tmp_path)
+    assert list(full.claim) == [c.id for c in CLAIMS]
+    assert (full.set_index("claim").verdict["5.2"]) == "not recorded"
+    assert set(full.verdict) <= {*VERDICTS, "not recorded"}
 
 
 def test_combine_verdicts():
