@@ -5,7 +5,11 @@
    order, from its source ``notebooks/<name>.ipynb`` (kernel ``python3``, parameter ``profile``, default
    ``"tiny"``), into ``notebooks/_executed/<name>.ipynb`` (git-ignored). The kernel runs in the repository root
    (papermill uses the caller's working directory; notebooks resolve paths through ``mmlib.core.paths``). The first
-   failure stops the build with the notebook's name and the failing cell's error.
+   failure stops the build with the notebook's name and the failing cell's error. In each executed copy the
+   notebook's own ``parameters`` cell is tagged ``remove-cell``: the page shows the parameters once, in the cell
+   papermill injected (``# Parameters``), i.e. the profile the page was actually built with.
+   If ``ENFORCE_PROSE_NUMBERS`` is true, the prose is then checked (:func:`check_prose`): no measured number
+   typed by hand into a Markdown cell, and every glue key used is glued (``mmlib/reporting/prose.py``).
 2. ``jupyter-book build`` renders the book into ``_build/html`` with warnings as errors (``-W -n``).
 3. The output is checked: every toc page exists, pages with formulas load the local MathJax, and no page
    loads anything from the network.
@@ -44,6 +48,11 @@ SOURCE_DIR = "notebooks"
 EXECUTED_DIR = "notebooks/_executed"
 KERNEL = "python3"
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+#: Fail the build on hand-typed measured numbers in the chapters' prose and on inconsistent glue
+#: (mmlib/reporting/prose.py). Off until the chapters bind their numbers with glue; tests/test_notebooks.py
+#: reads the same flag.
+ENFORCE_PROSE_NUMBERS = False
 
 
 def say(msg: str = "") -> None:
@@ -116,6 +125,28 @@ def has_parameters_cell(path: Path) -> bool:
     return any("parameters" in c.get("metadata", {}).get("tags", []) for c in nb.get("cells", []))
 
 
+def hide_duplicate_parameters(path: Path) -> bool:
+    """Tag the notebook's own ``parameters`` cell of an executed copy ``remove-cell`` (in place).
+
+    papermill inserts its ``injected-parameters`` cell (``# Parameters``, the values this run used) after the
+    notebook's ``parameters`` cell, and Jupyter Book would render both. Only when an injected cell exists is the
+    original hidden, so a page always shows its parameters once. Returns whether the file was changed.
+    """
+    nb = json.loads(path.read_text(encoding="utf8"))
+    cells = nb.get("cells", [])
+    tags_of = [c.setdefault("metadata", {}).get("tags", []) for c in cells]
+    if not any("injected-parameters" in tags for tags in tags_of):
+        return False
+    changed = False
+    for cell, tags in zip(cells, tags_of):
+        if "parameters" in tags and "injected-parameters" not in tags and "remove-cell" not in tags:
+            cell["metadata"]["tags"] = [*tags, "remove-cell"]
+            changed = True
+    if changed:
+        path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf8")
+    return changed
+
+
 # --------------------------------------------------------------------------- step 1: papermill
 def execute(names: list[str], profile: str, log_output: bool, cell_timeout: int | None) -> dict[str, float]:
     import papermill as pm
@@ -167,8 +198,33 @@ def execute(names: list[str], profile: str, log_output: bool, cell_timeout: int 
             elapsed = time.perf_counter() - t0
             fail(f"notebook {SOURCE_DIR}/{name}.ipynb failed after {elapsed:.1f} s: {type(e).__name__}: {e}")
         times[name] = time.perf_counter() - t0
+        hide_duplicate_parameters(dst)
         say(f"    {name}: {times[name]:.1f} s")
     return times
+
+
+# --------------------------------------------------------------------------- prose check (ENFORCE_PROSE_NUMBERS)
+def check_prose(names: list[str], profile: str = "tiny") -> None:
+    """No hand-typed measured number in the sources' Markdown, consistent glue in the executed copies.
+
+    ``mmlib.reporting.prose.check_notebook`` runs on ``notebooks/<name>.ipynb`` (design constants: the notebook's
+    code literals and the ``profile``'s fields) and ``check_glue`` on ``notebooks/_executed/<name>.ipynb`` where it
+    exists. Any problem fails the build with the full list.
+    """
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))  # mmlib from this checkout, also when it is not installed
+    from mmlib.reporting.prose import check_glue, check_notebook, format_report
+
+    violations, glue = [], []
+    for name in names:
+        violations += check_notebook(REPO / SOURCE_DIR / f"{name}.ipynb", profile=profile)
+        executed = REPO / EXECUTED_DIR / f"{name}.ipynb"
+        if executed.is_file():
+            glue += check_glue(executed)
+    if violations or glue:
+        fail("the chapters' prose (ENFORCE_PROSE_NUMBERS):\n"
+             + format_report(violations, glue, notebooks=[f"{REPO / SOURCE_DIR / n}.ipynb" for n in names]))
+    say(f"==> Prose of {len(names)} chapter(s): no hand-typed measured number, glue consistent")
 
 
 # --------------------------------------------------------------------------- step 2: jupyter-book
@@ -241,10 +297,14 @@ def main(argv: list[str] | None = None) -> int:
         missing = [n for n in names if not (REPO / EXECUTED_DIR / f"{n}.ipynb").is_file()]
         if missing:
             fail("--no-execute, but no executed copy of: " + ", ".join(missing))
+        for n in names:
+            hide_duplicate_parameters(REPO / EXECUTED_DIR / f"{n}.ipynb")
     else:
         check_kernel()
         times = execute(names, args.profile, args.log_output, args.cell_timeout)
     t_exec = time.perf_counter() - t_start
+    if ENFORCE_PROSE_NUMBERS:
+        check_prose(names)
 
     if not args.keep_build:
         shutil.rmtree(BUILD, ignore_errors=True)

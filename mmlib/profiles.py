@@ -81,6 +81,7 @@ class Profile:
 
     @property
     def is_tiny(self) -> bool:
+        """Whether this is the ``tiny`` profile (the generated world and the book's own models)."""
         return self.name == "tiny"
 
 
@@ -94,7 +95,8 @@ def _tiny() -> Profile:
 
 
 def _paper() -> Profile:
-    # ViT-B-32: d = 512, so K = 8 d = 4096 (PAPER.md §2); a CC3M subset is streamed in chunks, fewer epochs.
+    # ViT-B-32: d = 512, so K = 8 d = 4096 (Method page, `method-feature-maps`); a CC3M subset is streamed in chunks,
+    # with fewer epochs.
     return Profile(name="paper", world=WorldConfig(n_train=0, n_val=0, n_test=2000, image_size=64),
                    open_clip_model="ViT-B-32", pretrained="openai", embed_batch_size=256,
                    sae=SAEConfig(K=4096, epochs=5, lr=1e-3), ncl=NCLConfig(K=4096, epochs=5, lr=1e-3))

@@ -37,3 +37,48 @@ def test_committed_without_outputs_with_ids_and_parameters(path):
     params = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(params) == 1 and "".join(params[0]["source"]).startswith('profile = "tiny"')
     assert cells[0]["cell_type"] == "markdown" and "".join(cells[0]["source"]).startswith(f"# {path.stem[:2]} ")
+
+
+# --------------------------------------------------------------------------- the book's build script and the prose rule
+def _book_build():
+    """``book/build.py`` as a module (a script, not a package): its flags and helpers."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("book_build", ROOT / "book" / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+BOOK_BUILD = _book_build()
+ENFORCE = BOOK_BUILD.ENFORCE_PROSE_NUMBERS
+
+
+@pytest.mark.skipif(not ENFORCE, reason="book/build.py ENFORCE_PROSE_NUMBERS is False until the chapters bind their "
+                                        "numbers with glue (python -m mmlib.reporting.prose notebooks/*.ipynb)")
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_prose_has_no_hand_typed_measured_numbers(path):
+    from mmlib.reporting.prose import check_notebook, format_report
+
+    violations = check_notebook(path, profile="tiny")
+    assert not violations, "\n" + format_report(violations, notebooks=[str(path)])
+
+
+def test_executed_copies_show_the_parameters_once(tmp_path):
+    """The build tags the notebook's own parameters cell remove-cell once papermill has injected its own."""
+    def cell(src: str, tags: list[str]) -> dict:
+        return {"cell_type": "code", "id": src[:8], "metadata": {"tags": tags}, "source": src, "outputs": [],
+                "execution_count": None}
+
+    nb = {"nbformat": 4, "nbformat_minor": 5, "metadata": {},
+          "cells": [cell('profile = "tiny"', ["parameters"]), cell('# Parameters\nprofile = "paper"\n',
+                                                                   ["injected-parameters"]), cell("x = 1", [])]}
+    path = tmp_path / "nb.ipynb"
+    path.write_text(json.dumps(nb), encoding="utf8")
+    assert BOOK_BUILD.hide_duplicate_parameters(path)
+    tags = [c["metadata"]["tags"] for c in json.loads(path.read_text(encoding="utf8"))["cells"]]
+    assert tags == [["parameters", "remove-cell"], ["injected-parameters"], []]
+    assert not BOOK_BUILD.hide_duplicate_parameters(path)  # idempotent
+    nb["cells"].pop(1)  # nothing injected (not run by papermill): the original stays visible
+    path.write_text(json.dumps(nb), encoding="utf8")
+    assert not BOOK_BUILD.hide_duplicate_parameters(path)

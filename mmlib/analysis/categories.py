@@ -1,6 +1,6 @@
 """ImgD / TextD / CrossD: categorisation of alive features by their MDS, and its sensitivity to the rule.
 
-Rules ([ours], PAPER.md §3; the paper does not give its thresholds):
+Rules ([ours], Method page `method-categories`; the paper does not give its thresholds):
 
 * ``sigma`` (default, ``k = 1``): with ``mu``, ``sigma`` the mean and (population) standard deviation of MDS over
   the alive features, ImgD if ``MDS > mu + k sigma``, TextD if ``MDS < mu - k sigma``, else CrossD;
@@ -307,7 +307,8 @@ def group_masks(categories: Categories, groups: Sequence[str], seed: int = 0, sk
 
 def check_group_masks(groups: Mapping[str, np.ndarray], n_features: int) -> dict[str, np.ndarray]:
     """The named feature masks as boolean arrays ``(n_features,)``; ValueError for no group, a mask of another
-    dtype or shape, or an empty mask (naming the group)."""
+    dtype or shape, or an empty mask (naming the group).
+    """
     if not groups:
         raise ValueError("no feature groups given")
     out = {}

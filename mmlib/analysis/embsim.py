@@ -1,6 +1,6 @@
 """Interpretability of features without an external judge: EmbSim, WinRate and ground-truth purity.
 
-Definitions ([ours], PAPER.md §4; the paper uses the top ``m = 20`` samples and gives no formula):
+Definitions ([ours], Method page `method-interpretability`; the paper uses the top ``m = 20`` samples and gives no formula):
 
 * **top-m samples** of feature ``k`` on one side (images or captions): the ``m`` samples with the largest
   activation ``a[:, k]`` (:func:`top_samples`; streamed over chunks, ties broken by the order of ``torch.topk``).

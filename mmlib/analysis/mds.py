@@ -2,7 +2,7 @@
 
 The paper defines MDS only as the share of a feature's activation that comes from the image side, averaged
 over pairs. For a feature ``k`` with non-negative activations ``a_I[i, k]`` on image ``i`` and ``a_T[i, k]`` on
-its caption, the book implements two forms ([ours], PAPER.md §3; the default first):
+its caption, the book implements two forms ([ours], Method page `method-mds`; the default first):
 
 * ``paired``: ``MDS_k = mean over P_k of a_I[i, k] / (a_I[i, k] + a_T[i, k])`` with
   ``P_k = {i : a_I[i, k] + a_T[i, k] > eps}`` (the pairs where the feature fires on either side);
@@ -34,7 +34,8 @@ ArrayLike = torch.Tensor | np.ndarray
 class Encoder(Protocol):
     """Anything that maps embeddings ``(n, d)`` of a modality to non-negative activations ``(n, K)``."""
 
-    def encode(self, z: torch.Tensor, modality: str) -> torch.Tensor: ...
+    def encode(self, z: torch.Tensor, modality: str) -> torch.Tensor:
+        """Non-negative activations ``(n, K)`` of embeddings ``z`` ``(n, d)`` of ``modality``."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -66,10 +67,12 @@ class MDSResult:
 
     @property
     def n_features(self) -> int:
+        """``K``, the number of features scored (dead ones included)."""
         return len(self.scores)
 
     @property
     def n_alive(self) -> int:
+        """The number of features that fired on at least one pair."""
         return self.n_features - self.n_dead
 
     def alive_scores(self) -> np.ndarray:
@@ -84,7 +87,8 @@ class MDSResult:
     def summary(self, low: float = 0.1, high: float = 0.9) -> dict[str, float]:
         """Counts and moments over alive features: ``n_features``, ``n_alive``, ``n_dead``, ``mean``, ``std``,
         the shares with MDS below ``low`` (``share_low``), above ``high`` (``share_high``), either
-        (``share_extreme``) and above 0.5 (``share_image_side``); NaN where no feature is alive."""
+        (``share_extreme``) and above 0.5 (``share_image_side``); NaN where no feature is alive.
+        """
         s = self.alive_scores()
 
         def share(mask: np.ndarray) -> float:

@@ -1,4 +1,4 @@
-"""Testing MDS against planted truth, the book's addition to the paper (PAPER.md §7).
+"""Testing MDS against planted truth, the book's addition to the paper (Method page, `method-controls` and `method-probe`).
 
 Three levels:
 

@@ -53,7 +53,8 @@ def retrieval_ranks(queries: torch.Tensor | np.ndarray, gallery: torch.Tensor | 
 def recall_at_k(queries: torch.Tensor | np.ndarray, gallery: torch.Tensor | np.ndarray, ks: Sequence[int] = (1,),
                 targets: torch.Tensor | np.ndarray | None = None) -> dict[int, float]:
     """Share of the ``n`` queries whose match ranks among the top ``k`` gallery items, per ``k``
-    (NaN for no query)."""
+    (NaN for no query).
+    """
     if any(int(k) < 1 for k in ks):
         raise ValueError(f"every k must be a positive integer, got {list(ks)}")
     ranks = retrieval_ranks(queries, gallery, targets)

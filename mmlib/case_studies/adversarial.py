@@ -1,4 +1,4 @@
-"""Adversarial attack and defence seen through the feature categories (PAPER.md §5 item 6).
+"""Adversarial attack and defence seen through the feature categories (Method page, `claim-5-6a` / `claim-5-6b`).
 
 Three parts, one per question of the chapter:
 
@@ -237,7 +237,8 @@ def feature_activations(fmap: FeatureMap, z: torch.Tensor, modality: str = "imag
     """Differentiable activations ``(n, K)`` of embeddings ``z`` ``(n, d)`` (the map's weights stay frozen).
 
     The map runs where its tensors are (the CPU for stored maps); the result comes back to ``z``'s device, with
-    gradients flowing through the transfer (an image tower on a GPU with a map on the CPU works)."""
+    gradients flowing through the transfer (an image tower on a GPU with a map on the CPU works).
+    """
     check_modality(modality)
     if z.ndim != 2 or z.shape[1] != fmap.input_dim:
         raise ValueError(f"embeddings of shape {tuple(z.shape)} for a feature map with d={fmap.input_dim} "
@@ -248,7 +249,8 @@ def feature_activations(fmap: FeatureMap, z: torch.Tensor, modality: str = "imag
 
 def zero_shot_logits(z: torch.Tensor, class_emb: torch.Tensor, scale: float = 100.0) -> torch.Tensor:
     """Logits ``(n, k)``: ``scale`` times the cosine of images ``(n, d)`` with classes ``(k, d)``, or with the
-    best prompt of each class for ``(k, p, d)`` (as :func:`mmlib.analysis.zero_shot.zero_shot_predict` scores them)."""
+    best prompt of each class for ``(k, p, d)`` (as :func:`mmlib.analysis.zero_shot.zero_shot_predict` scores them).
+    """
     if class_emb.ndim not in (2, 3) or class_emb.shape[-1] != z.shape[-1]:
         raise ValueError(f"class embeddings of shape {tuple(class_emb.shape)} do not fit images of shape "
                          f"{tuple(z.shape)}: expected (k, {z.shape[-1]}) or (k, p, {z.shape[-1]})")
@@ -347,7 +349,8 @@ def noise_attack(x: torch.Tensor, eps: float, seed: int = 0) -> torch.Tensor:
 # ------------------------------------------------------------------------------ which category moves most
 def feature_scale(h: torch.Tensor, floor: float = 1e-6) -> torch.Tensor:
     """Per-feature scale ``(K,)``: the standard deviation of clean activations ``(n, K)``; features that never
-    vary on these samples get ``inf`` (they then count as zero change)."""
+    vary on these samples get ``inf`` (they then count as zero change).
+    """
     s = torch.as_tensor(h).float().std(0)
     return torch.where(s > floor, s, torch.full_like(s, float("inf")))
 

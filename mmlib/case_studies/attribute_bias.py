@@ -1,6 +1,6 @@
 """Attribute bias: zero-shot recognition of an attribute per value, and which feature group it relies on.
 
-The paper's gender study (PAPER.md §5 item 5) recognises a binary attribute (e.g. woman / man) zero-shot, with
+The paper's gender study (Method page, `claim-5-5`) recognises a binary attribute (e.g. woman / man) zero-shot, with
 all features and with one feature group (ImgD, TextD, CrossD) removed, and reports that one value's recognition
 relies mostly on ImgD features while the other's is hurt most by removing TextD. This module measures, per
 value of the attribute:

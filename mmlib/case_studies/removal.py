@@ -1,6 +1,6 @@
 """Feature-group removal: zero a group of features (e.g. ImgD, TextD, CrossD) and measure what breaks.
 
-The paper's claim (PAPER.md §5.4) is that removing CrossD features hurts downstream accuracy least. [ours]
+The paper's claim (Method page, `claim-5-4`) is that removing CrossD features hurts downstream accuracy least. [ours]
 Every group removal is compared with removing the same number of random alive features, over many seeded
 draws, so "hurts least" is judged against chance rather than against the other groups alone.
 

@@ -68,7 +68,7 @@ def stable_hash(*parts: Any, length: int = 16) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def code_version(module: str) -> str:
     """The code version of what a module produces: a hash of its source and of the source of every mmlib module
     it imports, directly or indirectly (found statically, from the import statements).

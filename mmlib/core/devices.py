@@ -45,7 +45,8 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 
 def effective_threads(threads: int | None) -> int:
     """The torch CPU thread count a block run under :func:`torch_threads` (``threads``) uses: ``threads``, or
-    torch's current setting for ``None``. Trainers put it in their artifact keys."""
+    torch's current setting for ``None``. Trainers put it in their artifact keys.
+    """
     if threads is None:
         return torch.get_num_threads()
     if threads < 1:

@@ -53,7 +53,8 @@ def _is_module(name: str) -> bool:
 def imports_in(source: str, name: str = "") -> set[str]:
     """The mmlib modules (other than ``name`` and the top package) that Python ``source`` imports, at module level
     or inside functions: ``import mmlib.a.b``, ``from mmlib.a import b`` (module ``mmlib.a``, and ``mmlib.a.b`` if
-    ``b`` is a module). Relative imports are not used in mmlib and are ignored."""
+    ``b`` is a module). Relative imports are not used in mmlib and are ignored.
+    """
     found: set[str] = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
@@ -66,7 +67,7 @@ def imports_in(source: str, name: str = "") -> set[str]:
     return found
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def imports_of(name: str) -> frozenset[str]:
     """The mmlib modules that the module ``name`` imports directly (cached per process)."""
     return frozenset(imports_in(module_file(name).read_text(encoding="utf8"), name))
@@ -118,7 +119,8 @@ def layer_violations(graph: dict[str, frozenset[str] | set[str]], layers: tuple[
 
 def find_cycle(graph: dict[str, frozenset[str] | set[str]]) -> list[str]:
     """One import cycle of ``graph`` as a list of modules (first == last), or ``[]``. A package's ``__init__``
-    importing its own submodules (a re-export) is not followed, as Python resolves it without a cycle."""
+    importing its own submodules (a re-export) is not followed, as Python resolves it without a cycle.
+    """
     state: dict[str, int] = {}  # 1: on the current path, 2: finished
 
     def visit(node: str, path: list[str]) -> list[str]:

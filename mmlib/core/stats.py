@@ -165,7 +165,8 @@ def ci_row(table: pd.DataFrame, **where: object) -> pd.Series:
 
 def interval_side(row: Mapping[str, float] | pd.Series, value: float = 0.0) -> int:
     """``+1`` if the interval ``[ci_low, ci_high]`` lies above ``value``, ``-1`` if below, ``0`` if it contains it
-    (or is undefined)."""
+    (or is undefined).
+    """
     low, high = float(row["ci_low"]), float(row["ci_high"])
     if np.isfinite(low) and low > value:
         return 1

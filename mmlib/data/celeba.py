@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from mmlib.core.artifacts import file_sha256, stable_hash
-from mmlib.data.protocol import DatasetError, _check_index, _open_rgb
+from mmlib.data.protocol import DatasetError, check_index, open_rgb
 
 #: CelebA's evaluation partitions (``list_eval_partition.txt``: 0 train, 1 validation, 2 test).
 CELEBA_PARTITIONS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
@@ -87,7 +87,8 @@ class CelebAFaces:
             raise DatasetError(f"unknown partition {partition!r}; choose one of {list(CELEBA_PARTITIONS)} or None")
         if limit is not None and limit < 1:
             raise DatasetError(f"limit must be a positive number of images, got {limit}")
-        self.attribute, self.values, self.partition, self.caption_template = attribute, tuple(values), partition, caption
+        self.attribute, self.values = attribute, tuple(values)
+        self.partition, self.caption_template = partition, caption
         names, files, column, lines = self._parse_attributes(attribute)
         self.attribute_names = names
         keep = np.ones(len(files), bool)
@@ -137,7 +138,8 @@ class CelebAFaces:
                                    f"name and one value per attribute of line 2).")
             if any(v not in ("1", "-1") for v in fields[1:]):
                 bad = next(v for v in fields[1:] if v not in ("1", "-1"))
-                raise DatasetError(f"{path}, line {number}: value {bad!r} for {fields[0]}; attribute values are 1 or -1.")
+                raise DatasetError(f"{path}, line {number}: value {bad!r} for {fields[0]}; "
+                                   "attribute values are 1 or -1.")
             if fields[0] in seen:
                 raise DatasetError(f"{path}, line {number}: {fields[0]} is listed twice.")
             seen.add(fields[0])
@@ -183,7 +185,7 @@ class CelebAFaces:
 
     def filename(self, index: int) -> str:
         """The file name of the ``index``-th image (as listed in the attribute table)."""
-        return self._files[_check_index(index, len(self))]
+        return self._files[check_index(index, len(self))]
 
     def image(self, index: int) -> Image.Image:
         """The ``index``-th image, RGB.
@@ -198,10 +200,10 @@ class CelebAFaces:
         if not path.is_file():
             raise DatasetError(f"image {path} ({where}) does not exist; is {self.image_root} complete?")
         try:
-            return _open_rgb(path)
+            return open_rgb(path)
         except (OSError, UnidentifiedImageError, ValueError) as err:
             raise DatasetError(f"image {path} ({where}) is unreadable ({err}); replace or remove it.") from err
 
     def caption(self, index: int) -> str:
         """The caption of the ``index``-th image (``caption`` with ``{value}`` filled in)."""
-        return self.caption_template.replace("{value}", self.values[int(self.labels[_check_index(index, len(self))])])
+        return self.caption_template.replace("{value}", self.values[int(self.labels[check_index(index, len(self))])])

@@ -28,9 +28,9 @@ import braceexpand
 from PIL import Image, UnidentifiedImageError
 
 from mmlib.core.artifacts import file_sha256, stable_hash
-from mmlib.data.protocol import IMAGE_EXTENSIONS, DatasetError, PairDataset, _check_index, _open_rgb
+from mmlib.data.protocol import IMAGE_EXTENSIONS, DatasetError, PairDataset, check_index, open_rgb
 
-__all__ = ["CsvPairs", "WebDatasetPairs", "CelebAFaces", "IMAGE_EXTENSIONS", "CELEBA_PARTITIONS"]
+__all__ = ["CsvPairs", "WebDatasetPairs", "open_pairs"]
 
 _DELIMITERS = {".csv": ",", ".tsv": "\t"}
 
@@ -135,7 +135,7 @@ class CsvPairs:
 
     def image_path(self, index: int) -> Path:
         """The resolved path of the ``index``-th image."""
-        path = Path(self._paths[_check_index(index, len(self))]).expanduser()
+        path = Path(self._paths[check_index(index, len(self))]).expanduser()
         return path if path.is_absolute() else self.image_root / path
 
     def image(self, index: int) -> Image.Image:
@@ -152,13 +152,13 @@ class CsvPairs:
             raise DatasetError(f"image {path} of {where} does not exist; check the path in the CSV and "
                                f"image_root (now {self.image_root}).")
         try:
-            return _open_rgb(path)
+            return open_rgb(path)
         except (OSError, UnidentifiedImageError, ValueError) as err:
             raise DatasetError(f"image {path} of {where} is unreadable ({err}); replace or remove it.") from err
 
     def caption(self, index: int) -> str:
         """The ``index``-th caption."""
-        return self._captions[_check_index(index, len(self))]
+        return self._captions[check_index(index, len(self))]
 
 
 @dataclass(frozen=True)
@@ -284,7 +284,7 @@ class WebDatasetPairs:
 
     def key(self, index: int) -> str:
         """The webdataset key of the ``index``-th pair."""
-        return self._samples[_check_index(index, len(self))].key
+        return self._samples[check_index(index, len(self))].key
 
     def _read(self, member: _Member) -> bytes:
         with open(self.shards[member.shard], "rb") as handle:
@@ -302,17 +302,17 @@ class WebDatasetPairs:
         DatasetError
             if it cannot be read or decoded (the message names the shard and the key).
         """
-        sample = self._samples[_check_index(index, len(self))]
+        sample = self._samples[check_index(index, len(self))]
         shard = self.shards[sample.image.shard]
         try:
-            return _open_rgb(io.BytesIO(self._read(sample.image)))
+            return open_rgb(io.BytesIO(self._read(sample.image)))
         except (OSError, UnidentifiedImageError, ValueError) as err:
             raise DatasetError(f"image of key {sample.key!r} in shard {shard} is unreadable ({err}); "
                                "re-download the shard or drop the key.") from err
 
     def caption(self, index: int) -> str:
         """The ``index``-th caption (UTF-8, surrounding whitespace stripped)."""
-        sample = self._samples[_check_index(index, len(self))]
+        sample = self._samples[check_index(index, len(self))]
         try:
             return self._read(sample.caption).decode("utf-8").strip()
         except (OSError, UnicodeDecodeError) as err:
@@ -322,5 +322,6 @@ class WebDatasetPairs:
 
 def open_pairs(pairs: str | Path) -> PairDataset:
     """A real paired corpus by path: webdataset shards (a path or brace pattern containing ``.tar``) or a
-    CSV/TSV of (image path, caption)."""
+    CSV/TSV of (image path, caption).
+    """
     return WebDatasetPairs(pairs) if ".tar" in str(pairs) else CsvPairs(pairs)

@@ -42,14 +42,15 @@ class PairDataset(Protocol):
 IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
 
 
-def _open_rgb(source: Path | io.BytesIO) -> Image.Image:
+def open_rgb(source: Path | io.BytesIO) -> Image.Image:
     """Decode an image fully and convert it to RGB (raises ``OSError``/``UnidentifiedImageError``)."""
     with Image.open(source) as img:
         img.load()
         return img.convert("RGB")
 
 
-def _check_index(index: int, n: int) -> int:
+def check_index(index: int, n: int) -> int:
+    """``index`` if it is a valid index of a dataset of ``n`` pairs (IndexError otherwise)."""
     if not 0 <= index < n:
         raise IndexError(f"index {index} is out of range for a dataset of {n} pairs")
     return index

@@ -109,7 +109,9 @@ def ideal_mds(p_depict: float, p_mention: float) -> float:
 
 def _factor(name, values, p_d, p_m, kind, role, synonyms) -> Factor:
     n = len(values)
-    as_tuple = (lambda p: tuple(p) if isinstance(p, (tuple, list)) else (float(p),) * n)
+
+    def as_tuple(p: object) -> tuple[float, ...]:
+        return tuple(p) if isinstance(p, (tuple, list)) else (float(p),) * n
     return Factor(name, tuple(values), as_tuple(p_d), as_tuple(p_m), kind, role,
                   tuple(tuple(s) for s in synonyms))
 
@@ -211,6 +213,7 @@ class WorldConfig:
 
     @property
     def n(self) -> int:
+        """Total number of samples over the three splits."""
         return self.n_train + self.n_val + self.n_test
 
     def fingerprint(self) -> str:
@@ -445,6 +448,7 @@ class World:
 
     @property
     def factors(self) -> tuple[Factor, ...]:
+        """The factors actually generated (``config.effective_factors``)."""
         return self.config.effective_factors
 
     def factor(self, name: str) -> Factor:
@@ -456,15 +460,18 @@ class World:
 
     @cached_property
     def fingerprint(self) -> str:
+        """The world's fingerprint: its config and the generator's code version (:meth:`WorldConfig.fingerprint`)."""
         return self.config.fingerprint()
 
     def __len__(self) -> int:
         return len(self.captions)
 
     def image(self, index: int) -> Image.Image:
+        """Image ``index`` as an RGB ``PIL.Image``."""
         return Image.fromarray(self.images[index], mode="RGB")
 
     def caption(self, index: int) -> str:
+        """Caption ``index``."""
         return self.captions[index]
 
     def indices(self, split: str) -> np.ndarray:
@@ -497,15 +504,18 @@ class WorldSplit:
 
     @property
     def fingerprint(self) -> str:
+        """The split's fingerprint: the world's, and the split's name."""
         return stable_hash(self.world.fingerprint, self.name)
 
     def __len__(self) -> int:
         return len(self.index)
 
     def image(self, i: int) -> Image.Image:
+        """Image ``i`` of the split, as an RGB ``PIL.Image``."""
         return self.world.image(int(self.index[i]))
 
     def caption(self, i: int) -> str:
+        """Caption ``i`` of the split."""
         return self.world.caption(int(self.index[i]))
 
     def values(self, factor: str) -> np.ndarray:
@@ -513,9 +523,11 @@ class WorldSplit:
         return self.world.latents.values[factor][self.index]
 
     def depicted(self, factor: str) -> np.ndarray:
+        """Whether ``factor`` is shown in each image of the split ``(n,)`` bool."""
         return self.world.latents.depicted[factor][self.index]
 
     def mentioned(self, factor: str) -> np.ndarray:
+        """Whether ``factor`` is said in each caption of the split ``(n,)`` bool."""
         return self.world.latents.mentioned[factor][self.index]
 
 

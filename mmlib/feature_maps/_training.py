@@ -18,8 +18,9 @@ from mmlib.feature_maps.base import Source, check_embeddings, source_of
 
 #: Training data: Embeddings (``.image``, ``.text``), an ``(image (n, d), text (n, d))`` pair of tensors or
 #: arrays, a callable returning an iterable of such pairs (chunks), or a re-iterable of chunks (a list).
-PairData = Union[Any, tuple[torch.Tensor, torch.Tensor], Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
-                 Iterable[tuple[torch.Tensor, torch.Tensor]]]
+# (a runtime type alias: `Union` rather than `X | Y`, which would be evaluated here)
+PairData = Union[Any, tuple[torch.Tensor, torch.Tensor],  # noqa: UP007
+                 Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]], Iterable[tuple[torch.Tensor, torch.Tensor]]]
 
 
 def pair_chunks(data: PairData, chunk_size: int = 65536) -> Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]:
@@ -119,7 +120,8 @@ def data_stats(chunks: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
 def training_data(data: PairData, chunk_size: int, source: Source | None = None
                   ) -> tuple[Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]], DataStats, Source]:
     """The chunk stream (:func:`pair_chunks`), its statistics (:func:`data_stats`, one pass) and its
-    :class:`Source` (given, or read from ``data``; ``n`` filled in)."""
+    :class:`Source` (given, or read from ``data``; ``n`` filled in).
+    """
     chunks = pair_chunks(data, chunk_size)
     stats = data_stats(chunks)
     source = source or source_of(data)
@@ -147,7 +149,8 @@ def iterate_batches(chunks: Callable[[], Iterable[tuple[torch.Tensor, torch.Tens
 def check_schedule(config: Any, positive: Iterable[str] = ("epochs", "batch_size", "dead_window", "log_every",
                                                              "chunk_size")) -> None:
     """Validate the training-schedule fields shared by the trainable maps' configs: the ``positive`` integer
-    fields, ``lr`` (finite, > 0) and ``lr_decay`` (in [0, 1]); raise ``ValueError`` naming the field."""
+    fields, ``lr`` (finite, > 0) and ``lr_decay`` (in [0, 1]); raise ``ValueError`` naming the field.
+    """
     for name in positive:
         if getattr(config, name) < 1:
             raise ValueError(f"{name} must be a positive integer, got {getattr(config, name)}")
@@ -159,7 +162,8 @@ def check_schedule(config: Any, positive: Iterable[str] = ("epochs", "batch_size
 
 def linear_decay_lr(step: int, total: int, lr: float, decay: float) -> float:
     """Learning rate at ``step`` (1-based) of ``total``: ``lr``, decayed linearly to 0 over the last
-    ``decay`` fraction of the steps."""
+    ``decay`` fraction of the steps.
+    """
     return lr * min(1.0, (total - step + 1) / max(1.0, decay * total))
 
 
@@ -186,7 +190,8 @@ class Liveness:
 
 class History:
     """Training curves: per-step values averaged over each ``log_every`` window, plus ``step``, ``dead``
-    (fraction of dead latents) and ``lr`` at the window's end; shown on a tqdm ``bar`` if given."""
+    (fraction of dead latents) and ``lr`` at the window's end; shown on a tqdm ``bar`` if given.
+    """
 
     def __init__(self, names: Iterable[str], log_every: int, total: int, bar: Any = None) -> None:
         self.names = tuple(names)

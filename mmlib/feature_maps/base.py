@@ -2,7 +2,7 @@
 
 A feature map turns joint-space embeddings ``z`` ``(n, d)`` of either modality into non-negative
 activations ``h = g(z)`` ``(n, K)``; the MDS, the categories and every later chapter work on these
-activations, whatever the map. Three kinds exist (PAPER.md §2):
+activations, whatever the map. Three kinds exist (the book's Method page, `method-feature-maps`):
 
 * :class:`RawDims` (kind ``"raw"``, this module): the ``d`` CLIP dimensions themselves, activation
   ``|z|`` (default) or ``ReLU(z)``. No decoder: it is not an autoencoder and the sign of ``z`` is lost.
@@ -119,7 +119,8 @@ class Source:
 
 def source_of(data: Any) -> Source:
     """The :class:`Source` of training data: read from an :class:`~mmlib.data.embeddings.Embeddings` (``meta``,
-    ``key``), else fingerprinted from an ``(image, text)`` pair of tensors, else unknown."""
+    ``key``), else fingerprinted from an ``(image, text)`` pair of tensors, else unknown.
+    """
     meta, key = getattr(data, "meta", None), getattr(data, "key", None)
     if isinstance(meta, Mapping) and key is not None:
         n = len(data) if hasattr(data, "__len__") else meta.get("n")
@@ -181,7 +182,8 @@ class FeatureMapLike(Encoder, Protocol):
     input_dim: int
     n_features: int
 
-    def decode(self, h: torch.Tensor, modality: str) -> torch.Tensor: ...
+    def decode(self, h: torch.Tensor, modality: str) -> torch.Tensor:
+        """Embeddings ``(n, d)`` reconstructed from activations ``h`` ``(n, K)`` (maps with a decoder)."""
 
 
 class FeatureMap(abc.ABC):
@@ -266,7 +268,8 @@ class FeatureMap(abc.ABC):
 
     def activations(self, data: Any, batch_size: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
         """Image and text activations ``(n, K)`` each, of :class:`~mmlib.data.embeddings.Embeddings` or an
-        ``(image (n, d), text (n, d))`` pair, encoded in batches of ``batch_size`` rows."""
+        ``(image (n, d), text (n, d))`` pair, encoded in batches of ``batch_size`` rows.
+        """
         image, text = (data.image, data.text) if hasattr(data, "image") else data
 
         def encode_all(z: torch.Tensor, modality: str) -> torch.Tensor:

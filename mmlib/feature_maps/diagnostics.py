@@ -42,7 +42,8 @@ def mse(z: torch.Tensor | np.ndarray, z_hat: torch.Tensor | np.ndarray) -> float
 
 def fvu(z: torch.Tensor | np.ndarray, z_hat: torch.Tensor | np.ndarray) -> float:
     """Fraction of variance unexplained: ``Σ||z - z_hat||² / Σ||z - mean(z)||²`` (mean-centred; 0 is perfect,
-    1 is no better than predicting the mean)."""
+    1 is no better than predicting the mean).
+    """
     z, z_hat = _pair(z, z_hat)
     return float((z - z_hat).square().sum() / (z - z.mean(0)).square().sum())
 
@@ -75,7 +76,8 @@ def mean_cosine(z: torch.Tensor | np.ndarray, z_hat: torch.Tensor | np.ndarray) 
 def effective_rank(x: torch.Tensor | np.ndarray, center: bool = False) -> float:
     """Effective rank of ``x`` ``(n, d)`` (Roy & Vetterli, 2007): ``exp(H(p))`` with ``p_i = σ_i / Σ_j σ_j``
     the normalised singular values and ``H`` the Shannon entropy (natural log). Between 1 and ``min(n, d)``;
-    ``center`` subtracts the column means first."""
+    ``center`` subtracts the column means first.
+    """
     x = torch.as_tensor(x).double()
     if x.ndim != 2 or x.numel() == 0:
         raise ValueError(f"expected a non-empty (n, d) matrix, got shape {tuple(x.shape)}")
@@ -95,7 +97,8 @@ def effective_rank(x: torch.Tensor | np.ndarray, center: bool = False) -> float:
 
 def reconstruction_report(fmap: FeatureMap, image: torch.Tensor, text: torch.Tensor) -> pd.DataFrame:
     """Per modality: ``l0``, ``dead`` (fraction never active on these samples) and, for maps with a decoder,
-    ``mse``, ``fvu`` and ``cosine`` of the reconstructions; plus ``dead_both`` (never active on either)."""
+    ``mse``, ``fvu`` and ``cosine`` of the reconstructions; plus ``dead_both`` (never active on either).
+    """
     rows, acts = [], []
     for modality, z in (("image", image), ("text", text)):
         h = fmap.encode(z, modality)

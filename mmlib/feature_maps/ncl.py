@@ -1,4 +1,4 @@
-"""Multimodal non-negative contrastive learning (NCL) head on frozen embeddings (PAPER.md §2).
+"""Multimodal non-negative contrastive learning (NCL) head on frozen embeddings (Method page, `method-feature-maps`).
 
 NCL (Wang et al., ICLR 2024) makes contrastive features non-negative, which makes them sparse and
 monosemantic. The multimodal version [ours] trains a head on frozen CLIP embeddings::
@@ -141,7 +141,8 @@ def _uniform(shape: tuple[int, ...], fan_in: int, generator: torch.Generator) ->
 
 class _Heads(nn.Module):
     """``M`` stacked heads (``M = 1`` shared, ``2`` per modality) mapping ``(M, rows, d)`` to ``(M, rows, K)``
-    pre-activations."""
+    pre-activations.
+    """
 
     def __init__(self, n_heads: int, dim: int, n_features: int, head: str, hidden: int,
                  generator: torch.Generator) -> None:
@@ -184,6 +185,7 @@ class NCLMap(FeatureMap):
 
     @property
     def name(self) -> str:
+        """A short display name with the head's kind, ``K`` and non-negativity."""
         c = self.train_config
         return f"ncl-{c.head}-{c.nonneg}(K={self.n_features}{'' if c.shared else ', per-modality'})"
 
@@ -198,10 +200,12 @@ class NCLMap(FeatureMap):
         return torch.relu(out)
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
+        """The head's weights (what :meth:`save` writes)."""
         return {k: v.detach() for k, v in self.heads.state_dict().items()}
 
     @classmethod
     def from_state(cls, tensors: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> NCLMap:
+        """Rebuild a head from :meth:`state_tensors` and :meth:`config`."""
         ncl_config = NCLConfig(**config["hparams"])
         n_heads, n_features, width = tensors["W"].shape
         dim = tensors["W1"].shape[2] if "W1" in tensors else width
@@ -229,7 +233,8 @@ def train_ncl(data: PairData, config: NCLConfig = NCLConfig(), source: Source | 
     progress : bool
         Show a tqdm bar over steps.
     threads : int or None
-        torch CPU threads during training (``None``: leave torch's setting; see :func:`mmlib.feature_maps.sae.train_sae`).
+        torch CPU threads during training (``None``: leave torch's setting; see
+        :func:`mmlib.feature_maps.sae.train_sae`).
     device : str
         Where to train (``"cpu"``, ``"cuda"``, ``"auto"``); the returned map is on the CPU.
 

@@ -49,14 +49,17 @@ class RawDims(FeatureMap):
 
     @property
     def name(self) -> str:
+        """A short display name, e.g. ``"raw-abs(K=64)"``."""
         return f"raw-{self.activation}(K={self.n_features})"
 
     def _encode(self, z: torch.Tensor, modality: str) -> torch.Tensor:
         return z.abs() if self.activation == "abs" else torch.relu(z)
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
+        """A placeholder tensor (raw dimensions have no weights; safetensors needs one tensor)."""
         return {"input_dim": torch.tensor([self.input_dim])}  # safetensors needs at least one tensor
 
     @classmethod
     def from_state(cls, tensors: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> RawDims:
+        """Rebuild the map from its recorded config."""
         return cls(int(config["input_dim"]), RawConfig(**config.get("hparams", {})))

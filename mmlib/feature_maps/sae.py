@@ -1,4 +1,4 @@
-"""Multimodal sparse autoencoder (PAPER.md §2): one SAE trained on image and text embeddings.
+"""Multimodal sparse autoencoder (Method page, `method-feature-maps`): one SAE trained on image and text embeddings.
 
 Model, for a modality ``m`` with normalised input ``x = (z - mu_m) / s_m`` (see ``normalize``)::
 
@@ -165,13 +165,15 @@ class _SAE(nn.Module):
 
     def topk(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The TopK codes of pre-activations ``(M, b, K)`` in sparse form: ReLU'd values and indices
-        ``(M, b, k)`` each."""
+        ``(M, b, k)`` each.
+        """
         top = pre.topk(self.k, dim=-1)
         return torch.relu(top.values), top.indices
 
     def decode_sparse(self, values: torch.Tensor, indices: torch.Tensor, bias: bool = True) -> torch.Tensor:
         """Reconstructions ``(M, b, d)`` of sparse codes ``(M, b, k)`` (values at latent ``indices``): a
-        sum of ``k`` gathered decoder columns instead of a dense product, for TopK's small ``k``."""
+        sum of ``k`` gathered decoder columns instead of a dense product, for TopK's small ``k``.
+        """
         n_sae = self.W_d.shape[0]
         columns = self.W_d.transpose(1, 2)[torch.arange(n_sae)[:, None, None], indices]  # (M, b, k, d)
         out = (values[..., None] * columns).sum(-2)
@@ -222,6 +224,7 @@ class SAEMap(FeatureMap):
 
     @property
     def name(self) -> str:
+        """A short display name with the SAE's kind, ``K`` and sparsity setting."""
         c = self.train_config
         sparsity = f"k={c.k}" if c.kind == "topk" else f"λ={c.l1_coef:g}"
         return f"sae-{c.kind}(K={self.n_features}, {sparsity}{'' if c.shared else ', per-modality'})"
@@ -260,15 +263,18 @@ class SAEMap(FeatureMap):
     @property
     def dictionary(self) -> torch.Tensor:
         """Unit decoder directions ``(n_features, d)`` (also the directions in the original space, since the
-        normalisation scales isotropically)."""
+        normalisation scales isotropically).
+        """
         return self.model.W_d.detach().permute(0, 2, 1).reshape(self.n_features, self.input_dim).clone()
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
+        """The SAE's weights and normalisation statistics (what :meth:`save` writes)."""
         return {**{k: v.detach() for k, v in self.model.state_dict().items()},
                 "norm_mean": self.norm_mean, "norm_scale": self.norm_scale}
 
     @classmethod
     def from_state(cls, tensors: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> SAEMap:
+        """Rebuild an SAE from :meth:`state_tensors` and :meth:`config`."""
         hp = dict(config["hparams"])
         hp["resample_at"] = tuple(hp.get("resample_at", ()))
         sae_config = SAEConfig(**hp)

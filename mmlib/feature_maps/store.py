@@ -141,7 +141,8 @@ def feature_map_key(kind: str, config: Any, embeddings: Any, threads: int | None
                     device: str | torch.device = "cpu") -> str:
     """Artifact key: kind, config, the embeddings' key (or tensor fingerprint), the code that trains the map
     (:func:`~mmlib.core.artifacts.code_version`), and, for trained kinds, the device type and the effective torch
-    thread count (on the CPU, 1 and 2 threads give different bytes after a few dozen steps)."""
+    thread count (on the CPU, 1 and 2 threads give different bytes after a few dozen steps).
+    """
     entry = kind_of(kind)
     runtime = None
     if entry.train is not None:

@@ -1,4 +1,4 @@
-"""Cached, resumable, torchrun-shardable extraction of CLIP embeddings.
+r"""Cached, resumable, torchrun-shardable extraction of CLIP embeddings.
 
 :func:`embed_dataset` turns a :class:`~mmlib.data.protocol.PairDataset` and a :class:`~mmlib.models.clip.ModelBundle`
 into :class:`Embeddings`: image and text embeddings ``(n, d)`` (exactly what ``model.encode_image`` /
@@ -12,7 +12,7 @@ an interrupted run resumes from the shards already on disk. Under ``torchrun`` e
 ``i`` with ``i % world_size == rank``, rank 0 merges them into the final artifact, and every rank returns
 it. The same command line scales from a laptop to a multi-GPU node::
 
-    torchrun --nproc_per_node 8 -m mmlib.models.embed --wds 'cc3m/{00000..00331}.tar' \\
+    torchrun --nproc_per_node 8 -m mmlib.models.embed --wds 'cc3m/{00000..00331}.tar' \
         --open-clip ViT-B-32 --pretrained openai --towers
 """
 
@@ -54,8 +54,7 @@ from mmlib.data.embeddings import Embeddings
 from mmlib.data.protocol import DatasetError, PairDataset
 from mmlib.models.clip import ModelBundle
 
-__all__ = ["EmbedConfig", "Embeddings", "encode_pairs", "resolve_device", "embedding_key", "embed_dataset",
-           "embed_splits", "main"]
+__all__ = ["EmbedConfig", "encode_pairs", "embedding_key", "embed_dataset", "embed_splits", "context_length", "main"]
 
 KIND = "embeddings"
 PARTS_KIND = "embeddings.parts"
@@ -197,7 +196,7 @@ def tensor_names(towers: bool) -> tuple[str, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class _Ranks:
-    """This process's place in a (possibly single-process) torchrun job."""
+    """The place of this process in a (possibly single-process) torchrun job."""
 
     rank: int
     world_size: int

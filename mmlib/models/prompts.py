@@ -33,7 +33,7 @@ def encode_texts(bundle: ModelBundle, texts: Sequence[str], batch_size: int = 25
     return torch.cat(chunks)
 
 
-#: How class prompts are read (PAPER.md leaves zero-shot prompting open; see the Reproduction notes).
+#: How class prompts are read (the paper leaves zero-shot prompting open; see the Reproduction notes, row 19).
 PROMPT_READINGS = ("joint", "ensemble", "single")
 
 
@@ -115,7 +115,8 @@ def zero_shot_report(bundle: ModelBundle, image_emb: torch.Tensor, split: WorldS
 
 def caption_scale(captions: torch.Tensor) -> float:
     """The mean L2 norm of caption embeddings ``(n, d)``: the scale a feature map's input normalisation is
-    fitted to."""
+    fitted to.
+    """
     captions = torch.as_tensor(captions)
     if captions.ndim != 2 or len(captions) == 0:
         raise ValueError(f"expected caption embeddings (n, d) with n >= 1, got shape {tuple(captions.shape)}")

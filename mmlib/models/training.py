@@ -1,8 +1,8 @@
 """Training tiny CLIPs on the generated world (the ``tiny`` profile's models).
 
 * **CLIP**: open_clip's own symmetric InfoNCE loss (``open_clip.ClipLoss``) with a learnable temperature.
-* **DeCLIP-like** (PAPER.md §1, [ours]): in the spirit of DeCLIP (Li et al., ICLR 2022), each step takes
-  ``batch_size / 2`` pairs and two augmented views of each image (random translation by up to ``shift`` px
+* **DeCLIP-like** ([ours], Method page `method-setting`): in the spirit of DeCLIP (Li et al., ICLR 2022), each step
+  takes ``batch_size / 2`` pairs and two augmented views of each image (random translation by up to ``shift`` px
   and brightness jitter), so it costs about as much as a CLIP step of ``batch_size`` pairs. The CLIP loss is
   averaged over both views (DeCLIP's multi-view supervision), plus two intra-modal self-supervised terms:
   image augmentation consistency (InfoNCE between the embeddings of the two views) and masked-token
@@ -277,7 +277,8 @@ def _train(world, arch, cfg, progress, eval_factors, eval_every):
 
 def model_key(world: World, arch: TinyClipArch, cfg: TrainConfig) -> str:
     """Cache key of a trained tiny model: architecture, training config, the effective torch thread count, the
-    world and the code that trains it (:func:`~mmlib.core.artifacts.code_version`)."""
+    world and the code that trains it (:func:`~mmlib.core.artifacts.code_version`).
+    """
     return stable_hash("tiny-clip", arch, cfg, {"threads": effective_threads(cfg.threads)}, world.fingerprint,
                        code_version(__name__))
 

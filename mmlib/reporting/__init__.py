@@ -1,0 +1,8 @@
+"""Layer 7: what the chapters show and record.
+
+Modules: ``chapter`` (a chapter's set-up and the numbers it binds to the prose), ``claims`` (the registry of the
+paper's claims and the verdicts the chapters record), ``prose`` (the rule and checker that every measured number in
+the prose comes from the run), ``plots`` (figures shared by the chapters).
+
+May import every layer below, and ``profiles``.
+"""

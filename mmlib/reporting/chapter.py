@@ -35,7 +35,8 @@ OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 def format_value(value: Any, fmt: str | None = None) -> str:
     """The text a number is shown as in the prose: ``format(value, fmt)``; ``"n/a"`` for NaN / None; plain
-    ``str`` for strings and for values without ``fmt`` (numpy scalars are converted to Python numbers first)."""
+    ``str`` for strings and for values without ``fmt`` (numpy scalars are converted to Python numbers first).
+    """
     if value is None:
         return "n/a"
     if isinstance(value, np.generic):
@@ -82,7 +83,8 @@ class Chapter:
 
     def glue(self, name: str, value: Any, fmt: str | None = None) -> str:
         """Bind ``value`` (formatted with ``fmt``, see :func:`format_value`) to ``{glue:text}`name``` in the prose;
-        return the text. A name can be glued once per chapter (a second glue would silently win in the book)."""
+        return the text. A name can be glued once per chapter (a second glue would silently win in the book).
+        """
         if not name.replace("_", "").isalnum():
             raise ValueError(f"glue names are letters, digits and underscores; got {name!r}")
         if name in self.glued:

@@ -18,13 +18,17 @@ import json
 import os
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pandas as pd
 
 from mmlib.core.artifacts import to_jsonable
 from mmlib.core.paths import artifacts_dir
+
+#: The environment variable that names one run of the book (set by ``book/build.py`` for every chapter it
+#: executes); verdicts record it, so the claims table can refuse a verdict left over from another run.
+RUN_ENV = "MMLIB_RUN_ID"
 
 #: The three verdicts a claim can get.
 VERDICTS = ("reproduced", "not reproduced", "inconclusive")
@@ -60,15 +64,16 @@ class Claim:
 
     @property
     def section(self) -> str:
+        """The claim's target label on the book's Method page, e.g. ``"claim-5-1a"``."""
         return "claim-" + self.id.replace(".", "-")
 
 
 #: Every claim the book tests, in the paper's order.
 CLAIMS: tuple[Claim, ...] = (
     Claim("5.1a", "The MDS mass of the feature maps leans to the image side.", "03_mds",
-          "Per trainable map (SAE, NCL) of the tiny CLIP, across map seeds: supported if the interval of mean MDS - 0.5 "
-          "lies above 0 and the interval of the world - null difference of the mean lies above 0; contradicted if "
-          f"the interval of mean MDS - 0.5 lies below 0. Combined: {COMBINED}."),
+          "Per trainable map (SAE, NCL) of the tiny CLIP, across map seeds: supported if the interval of mean "
+          "MDS - 0.5 lies above 0 and the interval of the world - null difference of the mean lies above 0; "
+          f"contradicted if the interval of mean MDS - 0.5 lies below 0. Combined: {COMBINED}."),
     Claim("5.1b", "DeCLIP separates the modalities more than CLIP (more modality-specific features).", "03_mds",
           "Separation = share of alive features with MDS < 0.1 or > 0.9. Per trainable map: supported if the interval "
           "of DeCLIP-like - CLIP lies above 0 and the interval of that difference minus the same difference in the "
@@ -88,7 +93,8 @@ CLAIMS: tuple[Claim, ...] = (
           "05_removal",
           "Per map and seed, a group's excess drop (its drop minus the mean drop of size-matched random removals) is "
           "averaged over the tasks; d = excess(CrossD) - the smallest excess of the other non-empty groups. Per map: "
-          f"supported if the interval of d over the seeds lies below 0, contradicted if above 0. Combined: {COMBINED}."),
+          f"supported if the interval of d over the seeds lies below 0, contradicted if above 0. "
+          f"Combined: {COMBINED}."),
     Claim("5.5", "Female recognition relies mostly on ImgD features; male recognition is hurt most by removing "
                  "TextD features.", "06_gender_bias",
           "Precondition: the model recognises the attribute (balanced accuracy interval above 0.5), else "
@@ -192,7 +198,8 @@ class Verdict:
 
 def judge(supported: bool, contradicted: bool) -> str:
     """``"reproduced"`` if the evidence supports the claim, ``"not reproduced"`` if it contradicts it
-    (e.g. a confidence interval excludes the claimed effect), else ``"inconclusive"``."""
+    (e.g. a confidence interval excludes the claimed effect), else ``"inconclusive"``.
+    """
     if supported and contradicted:
         raise ValueError("evidence cannot both support and contradict a claim")
     return "reproduced" if supported else "not reproduced" if contradicted else "inconclusive"
@@ -200,7 +207,8 @@ def judge(supported: bool, contradicted: bool) -> str:
 
 def combine_verdicts(verdicts: Sequence[str]) -> str:
     """One verdict from several (e.g. one per feature map): all reproduced -> ``"reproduced"``; some
-    not reproduced and none reproduced -> ``"not reproduced"``; anything else -> ``"inconclusive"``."""
+    not reproduced and none reproduced -> ``"not reproduced"``; anything else -> ``"inconclusive"``.
+    """
     verdicts = list(verdicts)
     if not verdicts or any(v not in VERDICTS for v in verdicts):
         raise ValueError(f"expected a non-empty list of verdicts from {VERDICTS}, got {verdicts}")
@@ -242,7 +250,7 @@ def record_verdicts(chapter: str, verdicts: Sequence[Verdict], profile: str = "t
     path = folder / f"{chapter}.json"
     tmp = folder / f".{chapter}.{uuid.uuid4().hex}.tmp"
     payload = {"chapter": chapter, "profile": profile, "written": datetime.now(timezone.utc).isoformat(),
-               "verdicts": [to_jsonable(v) for v in verdicts]}
+               "run": os.environ.get(RUN_ENV), "verdicts": [to_jsonable(v) for v in verdicts]}
     try:
         tmp.write_text(json.dumps(payload, indent=2))
         os.replace(tmp, path)
@@ -254,7 +262,8 @@ def record_verdicts(chapter: str, verdicts: Sequence[Verdict], profile: str = "t
 def load_verdicts(profile: str = "tiny", root: Path | None = None) -> pd.DataFrame:
     """All recorded verdicts of ``profile``, one row per claim, sorted by claim id.
 
-    Columns: claim, statement, verdict, evidence, chapter, profile, written. Empty (with those columns) if no
+    Columns: claim, statement, verdict, evidence, chapter, profile, written, run (the book run that wrote it, or
+    None outside a book build). Empty (with those columns) if no
     chapter has recorded anything yet. A recorded claim that is no longer in the registry is an error (a stale
     file: rerun the chapter).
     """
@@ -264,15 +273,16 @@ def load_verdicts(profile: str = "tiny", root: Path | None = None) -> pd.DataFra
         for v in payload["verdicts"]:
             v = Verdict(**{k: v[k] for k in ("claim", "verdict", "evidence", "chapter")})
             rows.append({**dataclasses.asdict(v), "statement": v.statement, "profile": payload["profile"],
-                         "written": payload["written"]})
-    columns = ["claim", "statement", "verdict", "evidence", "chapter", "profile", "written"]
+                         "written": payload["written"], "run": payload.get("run")})
+    columns = ["claim", "statement", "verdict", "evidence", "chapter", "profile", "written", "run"]
     return pd.DataFrame(rows, columns=columns).sort_values(["claim", "chapter"], ignore_index=True)
 
 
 def claims_table(profile: str = "tiny", root: Path | None = None) -> pd.DataFrame:
     """The registry joined with the recorded verdicts of ``profile``: one row per registered claim, in the
     registry's order, with ``rule`` and ``section``; ``verdict`` is ``"not recorded"`` where no chapter has
-    recorded one."""
+    recorded one.
+    """
     recorded = load_verdicts(profile, root).set_index("claim")
     rows = []
     for c in CLAIMS:
@@ -280,5 +290,40 @@ def claims_table(profile: str = "tiny", root: Path | None = None) -> pd.DataFram
         rows.append(dict(claim=c.id, statement=c.statement, chapter=c.chapter, rule=c.rule, section=c.section,
                          verdict=r["verdict"] if r is not None else "not recorded",
                          evidence=r["evidence"] if r is not None else "",
-                         profile=profile, written=r["written"] if r is not None else None))
+                         profile=profile, written=r["written"] if r is not None else None,
+                         run=r["run"] if r is not None else None))
     return pd.DataFrame(rows)
+
+
+def table_problems(table: pd.DataFrame, run: str | None = None, max_age: timedelta = timedelta(hours=6),
+                   now: datetime | None = None) -> list[str]:
+    """Why a :func:`claims_table` cannot be shown as this run's result (empty list: it can).
+
+    A claim without a verdict is a problem; so is a verdict from another book run (when ``run`` is given, e.g. the
+    value of :data:`RUN_ENV` in a book build) or, outside a build, one older than ``max_age``.
+    """
+    now = now or datetime.now(timezone.utc)
+    problems = []
+    for r in table.itertuples():
+        if r.verdict == "not recorded":
+            problems.append(f"claim {r.claim}: no verdict recorded; run chapter {r.chapter}")
+        elif run is not None and r.run != run:
+            problems.append(f"claim {r.claim}: recorded by another run of the book ({r.run!r}, this run is {run!r}); "
+                            f"rerun chapter {r.chapter}")
+        elif run is None and now - datetime.fromisoformat(r.written) > max_age:
+            problems.append(f"claim {r.claim}: recorded {now - datetime.fromisoformat(r.written)} ago (more than "
+                            f"{max_age}); rerun chapter {r.chapter}")
+    return problems
+
+
+def claims_markdown(table: pd.DataFrame) -> str:
+    """The claims table as a Markdown table (claim, the paper's claim, verdict, evidence, chapter) and its tally."""
+    def cell(text: object) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| claim | paper's claim | verdict | evidence | chapter |", "|---|---|---|---|---|"]
+    lines += [f"| {cell(r.claim)} | {cell(r.statement)} | **{cell(r.verdict)}** | {cell(r.evidence)} | "
+              f"{cell(r.chapter)} |" for r in table.itertuples()]
+    tally = table.verdict.value_counts().reindex([*VERDICTS, "not recorded"], fill_value=0)
+    counts = ", ".join(f"{n} {v}" for v, n in tally.items() if n or v in VERDICTS)
+    return "\n".join(lines) + f"\n\n**Tally:** {counts} (of {len(table)} claims)."

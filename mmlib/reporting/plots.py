@@ -84,7 +84,8 @@ def accuracy_bars(table: pd.DataFrame, group: str, value: str = "accuracy", titl
 
 def modality_gap_figure(image_emb: torch.Tensor, text_emb: torch.Tensor, title: str = "") -> Figure:
     """Left: the first two principal components of L2-normalised image and text embeddings.
-    Right: histograms of cosine similarity for matched and unmatched (shifted) pairs."""
+    Right: histograms of cosine similarity for matched and unmatched (shifted) pairs.
+    """
     img = F.normalize(image_emb.double(), dim=-1)
     txt = F.normalize(text_emb.double(), dim=-1)
     both = torch.cat([img, txt])
@@ -257,7 +258,8 @@ def feature_map_curves(histories: Mapping[str, Mapping[str, Sequence[float]]],
                        logy: Sequence[str] = ("loss", "l0"), title: str = "") -> Figure:
     """Training curves of feature maps (the ``history`` of :func:`mmlib.feature_maps.base.load_or_train_feature_map`):
     one panel per ``(key, y label)`` in ``panels``, one line per history (e.g. ``"SAE seed 0"``) against
-    ``step``; histories without a key are skipped in that panel; keys in ``logy`` get a log y axis."""
+    ``step``; histories without a key are skipped in that panel; keys in ``logy`` get a log y axis.
+    """
     fig, axes = plt.subplots(1, len(panels), figsize=(3.9 * len(panels), 3.3), squeeze=False)
     for ax, (key, label) in zip(axes[0], panels):
         for name, h in histories.items():
@@ -362,7 +364,8 @@ def excess_by_value(table: pd.DataFrame, panel: str = "map", worlds: Sequence[st
     """Per panel (e.g. feature map): each value's ``measure`` (excess drop) per removed group, one dot per seed
     (filled: first world, hollow: the others, e.g. the null world) and a line at the mean.
 
-    ``table`` has columns ``panel``, ``world``, ``value``, ``group``, ``measure`` (one row per seed)."""
+    ``table`` has columns ``panel``, ``world``, ``value``, ``group``, ``measure`` (one row per seed).
+    """
     panels = list(dict.fromkeys(table[panel]))
     values = list(dict.fromkeys(table["value"]))
     colours = dict(zip(groups, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
@@ -428,7 +431,8 @@ def adversarial_examples(clean: np.ndarray | torch.Tensor, adv: np.ndarray | tor
     """Benign images (top row), their adversarial versions (middle) and the perturbation (bottom, stretched to
     the full grey range; mid-grey = 0), with one title per image.
 
-    ``clean`` and ``adv`` are pixels ``(n, 3, H, W)`` in [0, 1] or uint8 ``(n, H, W, 3)``."""
+    ``clean`` and ``adv`` are pixels ``(n, 3, H, W)`` in [0, 1] or uint8 ``(n, H, W, 3)``.
+    """
     def hwc(x: np.ndarray | torch.Tensor) -> np.ndarray:
         x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
         return (x.transpose(0, 2, 3, 1) if x.shape[1] == 3 and x.shape[-1] != 3 else x.astype(float) / 255)

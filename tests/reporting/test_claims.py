@@ -87,3 +87,23 @@ def test_combine_verdicts():
         combine_verdicts([])
     with pytest.raises(ValueError):
         combine_verdicts(["maybe"])
+
+
+def test_table_problems_and_markdown(tmp_path, monkeypatch):
+    from datetime import datetime, timedelta, timezone
+
+    from mmlib.reporting.claims import RUN_ENV, claims_markdown, table_problems
+
+    monkeypatch.setenv(RUN_ENV, "run-1")
+    record_verdicts("03_mds", [_v("5.1a"), _v("5.1b", "inconclusive")], root=tmp_path)
+    table = claims_table(root=tmp_path)
+    problems = table_problems(table, run="run-1")
+    assert len(problems) == 12 and all("no verdict recorded" in p for p in problems)
+    assert any("another run" in p for p in table_problems(table, run="run-2"))
+    later = datetime.now(timezone.utc) + timedelta(hours=7)
+    assert any("ago" in p for p in table_problems(table, now=later))
+    done = table[table.claim.isin(["5.1a", "5.1b"])]
+    assert table_problems(done, run="run-1") == [] and table_problems(done) == []
+    text = claims_markdown(done)
+    assert text.count("\n|") == 3 and "**reproduced**" in text
+    assert "1 reproduced, 0 not reproduced, 1 inconclusive (of 2 claims)" in text

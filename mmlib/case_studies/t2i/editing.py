@@ -1,4 +1,4 @@
-"""Text-to-image editing in feature space (PAPER.md §5 item 7): move a reference image's ImgD / TextD / CrossD
+"""Text-to-image editing in feature space (Method page, `claim-5-7a` / `claim-5-7b`): move a reference image's ImgD / TextD / CrossD
 features toward a text prompt's, decode to an embedding, generate, and read what the image shows.
 
 The paper's claim: larger interventions on TextD features give stronger control of high-level semantics,

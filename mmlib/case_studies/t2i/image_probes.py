@@ -250,7 +250,8 @@ def load_or_train_probes(images: np.ndarray, labels: Mapping[str, np.ndarray], n
                          config: ProbeConfig = ProbeConfig(), progress: bool = False,
                          root: Path | None = None) -> TrainedProbes:
     """The probes trained on ``(images, labels)`` with ``config``: loaded from the artifact store, or trained
-    (:func:`train_probes`) and stored."""
+    (:func:`train_probes`) and stored.
+    """
     y = _check_labels(images, labels, config)
     data = tensor_fingerprint({"images": torch.as_tensor(np.ascontiguousarray(images)),
                                **{f"y_{f}": torch.from_numpy(v) for f, v in y.items()}})

@@ -252,7 +252,8 @@ class EmbeddingDecoder:
 
     def predict_noise(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """The UNet's noise prediction ``(n, 3, r, r)`` for noisy images ``x``, timesteps ``t (n,)`` and
-        conditioning vectors ``c (n, d)`` (zeros = unconditional)."""
+        conditioning vectors ``c (n, d)`` (zeros = unconditional).
+        """
         class_labels = c if self.config.conditioning == "class" else None
         return self.unet(x, t, encoder_hidden_states=c[:, None, :], class_labels=class_labels).sample
 
@@ -272,7 +273,8 @@ class EmbeddingDecoder:
 
     def noise_for_seeds(self, seeds: np.ndarray | list[int]) -> torch.Tensor:
         """Starting noise ``(n, 3, r, r)`` with row ``i`` drawn from its own generator seeded ``seeds[i]`` (the
-        same seed gives the same noise in any batch: common random numbers for the edits of one reference)."""
+        same seed gives the same noise in any batch: common random numbers for the edits of one reference).
+        """
         r = self.config.resolution
         rows = [torch.randn(3, r, r, generator=torch.Generator().manual_seed(int(s))) for s in np.asarray(seeds)]
         return torch.stack(rows) if rows else torch.zeros(0, 3, r, r)
@@ -482,7 +484,8 @@ def load_or_train_decoder(images: np.ndarray, embeddings: torch.Tensor | np.ndar
                           config: DecoderConfig = DecoderConfig(), progress: bool = False,
                           root: Path | None = None) -> TrainedDecoder:
     """The decoder trained on ``(images, embeddings)`` with ``config``: loaded from the artifact store, or
-    trained (:func:`train_decoder`) and stored (safetensors weights + JSON config and history)."""
+    trained (:func:`train_decoder`) and stored (safetensors weights + JSON config and history).
+    """
     embeddings = torch.as_tensor(embeddings).float()
     key = decoder_key(images, embeddings, config)
     trained_now = False
