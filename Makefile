@@ -1,6 +1,7 @@
 # The README's commands. Run from the repository root.
-#   make test       set up .venv, run the unit tests, then check the notebooks (nbval)
+#   make test       set up .venv, lint (ruff), run the unit tests, then check the notebooks (nbval)
 #   make book       set up .venv, execute every notebook (profile "tiny"), build the book into _build/html
+#   make check-determinism   build the book twice from two empty artifact stores and compare the claims tables
 #   make clean      remove _build/ and notebooks/_executed/ (keeps artifacts/: trained models are expensive)
 #   make distclean  clean, and remove artifacts/ and .venv/ too
 
@@ -25,7 +26,10 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(SYSTEM_PATH)
 # for every configured local index that lacks it; that line, and only that line, is filtered out.
 PIP_NOISE := ^WARNING: Location '[^']*' is ignored: it is neither a file nor a directory\.$$
 
-.PHONY: help test book clean distclean
+.PHONY: help test book clean distclean check-determinism
+
+# Where check-determinism keeps its two artifact stores and the first run's claims table.
+DETERMINISM_DIR ?= _determinism
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -37,6 +41,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 test: $(STAMP)
+	$(PY) -m ruff check .
 	$(PY) -m pytest tests
 	@shopt -s nullglob; nbs=(notebooks/[0-9]*.ipynb); \
 	if [ $${#nbs[@]} -eq 0 ]; then echo "==> No notebooks yet: notebook checks skipped"; exit 0; fi; \
@@ -47,8 +52,14 @@ book: $(STAMP)
 	rm -rf _build
 	$(PY) book/build.py
 
+check-determinism: $(STAMP)
+	rm -rf $(DETERMINISM_DIR) && mkdir -p $(DETERMINISM_DIR)
+	MMLIB_ARTIFACTS=$(CURDIR)/$(DETERMINISM_DIR)/a $(PY) book/build.py
+	cp _build/claims.json $(DETERMINISM_DIR)/claims_a.json
+	MMLIB_ARTIFACTS=$(CURDIR)/$(DETERMINISM_DIR)/b $(PY) book/build.py --compare-claims $(DETERMINISM_DIR)/claims_a.json
+
 clean:
 	rm -rf _build notebooks/_executed
 
 distclean: clean
-	rm -rf artifacts $(VENV) .pytest_cache .hypothesis
+	rm -rf artifacts $(DETERMINISM_DIR) $(VENV) .pytest_cache .hypothesis

@@ -39,15 +39,18 @@ class MemoryPairs:
 
     @property
     def fingerprint(self) -> str:
+        """A fingerprint of the benchmark corpus (for the cache key)."""
         return self._fingerprint
 
     def __len__(self) -> int:
         return len(self.images)
 
     def image(self, index: int) -> Image.Image:
+        """Image ``index``."""
         return self.images[index]
 
     def caption(self, index: int) -> str:
+        """Caption ``index``."""
         return self.captions[index]
 
 

@@ -43,8 +43,9 @@ def import_overcomplete_sae() -> ModuleType:
 
 def train_overcomplete(x: torch.Tensor, n_latents: int, k: int, epochs: int, rows_per_step: int, lr: float,
                        seed: int) -> tuple[torch.nn.Module, float]:
-    """overcomplete's TopK SAE on rows ``x`` ``(n, d)`` as in its README; returns the model (eval mode) and
-    the training seconds."""
+    """Overcomplete's TopK SAE on rows ``x`` ``(n, d)`` as in its README; returns the model (eval mode) and
+    the training seconds.
+    """
     oc = import_overcomplete_sae()
     torch.manual_seed(seed)  # overcomplete initialises from torch's global generator
     model = oc.TopKSAE(x.shape[1], nb_concepts=n_latents, top_k=k, device="cpu")

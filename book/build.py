@@ -36,6 +36,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from pathlib import Path
 from typing import NoReturn
 
@@ -53,6 +54,10 @@ ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 #: (mmlib/reporting/prose.py). Off until the chapters bind their numbers with glue; tests/test_notebooks.py
 #: reads the same flag.
 ENFORCE_PROSE_NUMBERS = False
+#: The environment variable naming one run of the book (mmlib.reporting.claims.RUN_ENV).
+RUN_ENV = "MMLIB_RUN_ID"
+#: The claims table of the last build, without timestamps or run ids: two builds are compared on this file.
+CLAIMS_FILE = BUILD / "claims.json"
 
 
 def say(msg: str = "") -> None:
@@ -99,6 +104,8 @@ def kernel_env(profile: str) -> None:
         # A stray `pretrained=` must fail at once instead of retrying for ~47 s (see ENV.md).
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    # One id per build: every chapter records it with its verdicts, and the claims table refuses any other.
+    os.environ.setdefault(RUN_ENV, f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}")
     os.environ.pop("MPLBACKEND", None)  # ipykernel's inline backend, so that figures land in the notebook
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # debugpy's "frozen modules" note
     os.environ.setdefault("JUPYTER_PLATFORM_DIRS", "1")  # jupyter_core's path-migration note
@@ -155,7 +162,8 @@ def execute(names: list[str], profile: str, log_output: bool, cell_timeout: int 
     logging.basicConfig(level=logging.INFO if log_output else logging.WARNING, format="%(message)s")
     missing = [n for n in names if not (REPO / SOURCE_DIR / f"{n}.ipynb").is_file()]
     if missing:
-        fail("source notebooks listed in _toc.yml do not exist: " + ", ".join(f"{SOURCE_DIR}/{n}.ipynb" for n in missing))
+        fail("source notebooks listed in _toc.yml do not exist: "
+             + ", ".join(f"{SOURCE_DIR}/{n}.ipynb" for n in missing))
     no_params = [n for n in names if not has_parameters_cell(REPO / SOURCE_DIR / f"{n}.ipynb")]
     if no_params:
         fail("notebooks without a cell tagged 'parameters' (the profile is set there): " + ", ".join(no_params))
@@ -189,7 +197,8 @@ def execute(names: list[str], profile: str, log_output: bool, cell_timeout: int 
             tb = ANSI.sub("", "\n".join(e.traceback or []))
             fail(
                 f"notebook {SOURCE_DIR}/{name}.ipynb failed after {elapsed:.1f} s\n"
-                f"  in cell In [{e.exec_count}] (cell index {e.cell_index} of the executed copy): {e.ename}: {e.evalue}\n"
+                f"  in cell In [{e.exec_count}] (cell index {e.cell_index} of the executed copy): "
+                f"{e.ename}: {e.evalue}\n"
                 f"  --- cell source ---\n{textwrap.indent(e.source or '', '  | ')}\n"
                 f"  --- traceback ---\n{textwrap.indent(tb, '  ')}\n"
                 f"  The executed copy with the error is {dst.relative_to(REPO)}"
@@ -265,7 +274,8 @@ def check_html() -> None:
         rel = page.relative_to(html)
         for m in EXTERNAL.finditer(text):
             tag = m.group(0)
-            if tag.lower().startswith("<link") and not re.search(r"rel=[\"'](?:stylesheet|preload|modulepreload|icon)", tag):
+            loads = re.search(r"rel=[\"'](?:stylesheet|preload|modulepreload|icon)", tag)
+            if tag.lower().startswith("<link") and not loads:
                 continue  # ordinary hyperlinks in <link rel="next"> etc. load nothing
             problems.append(f"{rel}: loads {m.group(1)} from the network")
         if 'class="math' in text and "_static/mathjax/tex-mml-chtml.js" not in text:
@@ -284,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-nitpicky", action="store_true", help="build without -n")
     p.add_argument("--log-output", action="store_true", help="stream the notebooks' outputs while executing")
     p.add_argument("--cell-timeout", type=int, default=None, help="papermill per-cell timeout in seconds")
+    p.add_argument("--compare-claims", metavar="JSON", default=None,
+                   help="fail unless this run's claims table equals this earlier _build/claims.json")
     args = p.parse_args(argv)
 
     os.chdir(REPO)
@@ -327,8 +339,36 @@ def main(argv: list[str] | None = None) -> int:
             indent=2,
         )
     )
+    if not args.no_execute:
+        write_claims(args.profile)
+        if args.compare_claims:
+            compare_claims(Path(args.compare_claims))
     say(f"==> Book built: {(BUILD / 'html' / 'index.html').relative_to(REPO)}")
     return 0
+
+
+# --------------------------------------------------------------------------- the claims of this run
+def write_claims(profile: str) -> None:
+    """Write this run's claims table (claim, chapter, verdict, evidence) to :data:`CLAIMS_FILE`."""
+    sys.path.insert(0, str(REPO))
+    from mmlib.reporting.claims import claims_table
+
+    table = claims_table(profile)[["claim", "chapter", "verdict", "evidence"]]
+    CLAIMS_FILE.write_text(json.dumps({"profile": profile, "claims": table.to_dict(orient="records")}, indent=2,
+                                      ensure_ascii=False) + "\n")
+    say(f"==> Claims table of this run: {CLAIMS_FILE.relative_to(REPO)}")
+
+
+def compare_claims(other: Path) -> None:
+    """Fail unless this run's claims table equals ``other`` (a :data:`CLAIMS_FILE` of an earlier run)."""
+    if not other.is_file():
+        fail(f"--compare-claims {other}: no such file (copy _build/claims.json of an earlier build there)")
+    mine, theirs = json.loads(CLAIMS_FILE.read_text()), json.loads(other.read_text())
+    diffs = [f"  {a['claim']}: {a['verdict']!r} / {a['evidence']!r}\n   vs {b['verdict']!r} / {b['evidence']!r}"
+             for a, b in zip(mine["claims"], theirs["claims"]) if a != b]
+    if len(mine["claims"]) != len(theirs["claims"]) or diffs:
+        fail(f"the claims table differs from {other}:\n" + "\n".join(diffs))
+    say(f"==> Claims table identical to {other} ({len(mine['claims'])} claims)")
 
 
 if __name__ == "__main__":

@@ -141,7 +141,8 @@ CELEBA_FIXTURE_ATTRIBUTES = ("5_o_Clock_Shadow", "Eyeglasses", "Male", "Smiling"
 def make_celeba(tmp_path: Path) -> Callable[..., Path]:
     """``make(n=12, partitions=True)`` -> a folder in CelebA's exact layout: ``list_attr_celeba.txt`` (count,
     names, then ``000001.jpg -1  1 ...`` rows, values padded as CelebA pads them), ``img_align_celeba/*.jpg``
-    and ``list_eval_partition.txt`` (image ``i`` in partition ``i % 3``). ``Male`` is +1 for odd ``i``."""
+    and ``list_eval_partition.txt`` (image ``i`` in partition ``i % 3``). ``Male`` is +1 for odd ``i``.
+    """
     def make(n: int = 12, partitions: bool = True) -> Path:
         root = tmp_path / "celeba"
         (root / "img_align_celeba").mkdir(parents=True)

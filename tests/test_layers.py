@@ -1,5 +1,6 @@
 """The package's layers (``mmlib.LAYERS``): no module imports a layer above its own or a sibling layer of the
-same rank, the module import graph has no cycle, and every module imports."""
+same rank, the module import graph has no cycle, and every module imports.
+"""
 
 from __future__ import annotations
 

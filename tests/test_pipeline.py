@@ -1,5 +1,6 @@
 """Pipeline: one call gives the world, its models and cached embeddings; a second call reuses them all; one call
-gives every (world, model, map, seed) with its map, MDS in both forms and categories, on either profile."""
+gives every (world, model, map, seed) with its map, MDS in both forms and categories, on either profile.
+"""
 
 from __future__ import annotations
 

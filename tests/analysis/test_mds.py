@@ -168,7 +168,8 @@ def test_small_blocks_and_read_only_memmaps(tmp_path):
 @pytest.mark.parametrize("form", ["paired", "aggregate"])
 def test_subnormal_activations_count_like_any_other(form):
     """Regression (found by hypothesis): a pair active only at a subnormal level (1e-45 on the image side) used
-    to count as active with a ratio of 0, because the denominator was clamped to the smallest normal float."""
+    to count as active with a ratio of 0, because the denominator was clamped to the smallest normal float.
+    """
     a_i = np.full((6, 3), 1e-45, dtype=np.float32)
     a_i[0] = 1.0
     r = modality_dominance(a_i, np.zeros_like(a_i), form=form)

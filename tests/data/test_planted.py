@@ -84,7 +84,8 @@ def test_atom_recovery_hand_values():
 def test_sae_recovers_the_planted_atoms_at_the_right_sparsity():
     """Acceptance: at least 90 % of the atoms (64 atoms in d = 64: 32 shared, 16 image-only, 16 text-only; 3 active
     per embedding; modality gap 1) have a decoder direction within cosine 0.9, at about the planted L0 (the true
-    atoms plus the latent that encodes each modality's offset)."""
+    atoms plus the latent that encodes each modality's offset).
+    """
     data = generate_planted(PlantedConfig(), 4000)
     fmap, _ = train_sae(data, SAEConfig(K=256, l1_coef=0.3), progress=False, threads=1)
     recovery = atom_recovery(fmap.dictionary, data.dictionary)

@@ -125,7 +125,8 @@ def test_factor_table_lists_ladders():
 def test_prompts_and_captions():
     shape = default_factors()[0]
     assert prompt(shape, 0) == "a photo of a circle"
-    assert compose_caption({"colour": "red", "shape": "square", "owner": "bob"}) == "a photo of a red square owned by bob"
+    caption = compose_caption({"colour": "red", "shape": "square", "owner": "bob"})
+    assert caption == "a photo of a red square owned by bob"
     assert compose_caption({"size": "huge"}, prefix="") == "a huge object"
 
 

@@ -117,7 +117,8 @@ def test_reconstruction_report_and_retention_of_a_perfect_map():
 
 def test_retention_maps_prompt_sets_row_by_row():
     """Class embeddings ``(c, p, d)`` (several prompts per class) are mapped prompt by prompt, for maps with
-    and without a decoder (whose features have another width than ``d``)."""
+    and without a decoder (whose features have another width than ``d``).
+    """
     image = torch.tensor([[1.0, 0.1], [0.1, 1.0], [0.9, 0.0]])
     prompts = torch.tensor([[[1.0, 0.0], [0.0, -1.0]], [[0.0, 1.0], [-1.0, 0.0]]])   # (2 classes, 2 prompts, d)
     labels = torch.tensor([0, 1, 0])

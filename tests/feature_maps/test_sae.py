@@ -1,5 +1,6 @@
 """The multimodal SAE: config validation, model invariants, storage, determinism, and a cross-check against
-the overcomplete library."""
+the overcomplete library.
+"""
 
 from __future__ import annotations
 
@@ -189,7 +190,8 @@ def test_map_records_its_source(trained):
 @pytest.mark.slow
 def test_fvu_matches_overcomplete_at_equal_l0(load_benchmark):
     """Both TopK SAEs (same K, k, epochs, rows per step, lr) on the same planted embeddings: ours is within 0.02
-    FVU of overcomplete's, or better (``benchmarks/bench_sae.py`` runs the full-size comparison)."""
+    FVU of overcomplete's, or better (``benchmarks/bench_sae.py`` runs the full-size comparison).
+    """
     if importlib.util.find_spec("overcomplete") is None:
         pytest.skip("overcomplete (a test dependency) is not installed")
     result = load_benchmark("bench_sae").compare(n=2000, n_latents=128, k=4, epochs=20, batch_pairs=128, lr=3e-3,

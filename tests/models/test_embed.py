@@ -36,7 +36,6 @@ def batch(bundle: ModelBundle, dataset, n: int) -> tuple[torch.Tensor, torch.Ten
 @pytest.fixture
 def count_batches(monkeypatch):
     """Wrap ``encode_pairs``: returns a list that records each batch size; ``fail_after`` raises then."""
-
     real = embed.encode_pairs
 
     def install(fail_after: int | None = None) -> list[int]:
