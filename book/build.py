@@ -8,7 +8,7 @@
    failure stops the build with the notebook's name and the failing cell's error. In each executed copy the
    notebook's own ``parameters`` cell is tagged ``remove-cell``: the page shows the parameters once, in the cell
    papermill injected (``# Parameters``), i.e. the profile the page was actually built with.
-   If ``ENFORCE_PROSE_NUMBERS`` is true, the prose is then checked (:func:`check_prose`): no measured number
+   The prose is then checked (:func:`check_prose`): no measured number
    typed by hand into a Markdown cell, and every glue key used is glued (``mmlib/reporting/prose.py``).
 2. ``jupyter-book build`` renders the book into ``_build/html`` with warnings as errors (``-W -n``).
 3. The output is checked: every toc page exists, pages with formulas load the local MathJax, and no page
@@ -50,10 +50,6 @@ EXECUTED_DIR = "notebooks/_executed"
 KERNEL = "python3"
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
-#: Fail the build on hand-typed measured numbers in the chapters' prose and on inconsistent glue
-#: (mmlib/reporting/prose.py). Off until the chapters bind their numbers with glue; tests/test_notebooks.py
-#: reads the same flag.
-ENFORCE_PROSE_NUMBERS = False
 #: The environment variable naming one run of the book (mmlib.reporting.claims.RUN_ENV).
 RUN_ENV = "MMLIB_RUN_ID"
 #: The claims table of the last build, without timestamps or run ids: two builds are compared on this file.
@@ -212,12 +208,12 @@ def execute(names: list[str], profile: str, log_output: bool, cell_timeout: int 
     return times
 
 
-# --------------------------------------------------------------------------- prose check (ENFORCE_PROSE_NUMBERS)
+# --------------------------------------------------------------------------- prose check
 def check_prose(names: list[str], profile: str = "tiny") -> None:
     """No hand-typed measured number in the sources' Markdown, consistent glue in the executed copies.
 
     ``mmlib.reporting.prose.check_notebook`` runs on ``notebooks/<name>.ipynb`` (design constants: the notebook's
-    code literals and the ``profile``'s fields) and ``check_glue`` on ``notebooks/_executed/<name>.ipynb`` where it
+    declared constants and the ``profile``'s fields) and ``check_glue`` on ``notebooks/_executed/<name>.ipynb`` where it
     exists. Any problem fails the build with the full list.
     """
     if str(REPO) not in sys.path:
@@ -231,7 +227,7 @@ def check_prose(names: list[str], profile: str = "tiny") -> None:
         if executed.is_file():
             glue += check_glue(executed)
     if violations or glue:
-        fail("the chapters' prose (ENFORCE_PROSE_NUMBERS):\n"
+        fail("the chapters' prose holds hand-typed measured numbers or inconsistent glue:\n"
              + format_report(violations, glue, notebooks=[f"{REPO / SOURCE_DIR / n}.ipynb" for n in names]))
     say(f"==> Prose of {len(names)} chapter(s): no hand-typed measured number, glue consistent")
 
@@ -315,8 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         check_kernel()
         times = execute(names, args.profile, args.log_output, args.cell_timeout)
     t_exec = time.perf_counter() - t_start
-    if ENFORCE_PROSE_NUMBERS:
-        check_prose(names)
+    check_prose(names)
 
     if not args.keep_build:
         shutil.rmtree(BUILD, ignore_errors=True)

@@ -1,4 +1,6 @@
-"""The committed notebooks: no outputs, cell ids, a papermill parameters cell, and every one in the toc."""
+"""The committed notebooks: no outputs, cell ids, a papermill parameters cell, every one in the toc; the chapter
+contract (the method in short cells, plumbing hidden, no local helpers, the Method page cited, numbers from the run).
+"""
 
 from __future__ import annotations
 
@@ -51,11 +53,6 @@ def _book_build():
 
 
 BOOK_BUILD = _book_build()
-ENFORCE = BOOK_BUILD.ENFORCE_PROSE_NUMBERS
-
-
-@pytest.mark.skipif(not ENFORCE, reason="book/build.py ENFORCE_PROSE_NUMBERS is False until the chapters bind their "
-                                        "numbers with glue (python -m mmlib.reporting.prose notebooks/*.ipynb)")
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_prose_has_no_hand_typed_measured_numbers(path):
     from mmlib.reporting.prose import check_notebook, format_report
@@ -82,3 +79,48 @@ def test_executed_copies_show_the_parameters_once(tmp_path):
     nb["cells"].pop(1)  # nothing injected (not run by papermill): the original stays visible
     path.write_text(json.dumps(nb), encoding="utf8")
     assert not BOOK_BUILD.hide_duplicate_parameters(path)
+
+
+# --------------------------------------------------------------------------- the chapter contract
+MAX_CELL_LINES = 15
+LONG_CELL_MARK = "# longer than 15 lines:"
+
+
+def _code_cells(path):
+    return [c for c in json.loads(path.read_text(encoding="utf8"))["cells"] if c["cell_type"] == "code"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_chapters_read_as_the_method(path):
+    """Short code cells (a longer one says why), no helper defined in a notebook, the setup cell right after the
+    parameters hidden and calling start_chapter, no citation of a file the book does not ship.
+    """
+    code = _code_cells(path)
+    long = [c["id"] for c in code if len("".join(c["source"]).strip().splitlines()) > MAX_CELL_LINES
+            and not "".join(c["source"]).lstrip().startswith(LONG_CELL_MARK)]
+    assert not long, f"code cells over {MAX_CELL_LINES} lines without a '{LONG_CELL_MARK} <why>' first line: {long}"
+    defs = [c["id"] for c in code
+            if any(line.startswith(("def ", "class ")) for line in "".join(c["source"]).splitlines())]
+    assert not defs, f"helpers defined in the notebook (cells {defs}): move them into mmlib, with a test"
+    params = next(i for i, c in enumerate(code) if "parameters" in c.get("metadata", {}).get("tags", []))
+    setup = code[params + 1]
+    assert "hide-input" in setup.get("metadata", {}).get("tags", []), "tag the setup cell hide-input"
+    assert f'start_chapter("{path.stem}", profile' in "".join(setup["source"]), "the setup cell calls start_chapter"
+    text = path.read_text(encoding="utf8")
+    assert "PAPER.md" not in text, "cite the book's Method page ({ref}`method-...`), not PAPER.md"
+    for forbidden in ("os.environ.setdefault(\"HF_HUB_OFFLINE\"", "threadpool_limits(", "warnings.filterwarnings("):
+        assert forbidden not in text, f"{forbidden!r}: start_chapter does this"
+
+
+def test_the_contract_test_catches_a_violation(tmp_path):
+    """The checks above can fail: a notebook with a local helper and an unhidden setup cell is refused."""
+    nb = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
+        {"cell_type": "markdown", "id": "a", "metadata": {}, "source": "# 42 · x"},
+        {"cell_type": "code", "id": "b", "metadata": {"tags": ["parameters"]}, "source": 'profile = "tiny"',
+         "outputs": [], "execution_count": None},
+        {"cell_type": "code", "id": "c", "metadata": {}, "source": "def helper():\n    return 1",
+         "outputs": [], "execution_count": None}]}
+    path = tmp_path / "42_x.ipynb"
+    path.write_text(json.dumps(nb), encoding="utf8")
+    with pytest.raises(AssertionError, match="helpers defined"):
+        test_chapters_read_as_the_method(path)

@@ -87,10 +87,13 @@ class chapter_table(nodes.General, nodes.Element):
 
 
 class ChapterTable(SphinxDirective):
+    """The ``{chapter-table}`` directive: a placeholder node filled with every chapter of the toc."""
+
     has_content = False
     option_spec = {"class": directives.class_option}
 
     def run(self):
+        """The placeholder node (filled once all documents are read)."""
         node = chapter_table()
         node["classes"] = ["mmbook-chapters", *self.options.get("class", [])]
         return [node]

@@ -3,7 +3,10 @@
 Modules: ``mds`` (the Modality Dominance Score, paired and aggregate, streamed), ``categories`` (ImgD / TextD /
 CrossD rules, feature masks and size-matched random sets), ``embsim`` (top-m samples, EmbSim, WinRate, purity),
 ``zero_shot`` (zero-shot scoring, linear probes, the modality gap), ``retrieval`` (retrieval ranks and recall@k),
-``planted_truth`` (the book's tests against planted truth: class accuracy, MI matching, MDS vs ideal MDS, null world).
+and the book's tests against planted truth and controls: ``planted_truth`` (class accuracy, MI matching, MDS vs
+ideal MDS), ``null_world`` (world against null-world differences), ``alignment`` (categories against the classes the
+planted roles expect), ``towers`` (feature maps on the towers' activations before the projection), ``world_checks``
+(the generated world against its plan) and ``embedding_checks`` (the modality gap and probe inputs).
 
 May import ``core`` and ``data``.
 """

@@ -1,6 +1,7 @@
 """Interpretability of features without an external judge: EmbSim, WinRate and ground-truth purity.
 
-Definitions ([ours], Method page `method-interpretability`; the paper uses the top ``m = 20`` samples and gives no formula):
+Definitions ([ours], Method page `method-interpretability`; the paper uses the top ``m = 20`` samples and gives no
+formula):
 
 * **top-m samples** of feature ``k`` on one side (images or captions): the ``m`` samples with the largest
   activation ``a[:, k]`` (:func:`top_samples`; streamed over chunks, ties broken by the order of ``torch.topk``).
@@ -34,6 +35,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from mmlib.analysis.categories import CLASSES, Categories
 from mmlib.core.stats import mean_bootstrap_ci
 
 ArrayLike = torch.Tensor | np.ndarray
@@ -62,6 +64,7 @@ class TopSamples:
 
     @property
     def m(self) -> int:
+        """The number of top samples kept per feature."""
         return self.indices.shape[1]
 
     @property
@@ -296,6 +299,42 @@ def m_sweep(activations: ArrayLike, embeddings: ArrayLike, ms: Sequence[int] = M
             row["purity"] = float(np.nanmean(p)) if np.isfinite(p).any() else np.nan
             row["purity_ci_low"], row["purity_ci_high"] = mean_bootstrap_ci(p, n_boot, seed, confidence)
             row["purity_chance"] = float(np.nanmean(pur["chance"])) if np.isfinite(p).any() else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def class_interpretability(sims: np.ndarray, purities: np.ndarray, categories: Categories,
+                           random: np.ndarray, n_boot: int = 200, seed: int = 0,
+                           min_features: int = 2) -> pd.DataFrame:
+    """EmbSim, WinRate (a) and purity of one map on one side, per class.
+
+    Parameters
+    ----------
+    sims : (K,) EmbSim of the features (NaN: not scored, :func:`embsim`)
+    purities : (K,) best-factor purity of their top-m samples (:func:`best_purity`)
+    categories : the features' classes ``(K,)``
+    random : EmbSim of random m-sets (:func:`random_embsim`), the reference of WinRate (a)
+    n_boot, seed : bootstrap of WinRate (a)
+    min_features : a class with fewer scored features gets no scores (NaN)
+
+    Returns
+    -------
+    DataFrame, one row per class: ``category``, ``n_scored`` and, with enough scored features, ``embsim``
+    (mean), ``winrate`` (WinRate (a)) and ``purity`` (mean over the scored features).
+    """
+    sims, purities = np.asarray(sims, dtype=float), np.asarray(purities, dtype=float)
+    if not len(sims) == len(purities) == len(categories.labels):
+        raise ValueError(f"{len(sims)} EmbSim values, {len(purities)} purities and {len(categories.labels)} "
+                         "categorised features")
+    rows = []
+    for c in CLASSES:
+        keep = categories.mask(c) & np.isfinite(sims)
+        row: dict[str, object] = dict(category=c, n_scored=int(keep.sum()), embsim=np.nan, winrate=np.nan,
+                                      purity=np.nan)
+        if keep.sum() >= min_features:
+            row.update(embsim=float(np.mean(sims[keep])),
+                       winrate=winrate_vs_random(sims[keep], random, n_boot=n_boot, seed=seed).value,
+                       purity=float(np.nanmean(purities[keep])))
         rows.append(row)
     return pd.DataFrame(rows)
 

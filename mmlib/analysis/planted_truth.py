@@ -1,4 +1,5 @@
-"""Testing MDS against planted truth, the book's addition to the paper (Method page, `method-controls` and `method-probe`).
+"""Testing MDS against planted truth, the book's addition to the paper (Method page, `method-controls` and
+`method-probe`).
 
 Three levels:
 
@@ -23,8 +24,9 @@ import torch
 from scipy import stats as sps
 
 from mmlib.analysis.categories import CLASSES, DEAD, Categories, CategoryRule, categorise
-from mmlib.analysis.mds import MDSResult
-from mmlib.core.stats import bootstrap_ci, proportion_ci
+from mmlib.analysis.mds import MDSResult, modality_dominance
+from mmlib.core.stats import bootstrap_ci, format_ci, proportion_ci
+from mmlib.data.planted import PlantedData
 from mmlib.data.world import Factor, ideal_mds
 
 #: Planted atom class -> the category MDS should assign (both spellings: ``mmlib.data.planted.ATOM_CLASSES`` uses
@@ -105,15 +107,120 @@ def class_accuracy(predicted: Categories | Sequence[str], planted: Sequence[str 
                          n_excluded=int((~keep).sum()), per_class=pd.DataFrame(rows), confusion=confusion)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class PlantedFeatures:
+    """The features of a map trained on a planted dictionary: their MDS and the atom each one matches best.
+
+    Attributes
+    ----------
+    mds : MDSResult
+        MDS of the ``K`` features on the planted pairs.
+    cosine : (K,) float array
+        Cosine similarity of each feature's (decoder) direction with its best-matching atom.
+    atom : (K,) int array
+        Index of that atom in the planted dictionary.
+    atom_class : (K,) array of str
+        Its planted class (``"shared"``, ``"image"``, ``"text"``).
+    n_atoms : int
+        Atoms in the planted dictionary.
+    """
+
+    mds: MDSResult
+    cosine: np.ndarray
+    atom: np.ndarray
+    atom_class: np.ndarray
+    n_atoms: int
+
+    def matched(self, min_cosine: float) -> np.ndarray:
+        """``(K,)`` bool: the feature matches an atom with cosine ``>= min_cosine``."""
+        return self.cosine >= min_cosine
+
+    def labels(self, min_cosine: float) -> np.ndarray:
+        """``(K,)`` object array: the planted class of each matched feature's atom, ``None`` for the others."""
+        return np.where(self.matched(min_cosine), self.atom_class, None)
+
+    def atoms_covered(self, min_cosine: float) -> int:
+        """How many distinct atoms the matched features cover."""
+        return int(len(np.unique(self.atom[self.matched(min_cosine)])))
+
+    def accuracy(self, min_cosine: float, rule: CategoryRule | str = "sigma") -> ClassAccuracy:
+        """:func:`class_accuracy` of the categories under ``rule`` against the matched features' planted classes."""
+        return class_accuracy(categorise(self.mds, rule), self.labels(min_cosine))
+
+
+def planted_features(data: PlantedData, directions: torch.Tensor | np.ndarray,
+                     a_image: torch.Tensor | np.ndarray, a_text: torch.Tensor | np.ndarray) -> PlantedFeatures:
+    """Method-level read-out of a feature map trained on planted pairs.
+
+    Parameters
+    ----------
+    data : PlantedData
+        The planted pairs and their dictionary ``(A, d)``.
+    directions : (K, d) tensor
+        Each feature's direction in the embedding space (an SAE's decoder rows, ``sae.dictionary``).
+    a_image, a_text : (n, K) tensors
+        The map's activations on the ``n`` planted pairs.
+
+    Returns
+    -------
+    PlantedFeatures
+        Each feature is matched to the atom of highest cosine with its (normalised) direction.
+    """
+    directions = torch.as_tensor(directions).detach().float()
+    if directions.ndim != 2 or directions.shape[1] != data.dictionary.shape[1]:
+        raise ValueError(f"need feature directions (K, {data.dictionary.shape[1]}), got {tuple(directions.shape)}")
+    cos = torch.nn.functional.normalize(directions, dim=1) @ data.dictionary.T  # (K, A)
+    best, atom = cos.max(1)
+    atom = atom.numpy()
+    return PlantedFeatures(mds=modality_dominance(a_image, a_text), cosine=best.numpy(), atom=atom,
+                           atom_class=data.atom_class[atom], n_atoms=len(data.atom_class))
+
+
+def true_code_features(data: PlantedData) -> PlantedFeatures:
+    """The generating codes ``(n, A)`` themselves as features: feature ``a`` is atom ``a`` (cosine 1)."""
+    n_atoms = len(data.atom_class)
+    return PlantedFeatures(mds=modality_dominance(data.codes_image, data.codes_text), cosine=np.ones(n_atoms),
+                           atom=np.arange(n_atoms), atom_class=np.asarray(data.atom_class), n_atoms=n_atoms)
+
+
+def planted_accuracy_table(runs: Mapping[str, tuple[PlantedFeatures, Sequence[float]]],
+                           rules: Sequence[CategoryRule | str] = ("sigma", "fixed")) -> pd.DataFrame:
+    """Planted classes recovered from MDS categories, per feature set, matching threshold and rule.
+
+    Parameters
+    ----------
+    runs : mapping
+        Name -> (:class:`PlantedFeatures`, the cosine thresholds at which a feature counts as matched).
+    rules : the categorisation rules
+
+    Returns
+    -------
+    DataFrame, one row per (name, threshold, rule): ``features``, ``match_cos``, ``rule`` (its name),
+    ``n_scored``, ``n_left_out``, ``accuracy``, ``ci_low``, ``ci_high`` (Wilson).
+    """
+    rows = []
+    for name, (features, thresholds) in runs.items():
+        for threshold in thresholds:
+            for rule in rules:
+                acc = features.accuracy(threshold, rule)
+                rows.append(dict(features=name, match_cos=threshold, rule=categorise(features.mds, rule).rule.name,
+                                 n_scored=acc.n, n_left_out=acc.n_excluded, accuracy=acc.accuracy,
+                                 ci_low=acc.ci_low, ci_high=acc.ci_high))
+    return pd.DataFrame(rows)
+
+
 # ------------------------------------------------------------------------------------------- model level
 class GroundTruth(Protocol):
     """What :func:`match_features` reads from a :class:`mmlib.data.world.WorldSplit` (same order as activations)."""
 
-    def values(self, factor: str) -> np.ndarray: ...
+    def values(self, factor: str) -> np.ndarray:
+        """The value index ``(n,)`` of ``factor`` in every sample."""
 
-    def depicted(self, factor: str) -> np.ndarray: ...
+    def depicted(self, factor: str) -> np.ndarray:
+        """``(n,)`` bool: the factor is shown in the image."""
 
-    def mentioned(self, factor: str) -> np.ndarray: ...
+    def mentioned(self, factor: str) -> np.ndarray:
+        """``(n,)`` bool: the factor is said in the caption."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -305,6 +412,151 @@ def mds_vs_ideal(mds: MDSResult | np.ndarray, match: FactorMatch, ideal: Mapping
         rows.append(dict(threshold=t, n_matched=len(m), n_factors=int(m["factor"].nunique()), rho=rho,
                          p_value=p, ci_low=low, ci_high=high))
     return pd.DataFrame(rows)
+
+
+@dataclasses.dataclass(frozen=True)
+class RhoGap:
+    """Why ρ(MDS, ideal MDS) is undefined for one map at one threshold.
+
+    Attributes
+    ----------
+    n_matched : int
+        Matched features at the threshold.
+    reason : str
+        What they have in common, completing "the N matched features ...": ``"are fewer than 3"``,
+        ``"all carry colour or shape, planted at 0.5"`` or ``"all have the same MDS"``.
+    """
+
+    n_matched: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"the {self.n_matched} matched features {self.reason}"
+
+
+def rho_gap(mds: MDSResult | np.ndarray, match: FactorMatch, ideal: Mapping[str, float],
+            threshold: float) -> RhoGap | None:
+    """Why :func:`mds_vs_ideal` gives no ρ at ``threshold`` (``None`` where it is defined).
+
+    A rank correlation needs at least 3 matched features, at least two distinct ideal MDS values among them and at
+    least two distinct MDS values.
+    """
+    m = matched_features(mds, match, ideal, threshold)
+    if len(m) < 3:
+        return RhoGap(len(m), "are fewer than 3")
+    if np.ptp(m["ideal_mds"]) == 0:
+        names = " or ".join(sorted(set(m["factor"].str.split("=").str[0])))
+        return RhoGap(len(m), f"all carry {names}, planted at {m['ideal_mds'].iloc[0]:g}")
+    if np.ptp(m["mds"]) == 0:
+        return RhoGap(len(m), "all have the same MDS")
+    return None
+
+
+def rho_at(mds: MDSResult | np.ndarray, match: FactorMatch, ideal: Mapping[str, float], threshold: float,
+           n_boot: int = 1000, seed: int = 0, confidence: float = 0.95) -> dict[str, object]:
+    """ρ(MDS, ideal MDS) of one map at one threshold, with its bootstrap interval and, where undefined, why.
+
+    Returns
+    -------
+    dict
+        The row of :func:`mds_vs_ideal` (``threshold``, ``n_matched``, ``n_factors``, ``rho``, ``p_value``,
+        ``ci_low``, ``ci_high``) and ``reason``: ``""`` where ρ is defined, else :class:`RhoGap` in words
+        (e.g. ``"the 25 matched features all carry colour or shape, planted at 0.5"``).
+    """
+    row = mds_vs_ideal(mds, match, ideal, thresholds=(threshold,), n_boot=n_boot, seed=seed,
+                       confidence=confidence).iloc[0].to_dict()
+    gap = rho_gap(mds, match, ideal, threshold)
+    row["reason"] = str(gap) if gap else ""
+    return row
+
+
+def rho_across_seeds_text(row: Mapping[str, float] | pd.Series, gaps: Mapping[int, RhoGap | None],
+                          digits: int = 3) -> str:
+    """ρ across map seeds in words: ``"0.760 [0.720, 0.800] over 3 seeds"``, with the seeds where it is undefined.
+
+    Parameters
+    ----------
+    row : a row of :func:`mmlib.core.stats.across_seeds` for ``rho`` (``n_seeds``, ``mean``, ``ci_low``,
+        ``ci_high``)
+    gaps : seed -> :func:`rho_gap` of that seed (``None`` where ρ is defined)
+    digits : decimals of ρ
+
+    Returns
+    -------
+    str
+        E.g. ``"undefined in every seed (seeds 0, 1, 2: the 25, 30, 35 matched features all carry colour or
+        shape, planted at 0.5)"``; one reason shared by several seeds is said once.
+    """
+    gaps = {s: g for s, g in gaps.items() if g}
+    reasons = {g.reason for g in gaps.values()}
+    if len(reasons) == 1:
+        why = (f"seed{'s' if len(gaps) > 1 else ''} {', '.join(map(str, gaps))}: the "
+               f"{', '.join(str(g.n_matched) for g in gaps.values())} matched features {reasons.pop()}")
+    else:
+        why = "; ".join(f"seed {s}: {g}" for s, g in gaps.items())
+    if row["n_seeds"] == 0:
+        return f"undefined in every seed ({why})"
+    return f"{format_ci(row, digits)} over {row['n_seeds']} seeds" + (f" (undefined in {why})" if gaps else "")
+
+
+def annotate_matched(matched: pd.DataFrame, roles: Mapping[str, str],
+                     design_ideal: Mapping[str, float]) -> pd.DataFrame:
+    """:func:`matched_features` with ``factor_name`` (the part before ``=``), its ``role`` and ``planted``, the
+    ideal MDS of the matched value in the world's design (``design_ideal``; also for the null world's features).
+    """
+    out = matched.assign(factor_name=matched["factor"].str.split("=").str[0])
+    return out.assign(planted=out["factor"].map(design_ideal), role=out["factor_name"].map(roles))
+
+
+def matched_by_factor(matched: pd.DataFrame, roles: Mapping[str, str], ideal: Mapping[str, float],
+                      extreme: tuple[float, float] = (0.1, 0.9)) -> pd.DataFrame:
+    """Matched features per factor: how many, the ideal MDS planted for them, their median MDS, the extreme share.
+
+    Parameters
+    ----------
+    matched : the table of :func:`matched_features` (one row per matched feature; ``factor`` = ``"name=value"``)
+    roles : factor name -> role
+    ideal : ``"name=value"`` -> ideal MDS in the features' own world
+    extreme : (low, high); a feature is extreme with MDS below ``low`` or above ``high``
+
+    Returns
+    -------
+    DataFrame, one row per factor: ``factor``, ``role``, ``n``, ``planted`` (mean ideal MDS over the features),
+    ``median_mds``, ``share_extreme``.
+    """
+    low, high = extreme
+    names = matched["factor"].str.split("=").str[0]
+    rows = []
+    for f, g in matched.groupby(names):
+        rows.append(dict(factor=f, role=roles[f], n=len(g), planted=float(np.mean([ideal[v] for v in g["factor"]])),
+                         median_mds=g["mds"].median(), share_extreme=((g["mds"] < low) | (g["mds"] > high)).mean()))
+    return pd.DataFrame(rows, columns=["factor", "role", "n", "planted", "median_mds", "share_extreme"])
+
+
+def extreme_share(matched: pd.DataFrame | Iterable[pd.DataFrame], at: float = 0.5,
+                  extreme: tuple[float, float] = (0.1, 0.9), confidence: float = 0.95) -> dict[str, float]:
+    """The split-copy confound: of the matched features whose factor is planted at ``at``, the share with an
+    extreme MDS.
+
+    Parameters
+    ----------
+    matched : one table of :func:`matched_features`, or several (e.g. one per seed), pooled
+    at : the ideal MDS of the factors to keep (0.5: planted equally in both modalities)
+    extreme : (low, high)
+
+    Returns
+    -------
+    dict: ``matched_at_half`` (features kept), ``share_extreme`` (NaN for none), ``ci_low``, ``ci_high`` (Wilson).
+    """
+    frames = [matched] if isinstance(matched, pd.DataFrame) else list(matched)
+    low, high = extreme
+    k = n = 0
+    for m in frames:
+        m = m[np.isclose(m["ideal_mds"], at)]
+        k += int(((m["mds"] < low) | (m["mds"] > high)).sum())
+        n += len(m)
+    ci_low, ci_high = proportion_ci(k, n, confidence)
+    return dict(matched_at_half=n, share_extreme=k / n if n else np.nan, ci_low=ci_low, ci_high=ci_high)
 
 
 # -------------------------------------------------------------------------------------------- null world

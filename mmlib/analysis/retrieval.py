@@ -12,9 +12,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+#: How a gallery item exactly as similar as the match counts (see :func:`retrieval_ranks`).
+TIES = ("favour", "against")
+
 
 def retrieval_ranks(queries: torch.Tensor | np.ndarray, gallery: torch.Tensor | np.ndarray,
-                    targets: torch.Tensor | np.ndarray | None = None, chunk: int = 1024) -> np.ndarray:
+                    targets: torch.Tensor | np.ndarray | None = None, chunk: int = 1024,
+                    ties: str = "favour") -> np.ndarray:
     """0-based rank ``(n,)`` of each query's match among all gallery items, by cosine similarity.
 
     Parameters
@@ -25,17 +29,23 @@ def retrieval_ranks(queries: torch.Tensor | np.ndarray, gallery: torch.Tensor | 
         Index in ``gallery`` of query ``i``'s match; default ``i`` (paired rows, then ``m >= n``).
     chunk : int
         Queries scored per block (bounds the ``(chunk, m)`` similarity matrix).
+    ties : {"favour", "against"}
+        ``"favour"`` (default): rank = the number of gallery items *strictly* more similar than the match, so an
+        exact tie counts in the match's favour. ``"against"``: rank = the number of *other* items at least as
+        similar, so a tie counts against it. Use ``"against"`` where representations can collapse onto one vector
+        (e.g. after removing features): there every item ties, and ``"favour"`` would score every query as retrieved.
 
     Returns
     -------
-    (n,) int64 array: the number of gallery items *strictly* more similar than the match (0 = retrieved first;
-    ties count in the match's favour).
+    (n,) int64 array: the match's 0-based rank (0 = retrieved first).
     """
     q, g = torch.as_tensor(queries).float(), torch.as_tensor(gallery).float()
     if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
         raise ValueError(f"queries {tuple(q.shape)} and gallery {tuple(g.shape)} must be (n, d) and (m, d)")
     if chunk < 1:
         raise ValueError(f"chunk must be a positive integer, got {chunk}")
+    if ties not in TIES:
+        raise ValueError(f"ties must be one of {TIES}, got {ties!r}")
     t = torch.arange(len(q)) if targets is None else torch.as_tensor(np.asarray(targets)).long()
     if t.shape != (len(q),):
         raise ValueError(f"{len(q)} queries but targets of shape {tuple(t.shape)}")
@@ -46,18 +56,19 @@ def retrieval_ranks(queries: torch.Tensor | np.ndarray, gallery: torch.Tensor | 
     for i in range(0, len(q), chunk):
         sims = q[i:i + chunk] @ g.T                                   # (c, m)
         own = sims.gather(1, t[i:i + chunk, None])                    # (c, 1)
-        ranks.append((sims > own).sum(1).numpy().astype(np.int64))
+        rank = (sims > own).sum(1) if ties == "favour" else (sims >= own).sum(1) - 1  # minus the match itself
+        ranks.append(rank.numpy().astype(np.int64))
     return np.concatenate(ranks)
 
 
 def recall_at_k(queries: torch.Tensor | np.ndarray, gallery: torch.Tensor | np.ndarray, ks: Sequence[int] = (1,),
-                targets: torch.Tensor | np.ndarray | None = None) -> dict[int, float]:
-    """Share of the ``n`` queries whose match ranks among the top ``k`` gallery items, per ``k``
-    (NaN for no query).
+                targets: torch.Tensor | np.ndarray | None = None, ties: str = "favour") -> dict[int, float]:
+    """Share of the ``n`` queries whose match ranks among the top ``k`` gallery items, per ``k`` (NaN for no query;
+    ``ties`` as in :func:`retrieval_ranks`).
     """
     if any(int(k) < 1 for k in ks):
         raise ValueError(f"every k must be a positive integer, got {list(ks)}")
-    ranks = retrieval_ranks(queries, gallery, targets)
+    ranks = retrieval_ranks(queries, gallery, targets, ties=ties)
     return {int(k): float((ranks < k).mean()) if len(ranks) else float("nan") for k in ks}
 
 

@@ -16,6 +16,11 @@ value of the attribute:
 * the margin by which an expected group hurts a value more than every other group (:func:`group_margins`),
   the quantity the chapter's verdict is computed from.
 
+Chapter 06's steps are functions here too: :func:`recognition_rows` / :func:`recognition_summary` (recognition
+raw and through a map), :func:`removal_accuracies` and :func:`drop_decomposition` (what the removals do per value),
+:func:`categorised_map` (the control's maps), and :func:`margin_summary`, :func:`format_margin`,
+:func:`describe_margins`, :func:`margins_support`, :func:`margins_contradict` (claim 5.5's rule and its evidence).
+
 :func:`planted_attribute` is the positive control: an attribute planted at the embedding level on top of a
 planted dictionary (:mod:`mmlib.data.planted`), so that the analysis can be checked on embeddings that certainly
 encode the attribute, with the same per-value depiction / mention asymmetry as the world's ``gender``.
@@ -37,17 +42,22 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from mmlib.analysis.categories import DEFAULT_RULE, Categories, CategoryRule, categorise
+from mmlib.analysis.mds import modality_dominance
 from mmlib.analysis.zero_shot import zero_shot_predict
-from mmlib.case_studies.removal import RemovalData, group_removal
-from mmlib.core.stats import proportion_ci
+from mmlib.case_studies.removal import RemovalData, group_removal, remove_features
+from mmlib.core.stats import across_seeds, format_ci, proportion_ci
 from mmlib.data.planted import PlantedConfig, generate_planted
 from mmlib.data.world import WorldSplit
-from mmlib.feature_maps.base import FeatureMapLike
+from mmlib.feature_maps.base import FeatureMap, FeatureMapLike
+from mmlib.feature_maps.store import load_or_train_feature_map
 from mmlib.models.prompts import class_embeddings
 
 __all__ = ["AttributeTask", "BiasRemovalReport", "PlantedAttributeConfig", "PlantedAttribute", "value_index",
            "accuracy_gap", "balanced_accuracy", "recognition_table", "world_attribute_task", "planted_attribute",
-           "bias_removal", "group_margins", "ALL"]
+           "bias_removal", "group_margins", "ALL", "ideal_mds", "format_interval", "recognition_rows",
+           "recognition_summary", "removal_accuracies", "drop_decomposition", "categorised_map", "margin_summary",
+           "format_margin", "describe_margins", "margins_support", "margins_contradict"]
 
 #: Name of the subset holding every image.
 ALL = "all"
@@ -473,7 +483,8 @@ def bias_removal(feature_map: FeatureMapLike, task: AttributeTask, groups: Mappi
         raise ValueError(f"n_random must be at least 2 (random draws per group), got {n_random}")
     if task.class_emb.ndim != 2:
         raise ValueError(f"removals encode one prompt embedding per value, (k, d); got class embeddings of shape "
-                         f"{tuple(task.class_emb.shape)} (the 'joint' prompt reading): use reading='ensemble' or 'single'")
+                         f"{tuple(task.class_emb.shape)} (the 'joint' prompt reading): use reading='ensemble' or "
+                         "'single'")
     names = task.subset_names() if subsets is None else list(subsets)
     for name in names:
         if not task.mask(name).any():
@@ -558,3 +569,240 @@ def group_margins(table: pd.DataFrame, expected: Mapping[str, str], value: str =
             rows.append({**dict(zip(keys, key)), "value": v, "expected": g, "expected_measure": exp,
                          "best_other": best, "other_measure": other, "margin": exp - other})
     return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------ the chapter's steps
+def ideal_mds(p_depict: float, p_mention: float) -> float:
+    """The paired MDS of an ideal feature that tracks one value of an attribute.
+
+    The feature fires, with the same strength, on an image exactly when the value is depicted (probability
+    ``p_depict``) and on a caption exactly when it is mentioned (``p_mention``), independently. Over the pairs where
+    it fires on either side, its image share is 1 (image only), 1/2 (both) or 0 (caption only), so
+
+    ``MDS = (p_d (1 - p_m) + p_d p_m / 2) / (1 - (1 - p_d)(1 - p_m))``.
+
+    Raises
+    ------
+    ValueError
+        for a probability outside [0, 1], or both 0 (the feature never fires: no MDS).
+    """
+    if not (0.0 <= p_depict <= 1.0 and 0.0 <= p_mention <= 1.0):
+        raise ValueError(f"probabilities must lie in [0, 1], got {p_depict} and {p_mention}")
+    fires = 1.0 - (1.0 - p_depict) * (1.0 - p_mention)
+    if fires == 0:
+        raise ValueError("a feature that never fires has no MDS (p_depict = p_mention = 0)")
+    return (p_depict * (1.0 - p_mention) + p_depict * p_mention / 2) / fires
+
+
+def format_interval(value: float, low: float, high: float, digits: int = 3, signed: bool = False) -> str:
+    """``"value [low, high]"`` (:func:`mmlib.core.stats.format_ci`; ``"n/a"`` for a non-finite value)."""
+    return format_ci({"mean": value, "ci_low": low, "ci_high": high}, digits=digits, signed=signed)
+
+
+def recognition_rows(task: AttributeTask, feature_map: FeatureMapLike | None = None, confidence: float = 0.95,
+                     **keys: object) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`recognition_table` of the raw embeddings, or through ``feature_map`` with nothing removed.
+
+    Parameters
+    ----------
+    task : AttributeTask
+        ``n`` images ``(n, d)`` and ``k`` prompt embeddings ``(k, d)``.
+    feature_map : FeatureMapLike, optional
+        Images and prompts are encoded and represented as in the removals (decoded for a map with a decoder, in
+        feature space otherwise; :func:`mmlib.case_studies.removal.remove_features` with an empty mask).
+    **keys
+        Columns added to both frames (e.g. ``world="world", rep="SAE", seed=0``).
+
+    Returns
+    -------
+    (per_value, gaps)
+        As :func:`recognition_table`, with the ``keys`` columns.
+    """
+    image, classes = None, None
+    if feature_map is not None:
+        if task.class_emb.ndim != 2:
+            raise ValueError(f"a feature map encodes one prompt embedding per value, (k, d); got class embeddings "
+                             f"of shape {tuple(task.class_emb.shape)}")
+        n_features = feature_map.encode(task.image_emb[:1], "image").shape[1]
+        nothing = np.zeros(n_features, bool)
+        image = remove_features(feature_map, task.image_emb, "image", nothing)
+        classes = remove_features(feature_map, task.class_emb, "text", nothing)
+    per_value, gaps = recognition_table(task, image, classes, confidence=confidence)
+    return per_value.assign(**keys), gaps.assign(**keys)
+
+
+def recognition_summary(per_value: pd.DataFrame, gaps: pd.DataFrame, index: Sequence[str] = ("world", "rep", "subset"),
+                        digits: int = 3) -> pd.DataFrame:
+    """A table of per-value accuracies, the gap and the balanced accuracy, each as ``"value [low, high]"``.
+
+    Parameters
+    ----------
+    per_value, gaps : DataFrame
+        Rows of :func:`recognition_rows` (one per ``index`` combination and value, resp. per ``index``
+        combination), e.g. the raw embeddings and the maps of one seed.
+    index : the columns that identify a row of the result.
+
+    Returns
+    -------
+    DataFrame
+        Indexed by ``index``; one column per value (Wilson interval), ``"gap (a − b)"`` (Newcombe) and
+        ``"balanced"`` (MOVER).
+    """
+    index = list(index)
+    cells = per_value.assign(cell=[format_interval(*r) for r in per_value[["accuracy", "ci_low", "ci_high"]].values])
+    wide = cells.pivot(index=index, columns="value", values="cell")
+    g = gaps.set_index(index).loc[wide.index]
+    a, b = gaps["a"].iloc[0], gaps["b"].iloc[0]
+    wide[f"gap ({a} − {b})"] = [format_interval(*r) for r in g[["gap", "ci_low", "ci_high"]].values]
+    wide["balanced"] = [format_interval(*r) for r in g[["balanced", "balanced_low", "balanced_high"]].values]
+    return wide
+
+
+def removal_accuracies(table: pd.DataFrame, base: pd.DataFrame, maps: Sequence[str]) -> pd.DataFrame:
+    """Per map: each value's accuracy with nothing removed and with each class removed, for bar charts.
+
+    Parameters
+    ----------
+    table : DataFrame
+        :attr:`BiasRemovalReport.table` rows of one world, seed and subset, with a ``map`` column.
+    base : DataFrame
+        :func:`recognition_rows` per-value rows of the same world, seed and subset through each map (``rep`` =
+        the map's name): the intervals of the accuracy with nothing removed.
+    maps : the maps to show, in order.
+
+    Returns
+    -------
+    DataFrame
+        ``factor`` (``"<map>: nothing removed"`` / ``"<map>: <group> removed"``), ``value``, ``accuracy``,
+        ``ci_low``, ``ci_high`` (Wilson) and ``chance`` (1 / number of values): the input of
+        :func:`mmlib.reporting.plots.accuracy_bars`.
+    """
+    rows = []
+    for name in maps:
+        sel = table[table["map"] == name]
+        ci = base[base["rep"] == name].set_index("value")
+        rows += [dict(factor=f"{name}: nothing removed", value=r.value, accuracy=r.base,
+                      ci_low=ci.loc[r.value, "ci_low"], ci_high=ci.loc[r.value, "ci_high"])
+                 for r in sel.drop_duplicates("value").itertuples()]
+        rows += [dict(factor=f"{name}: {r.group} removed", value=r.value, accuracy=r.removed, ci_low=r.removed_ci_low,
+                      ci_high=r.removed_ci_high) for r in sel.itertuples()]
+    out = pd.DataFrame(rows, columns=["factor", "value", "accuracy", "ci_low", "ci_high"])
+    return out.assign(chance=1.0 / max(1, table["value"].nunique()))
+
+
+def drop_decomposition(table: pd.DataFrame, pair: tuple[str, str]) -> pd.DataFrame:
+    """Split each removal's per-value drops into discrimination lost and the default answer moved.
+
+    Parameters
+    ----------
+    table : DataFrame
+        :attr:`BiasRemovalReport.table` rows (one subset), columns ``value``, ``group``, ``drop`` and key columns
+        among ``world``, ``model``, ``map``, ``seed``.
+    pair : (a, b)
+        The two values of the gap.
+
+    Returns
+    -------
+    DataFrame
+        One row per removal (key columns and ``group`` as the index): each value's drop, ``balanced_drop`` (mean
+        of the values' drops: the drop of the balanced accuracy, what the removal does to telling the values apart)
+        and ``shift`` = (drop(a) - drop(b)) / 2 (half the gap drop: how far the removal moves the default answer
+        toward ``b``).
+    """
+    a, b = pair
+    keys = [c for c in ("world", "model", "map", "seed") if c in table.columns] + ["group"]
+    wide = table.pivot_table(index=keys, columns="value", values="drop")
+    missing = [v for v in pair if v not in wide.columns]
+    if missing:
+        raise ValueError(f"value(s) {missing} not in the table (values: {list(wide.columns)})")
+    return wide.assign(balanced_drop=wide.mean(axis=1), shift=(wide[a] - wide[b]) / 2)
+
+
+def categorised_map(kind_config: tuple[str, object], pairs: tuple[torch.Tensor, torch.Tensor],
+                    rule: CategoryRule | str = DEFAULT_RULE) -> tuple[FeatureMap, Categories]:
+    """A feature map trained on ``pairs`` (or reloaded from the artifact store) and its categories on them.
+
+    Parameters
+    ----------
+    kind_config : (kind, config)
+        An entry of :meth:`mmlib.profiles.Profile.feature_map_configs`, e.g. ``("sae", SAEConfig(...))``.
+    pairs : (image (n, d), text (n, d))
+        The training pairs; the MDS (paired form) is measured on them too.
+    rule : the category rule (default μ±σ).
+
+    Returns
+    -------
+    (feature_map, categories)
+    """
+    fmap = load_or_train_feature_map(*kind_config, pairs, progress=False).fmap
+    return fmap, categorise(modality_dominance(*fmap.activations(pairs)), rule)
+
+
+def margin_summary(table: pd.DataFrame, expected: Mapping[str, str], groups: Sequence[str] | None = None,
+                   min_seeds: int = 2, confidence: float = 0.95) -> pd.DataFrame:
+    """Per value, the margin of :func:`group_margins` across seeds: mean, Student-t interval and the empty seeds.
+
+    Parameters
+    ----------
+    table : DataFrame
+        :attr:`BiasRemovalReport.table` rows of one world, map and subset, with a ``seed`` column.
+    expected, groups
+        As in :func:`group_margins`.
+    min_seeds : fewer seeds in the table is an error (:func:`mmlib.core.stats.across_seeds`).
+
+    Returns
+    -------
+    DataFrame
+        Indexed by value: ``expected`` (its group), ``n_seeds`` (seeds with a finite margin), ``mean``, ``std``,
+        ``ci_low``, ``ci_high`` (NaN with fewer than 2 finite margins), ``n_nan`` (seeds where the expected group
+        is empty) and ``finite`` (the finite margins, a list).
+    """
+    margins = group_margins(table, expected, groups=groups).rename(columns={"value": "attribute_value"})
+    out = across_seeds(margins, "margin", by="attribute_value", min_seeds=min_seeds, confidence=confidence)
+    out = out.drop(columns="value").set_index("attribute_value").rename_axis("value")
+    by_value = margins.groupby("attribute_value").margin
+    out["n_nan"] = by_value.apply(lambda x: int(x.isna().sum()))
+    out["finite"] = by_value.apply(lambda x: [float(v) for v in x.dropna()])
+    out.insert(0, "expected", [expected[v] for v in out.index])
+    return out
+
+
+def format_margin(summary: pd.DataFrame, value: str, interval: bool = True) -> str:
+    """A value's margin over seeds as text (signed): ``"mean [low, high]"`` (or the mean alone without
+    ``interval``), noting the seeds where the expected group is empty; ``"n/a (...; no interval)"`` with the
+    single margin, if any, when fewer than 2 seeds have one.
+
+    Parameters
+    ----------
+    summary : DataFrame
+        :func:`margin_summary`.
+    value : the attribute value (a row of ``summary``).
+    """
+    r = summary.loc[value]
+    empty = f"{r.expected} empty in {r.n_nan} of {r.n_nan + len(r.finite)} seeds" if r.n_nan else ""
+    if np.isfinite(r["mean"]):
+        return (format_ci(r, signed=True) if interval else f"{r['mean']:+.3f}") + (f", {empty}" if empty else "")
+    rest = f", margin {', '.join(f'{x:+.3f}' for x in r.finite)} in the other seed" if r.finite else ""
+    return f"n/a ({empty}{rest}; no interval)"
+
+
+def describe_margins(summary: pd.DataFrame, interval: bool = True, named: bool = False) -> str:
+    """Every value's :func:`format_margin`: ``"female +0.1 [...], male ..."``, or with ``named``
+    ``"female (expected ImgD) +0.1 [...]; male (expected TextD) ..."``.
+    """
+    if named:
+        return "; ".join(f"{v} (expected {r.expected}) {format_margin(summary, v, interval)}"
+                         for v, r in summary.iterrows())
+    return ", ".join(f"{v} {format_margin(summary, v, interval)}" for v in summary.index)
+
+
+def margins_support(summary: pd.DataFrame) -> bool:
+    """Whether every value's margin interval lies above 0 (the expected group hurts each value most, beyond
+    chance); False where a margin has no interval.
+    """
+    return bool((summary["ci_low"] > 0).all())
+
+
+def margins_contradict(summary: pd.DataFrame) -> bool:
+    """Whether some value's margin interval lies below 0 (another group hurts it more than the expected one)."""
+    return bool((summary["ci_high"] < 0).any())

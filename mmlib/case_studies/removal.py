@@ -12,23 +12,34 @@ How a removal reaches the representation:
   and captions are encoded through the same map and compared in feature space.
 
 With ``edit_text=True`` (default) the same features are removed from the text side (class prompts, captions).
+
+Chapter 05's steps: :func:`removal_tasks` (zero-shot and retrieval tasks on a split), :func:`class_removals` (every
+non-empty class of one map removed on every task), :func:`stack_reports` (one table over maps and seeds) and
+:func:`crossd_margin` / :func:`crossd_margin_ci` (the quantity of claim 5.4's verdict). Retrieval is scored by
+:func:`mmlib.analysis.retrieval.recall_at_k` with ``ties="against"``: a removal can collapse many representations onto
+one vector (an SAE decodes an all-zero code to its decoder bias; an NCL feature vector becomes zero), every caption
+then ties, and a tie counted in the match's favour would make a destructive removal *raise* recall.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
 
-from mmlib.analysis.categories import random_feature_mask
+from mmlib.analysis.categories import CLASSES, Categories, group_masks, random_feature_mask
 from mmlib.analysis.retrieval import recall_at_k
 from mmlib.analysis.zero_shot import zero_shot_accuracy
-from mmlib.core.stats import proportion_ci
+from mmlib.core.stats import across_seeds, proportion_ci
+from mmlib.data.embeddings import Embeddings
+from mmlib.data.world import WorldSplit
 from mmlib.feature_maps.base import FeatureMapLike
+from mmlib.models.prompts import caption_scaled, class_embeddings
 
 METRICS: tuple[str, ...] = ("zero_shot", "recall@1")
 
@@ -165,6 +176,160 @@ def group_removal(feature_map: FeatureMapLike, data: RemovalData, groups: Mappin
     return RemovalReport(pd.DataFrame(rows), pd.DataFrame(draws, columns=["group", "metric", "draw", "drop"]))
 
 
+# ------------------------------------------------------------------------------------------ the chapter's grid
+def removal_tasks(split: WorldSplit, emb: Embeddings, encode: Callable[[list[str]], torch.Tensor],
+                  factors: Sequence[str] = ("shape", "colour"), n_retrieval: int = 500) -> dict[str, RemovalData]:
+    """The removal tasks on one split of the world: zero-shot classification of each factor and image->text
+    retrieval.
+
+    Parameters
+    ----------
+    split : WorldSplit
+        The evaluated split (e.g. the world's test split), ``n`` pairs.
+    emb : Embeddings
+        The split's embeddings, ``image`` and ``text`` ``(n, d)``, same order.
+    encode : callable
+        list of ``m`` texts -> ``(m, d)`` text embeddings (e.g. ``lambda t: encode_texts(bundle, t)``).
+    factors : names of the world's factors to classify zero-shot.
+    n_retrieval : int
+        Retrieval ranks each of the first ``n_retrieval`` images among the first ``n_retrieval`` captions.
+
+    Returns
+    -------
+    dict
+        ``"zero-shot <factor>"`` -> :class:`RemovalData` with the ``(n, d)`` images, the ``(k, d)`` class
+        embeddings (prompt ensemble, :func:`mmlib.models.prompts.class_embeddings` with ``reading="ensemble"``, put
+        on the captions' scale by :func:`mmlib.models.prompts.caption_scaled`: the feature maps' input scale) and
+        the ``(n,)`` labels; ``"retrieval"`` -> the first ``n_retrieval`` image and caption embeddings.
+    """
+    if len(emb.image) != len(split):
+        raise ValueError(f"{len(emb.image)} embeddings for a split of {len(split)} pairs")
+    if n_retrieval < 2:
+        raise ValueError(f"retrieval needs at least 2 pairs, got n_retrieval={n_retrieval}")
+    tasks = {}
+    for name in factors:
+        factor = split.world.factor(name)
+        classes = class_embeddings(encode, factor, split.world.factors, reading="ensemble")
+        tasks[f"zero-shot {name}"] = RemovalData(emb.image, class_emb=caption_scaled(classes, emb.text),
+                                                 labels=split.values(name))
+    tasks["retrieval"] = RemovalData(emb.image[:n_retrieval], text_emb=emb.text[:n_retrieval])
+    return tasks
+
+
+def class_removals(feature_map: FeatureMapLike, categories: Categories, tasks: Mapping[str, RemovalData], *,
+                   n_random: int = 200, seed: int = 0, classes: Sequence[str] = CLASSES, edit_text: bool = True
+                   ) -> RemovalReport:
+    """Remove each non-empty class of ``categories`` on every task, against size-matched random removals.
+
+    The groups are :func:`mmlib.analysis.categories.group_masks` of ``classes`` (empty ones left out, in the
+    order of ``classes``); the random removals draw from the alive features (:func:`group_removal`, seeded by
+    ``seed`` and the group's position, so every task sees the same draws).
+
+    Parameters
+    ----------
+    feature_map : FeatureMapLike
+        ``K`` features.
+    categories : Categories
+        ``(K,)`` class labels of the features.
+    tasks : mapping task name -> RemovalData
+        E.g. :func:`removal_tasks`; run in sorted order of their names.
+    n_random, seed, edit_text
+        As in :func:`group_removal`.
+
+    Returns
+    -------
+    RemovalReport
+        Its table has a ``task`` column and ``excess`` = ``drop - random_drop_mean`` (the drop beyond a
+        size-matched random removal); its random drops have a ``task`` column.
+    """
+    if not tasks:
+        raise ValueError("no tasks to run the removals on")
+    groups = group_masks(categories, classes, skip_empty=True)
+    if not groups:
+        raise ValueError(f"every class of {list(classes)} is empty (sizes {categories.sizes()}): nothing to remove")
+    reports = {task: group_removal(feature_map, tasks[task], groups, alive=categories.alive, n_random=n_random,
+                                   seed=seed, edit_text=edit_text) for task in sorted(tasks)}
+    table = pd.concat([r.table.assign(task=t) for t, r in reports.items()], ignore_index=True)
+    table["excess"] = table["drop"] - table["random_drop_mean"]
+    draws = pd.concat([r.random_drops.assign(task=t) for t, r in reports.items()], ignore_index=True)
+    return RemovalReport(table, draws)
+
+
+def stack_reports(reports: Mapping[tuple[Any, ...], Any], attribute: str = "table",
+                  keys: Sequence[str] = ("world", "model", "map", "seed")) -> pd.DataFrame:
+    """One frame of the ``attribute`` frames of several reports, each with its key as columns.
+
+    Parameters
+    ----------
+    reports : mapping key tuple -> report
+        E.g. ``{(world, model, map, seed): class_removals(...)}``; every report has a DataFrame ``attribute``
+        (``"table"``, ``"random_drops"``, or ``"gaps"`` of a :class:`~mmlib.case_studies.attribute_bias.
+        BiasRemovalReport`).
+    keys : the column names of the key's entries, in order.
+
+    Returns
+    -------
+    DataFrame
+        The frames concatenated in the order of ``reports`` (fresh index), with one column per key.
+    """
+    if not reports:
+        raise ValueError("no reports to stack")
+    frames = []
+    for key, report in reports.items():
+        key = key if isinstance(key, tuple) else (key,)
+        if len(key) != len(keys):
+            raise ValueError(f"key {key!r} has {len(key)} entries for the {len(keys)} columns {list(keys)}")
+        frames.append(getattr(report, attribute).assign(**dict(zip(keys, key))))
+    return pd.concat(frames, ignore_index=True)
+
+
+def crossd_margin(table: pd.DataFrame, by: Sequence[str] = ("map",), target: str = "CrossD") -> pd.DataFrame:
+    """The quantity the verdict on claim 5.4 is computed from, per seed.
+
+    For each combination of ``by`` and seed, a group's excess drop is averaged over the rows (the tasks);
+    ``d`` = the target group's mean excess minus the smallest mean excess of the other groups (those present,
+    i.e. non-empty, in that seed). Negative ``d``: removing the target hurts less, beyond chance, than removing
+    any other group.
+
+    Parameters
+    ----------
+    table : DataFrame
+        Columns ``seed``, ``group``, ``excess`` and ``by``; one row per (``by``, seed, group, task).
+    by : columns that separate the analyses (e.g. the map; filter the world beforehand).
+    target : the group whose removal is claimed to hurt least.
+
+    Returns
+    -------
+    DataFrame
+        One row per (``by``, seed): the ``by`` columns, ``seed``, ``d``, ``crossd`` (the target's mean excess)
+        and ``others`` (the smallest other). NaN where the target, or every other group, is empty in that seed.
+    """
+    by = list(by)
+    missing = [c for c in (*by, "seed", "group", "excess") if c not in table.columns]
+    if missing:
+        raise ValueError(f"columns {missing} not in the table (columns: {list(table.columns)})")
+    mean = table.groupby([*by, "seed", "group"], sort=False)["excess"].mean().unstack("group")
+    crossd = mean[target] if target in mean.columns else pd.Series(np.nan, index=mean.index)
+    others = mean.drop(columns=target, errors="ignore").min(axis=1, skipna=True)
+    out = pd.DataFrame({"d": crossd - others, "crossd": crossd, "others": others}).reset_index()
+    return out[[*by, "seed", "d", "crossd", "others"]]
+
+
+def crossd_margin_ci(table: pd.DataFrame, by: Sequence[str] = ("map",), target: str = "CrossD",
+                     confidence: float = 0.95, min_seeds: int = 3) -> pd.DataFrame:
+    """Mean and Student-t interval over seeds of :func:`crossd_margin`'s ``d``, ``crossd`` and ``others``.
+
+    Returns
+    -------
+    DataFrame
+        :func:`mmlib.core.stats.across_seeds` rows: the ``by`` columns, ``value`` (``"d"``, ``"crossd"``,
+        ``"others"``), ``n_seeds``, ``mean``, ``std``, ``ci_low``, ``ci_high``. Per claim 5.4's rule, ``d``'s
+        interval below 0 supports the claim for that map, above 0 contradicts it.
+    """
+    return across_seeds(crossd_margin(table, by, target), ["d", "crossd", "others"], by=list(by),
+                        confidence=confidence, min_seeds=min_seeds)
+
+
 # ----------------------------------------------------------------------------------------------- helpers
 def _mask(mask: np.ndarray | torch.Tensor, n_features: int, what: str) -> np.ndarray:
     mask = np.asarray(mask)
@@ -205,5 +370,5 @@ def _metrics(data: RemovalData, image: torch.Tensor, text: torch.Tensor | None,
     if classes is not None:
         out["zero_shot"] = zero_shot_accuracy(image, classes, data.labels)
     if text is not None:
-        out["recall@1"] = recall_at_k(image, text, (1,))[1]
+        out["recall@1"] = recall_at_k(image, text, (1,), ties="against")[1]
     return out

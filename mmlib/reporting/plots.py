@@ -278,8 +278,8 @@ def feature_map_curves(histories: Mapping[str, Mapping[str, Sequence[float]]],
 def splice_sweep_figure(tables: Mapping[str, pd.DataFrame], title: str = "") -> Figure:
     """SpLiCE's sparsity sweep: cosine to the dense embedding and zero-shot accuracy against mean L0.
 
-    ``tables``: task name -> :func:`mmlib.companions.splice.sparsity_sweep` table (``l0_mean``, ``cosine``, ``accuracy``,
-    ``ci_low``, ``ci_high``, ``dense_accuracy``).
+    ``tables``: task name -> :func:`mmlib.companions.splice.sparsity_sweep` table (``l0_mean``, ``cosine``,
+    ``accuracy``, ``ci_low``, ``ci_high``, ``dense_accuracy``).
     """
     fig, (ax_c, ax_a) = plt.subplots(1, 2, figsize=(10, 3.8))
     first = next(iter(tables.values()))
@@ -453,5 +453,569 @@ def adversarial_examples(clean: np.ndarray | torch.Tensor, adv: np.ndarray | tor
                 ax.set_ylabel(label, fontsize=8)
     if title:
         fig.suptitle(title, y=1.0)
+    fig.tight_layout()
+    return fig
+
+
+def excess_drop_grid(table: pd.DataFrame, rows: str = "map", cols: str = "task",
+                     worlds: Sequence[str] = ("world", "null"), groups: Sequence[str] = ("ImgD", "TextD", "CrossD"),
+                     measure: str = "excess", title: str = "") -> Figure:
+    """One panel per (``rows`` value, ``cols`` value): each group's ``measure`` (excess drop) in each world, one dot
+    per seed and a line at the mean; the panels of a row share the y axis.
+
+    ``table`` has columns ``rows``, ``cols``, ``world``, ``group`` and ``measure`` (one row per seed), e.g. the
+    removal table of chapter 05.
+    """
+    row_keys, col_keys = list(dict.fromkeys(table[rows])), list(dict.fromkeys(table[cols]))
+    colours = dict(zip(groups, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    fig, axes = plt.subplots(len(row_keys), len(col_keys), figsize=(4 * len(col_keys), 3.3 * len(row_keys)),
+                             squeeze=False, sharey="row")
+    step = len(groups) + 1
+    for i, r in enumerate(row_keys):
+        for j, c in enumerate(col_keys):
+            ax = axes[i, j]
+            for k, world in enumerate(worlds):
+                for g_i, g in enumerate(groups):
+                    sub = table[(table[rows] == r) & (table[cols] == c) & (table["world"] == world)
+                                & (table["group"] == g)]
+                    x = k * step + g_i
+                    ax.scatter(np.full(len(sub), x), sub[measure], color=colours[g], s=18, alpha=0.8,
+                               label=g if (k == 0 and i == 0 and j == 0) else None)
+                    if len(sub):
+                        ax.hlines(sub[measure].mean(), x - 0.3, x + 0.3, color=colours[g])
+            ax.axhline(0, color="grey", lw=0.8)
+            ax.set_xticks([k * step + (len(groups) - 1) / 2 for k in range(len(worlds))], list(worlds))
+            ax.set(title=f"{r} · {c}", xlabel=f"world ({len(groups)} groups each)",
+                   ylabel=f"{measure} drop (group − random)" if measure == "excess" else measure)
+    axes[0, 0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title, y=1.01)
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------ MDS and categories (03, 04)
+def planted_mds_figure(planted_scores: np.ndarray, groups: Mapping[str, np.ndarray], null_scores: np.ndarray,
+                       thresholds: Sequence[float] = (), bins: int = 20, null_label: str = "shared-only dictionary",
+                       map_name: str = "SAE", title: str = "") -> Figure:
+    """Two panels on planted dictionaries: (a) the MDS ``(K,)`` of a map's alive features, stacked by ``groups``
+    (label -> ``(K,)`` mask, e.g. the class of the atom each feature matches), with ``thresholds`` dotted;
+    (b) the same map's MDS against its run on a dictionary without modality-specific atoms (``null_scores``).
+    """
+    scores = np.asarray(planted_scores, dtype=float)
+    alive = np.isfinite(scores)
+    fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(11, 3.8))
+    ax_a.hist([scores[np.asarray(m) & alive] for m in groups.values()], np.linspace(0, 1, bins + 1), stacked=True,
+              label=list(groups))
+    for t in thresholds:
+        ax_a.axvline(t, color="grey", ls=":")
+    ax_a.set(xlabel="MDS (0 = text only, 1 = image only)", ylabel=f"number of {map_name} features",
+             title=f"Planted dictionary: {map_name} features by the atom they match")
+    ax_a.legend(fontsize=8)
+    mds_histogram(ax_b, scores, null_scores, bins, label="planted (image/text/shared atoms)", null_label=null_label)
+    ax_b.set_title(f"Same {map_name} on a dictionary without modality-specific atoms")
+    ax_b.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, y=1.02)
+    fig.tight_layout()
+    return fig
+
+
+def mds_forms_scatter(ax: plt.Axes, forms: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                      styles: Mapping[str, Mapping[str, object]] | None = None) -> plt.Axes:
+    """The two MDS forms feature by feature: one scatter per entry ``label -> (paired (K,), aggregate (K,))``
+    (features alive in the paired form; ``styles``: label -> scatter keywords such as ``color`` and ``alpha``),
+    with the Spearman correlation in the legend and the diagonal.
+    """
+    from scipy.stats import spearmanr
+
+    for label, (paired, aggregate) in forms.items():
+        p, a = np.asarray(paired, dtype=float), np.asarray(aggregate, dtype=float)
+        ok = np.isfinite(p)
+        rho = spearmanr(p[ok], a[ok]).statistic
+        style = {"alpha": 0.5, **dict((styles or {}).get(label, {}))}
+        ax.scatter(p[ok], a[ok], s=6, label=f"{label} (Spearman {rho:.2f})", **style)
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8)
+    ax.set(xlabel="paired MDS (default)", ylabel="aggregate MDS", xlim=(0, 1), ylim=(0, 1))
+    ax.legend(fontsize=7, markerscale=2)
+    return ax
+
+
+def rho_threshold_figure(tables: Mapping[str, pd.DataFrame], title: str = "") -> Figure:
+    """Two panels per matching threshold: Spearman ρ(MDS, ideal MDS) with its interval (``threshold``, ``rho``,
+    ``ci_low``, ``ci_high``) and the number of matched features (``n_matched``, log scale), one line per table.
+    """
+    fig, (ax_r, ax_n) = plt.subplots(1, 2, figsize=(11, 3.8))
+    line_with_ci(tables, "threshold", "rho", xlabel="matching threshold (normalised MI)",
+                 ylabel="Spearman ρ(MDS, ideal MDS)", title="Rank agreement with the planted dominance", ax=ax_r,
+                 reference=0.0)
+    for name, t in tables.items():
+        ax_n.plot(t["threshold"], t["n_matched"], marker="o", label=name)
+    ax_n.set(xlabel="matching threshold (normalised MI)", ylabel="matched alive features", yscale="log",
+             title="Features kept")
+    ax_n.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, y=1.03)
+    fig.tight_layout()
+    return fig
+
+
+def matched_vs_planted(ax: plt.Axes, matched: pd.DataFrame, title: str = "", jitter: float = 0.015,
+                       seed: int = 0) -> plt.Axes:
+    """Matched features' MDS (``mds``) against the ideal MDS planted for their factor value (``planted``), one
+    colour per factor ``role`` (the table of :func:`mmlib.analysis.planted_truth.annotate_matched`); the planted
+    values are jittered horizontally (seeded) so that features on one value stay visible.
+    """
+    rng = np.random.default_rng(seed)
+    for role, g in matched.groupby("role"):
+        ax.scatter(g["planted"] + rng.uniform(-jitter, jitter, len(g)), g["mds"], s=14, alpha=0.7, label=role)
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    ax.set(xlabel="ideal MDS of the factor value in the world's design", ylabel="feature MDS", xlim=(-0.05, 1.05),
+           title=title)
+    ax.legend(fontsize=7, title="factor role", title_fontsize=7)
+    return ax
+
+
+def count_heatmaps(panels: Mapping[tuple[str, str], pd.DataFrame], xlabel: str = "", ylabel: str = "",
+                   colorbar: str = "share of the row", title: str = "") -> Figure:
+    """A grid of count tables (``(row, column)`` -> DataFrame of counts), each coloured by the share of its row
+    and annotated with the counts; the tables' index and columns label the axes.
+    """
+    rows = list(dict.fromkeys(r for r, _ in panels))
+    cols = list(dict.fromkeys(c for _, c in panels))
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(5.5 * len(cols), 3.7 * len(rows)), squeeze=False,
+                             layout="constrained")
+    im = None
+    for (r, c), tab in panels.items():
+        ax = axes[rows.index(r), cols.index(c)]
+        share = tab.div(tab.sum(axis=1).replace(0, np.nan), axis=0)
+        im = ax.imshow(share.values, vmin=0, vmax=1, cmap="Blues", aspect="auto")
+        for (i, j), v in np.ndenumerate(tab.values):
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=8,
+                    color="white" if share.values[i, j] > 0.6 else "black")
+        ax.set_xticks(range(tab.shape[1]), [str(x) for x in tab.columns], rotation=25, ha="right")
+        ax.set_yticks(range(tab.shape[0]), [str(x) for x in tab.index])
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=f"{r} · {c}")
+    if im is not None:
+        fig.colorbar(im, ax=axes, label=colorbar, shrink=0.8)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def agreement_matrices(matrices: Mapping[str, pd.DataFrame], label: str = "Cohen's κ", vmin: float = -0.2,
+                       vmax: float = 1.0, xlabel: str | None = None, ylabel: str | None = None,
+                       title: str = "") -> Figure:
+    """Square agreement matrices side by side (title -> DataFrame with the same index and columns, e.g. rules),
+    annotated with their values; the axes are labelled ``xlabel`` / ``ylabel`` (default: the column and index
+    names).
+    """
+    fig, axes = plt.subplots(1, len(matrices), figsize=(6 * len(matrices), 5), layout="constrained", squeeze=False)
+    im = None
+    for ax, (name, m) in zip(axes[0], matrices.items()):
+        im = ax.imshow(m.values, vmin=vmin, vmax=vmax, cmap="viridis")
+        for (i, j), v in np.ndenumerate(m.values):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8, color="white" if v < 0.6 else "black")
+        ax.set_xticks(range(m.shape[1]), [str(x) for x in m.columns], rotation=30, ha="right")
+        ax.set_yticks(range(m.shape[0]), [str(x) for x in m.index])
+        ax.set(xlabel=xlabel if xlabel is not None else m.columns.name or "",
+               ylabel=ylabel if ylabel is not None else m.index.name or "", title=name)
+    if im is not None:
+        fig.colorbar(im, ax=axes, label=label, shrink=0.8)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+# --------------------------------------------------------------------------------------- text-to-image (08)
+#: Colour of each feature class in the editing figures; its size-matched random control (``"random:<class>"``)
+#: has the same colour, dotted.
+EDIT_GROUP_COLOURS = {"ImgD": "tab:blue", "TextD": "tab:orange", "CrossD": "tab:green"}
+
+
+def edit_strength_curves(curves: Mapping[str, pd.DataFrame], ylabels: Mapping[str, str] | None = None,
+                         notes: Mapping[str, str] | None = None, xlabel: str = "intervention strength α",
+                         title: str = "") -> Figure:
+    """One panel per measure of an editing sweep against the strength α, one line per edited group.
+
+    Parameters
+    ----------
+    curves : mapping
+        Measure -> table with ``group``, ``alpha``, ``mean``, ``ci_low``, ``ci_high`` (drawn as a band); a class
+        solid in :data:`EDIT_GROUP_COLOURS`'s colour, its ``"random:<class>"`` control dotted in the same colour.
+    ylabels : mapping, optional
+        Measure -> y-axis label (default: the measure's name).
+    notes : mapping, optional
+        Measure -> a text written across its panel instead of ticks (e.g. why it has no curve).
+    xlabel, title : str
+    """
+    fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.8), squeeze=False)
+    for ax, (name, table) in zip(axes[0], curves.items()):
+        for g, t in table.groupby("group", sort=False):
+            base = g.split(":", 1)[1] if g.startswith("random:") else g
+            colour, ls = EDIT_GROUP_COLOURS.get(base, "tab:grey"), ":" if g.startswith("random:") else "-"
+            ax.plot(t.alpha, t["mean"], color=colour, ls=ls, marker="o", label=g)
+            ax.fill_between(t.alpha, t.ci_low, t.ci_high, color=colour, alpha=0.12)
+        ax.set(xlabel=xlabel, ylabel=(ylabels or {}).get(name, name))
+        if (notes or {}).get(name):
+            ax.text(0.5, 0.5, notes[name], ha="center", va="center", transform=ax.transAxes)
+            ax.set(xticks=[], yticks=[])
+    if axes[0][0].get_legend_handles_labels()[0]:
+        axes[0][0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title, y=1.02)
+    fig.tight_layout()
+    return fig
+
+
+def edit_examples(images: Mapping[tuple[str, float], np.ndarray], groups: Sequence[str], refs: Sequence[int],
+                  alphas: Sequence[float], ref_labels: Sequence[str] = (), cell: float = 0.95,
+                  title: str = "") -> Figure:
+    """Edits of a few references: one row per edited group, the strengths growing to the right within each reference.
+
+    Parameters
+    ----------
+    images : mapping
+        ``(group, alpha)`` -> uint8 ``(n_ref, H, W, 3)``, with ``alpha = 0`` stored once as ``("reference", 0.0)``
+        (:attr:`mmlib.case_studies.t2i.editing.EditResult.images`).
+    groups : sequence of str
+        The groups to show; those without images at every non-zero strength (empty classes) are left out.
+    refs : sequence of int
+        Positions of the references shown.
+    alphas : sequence of float
+        The strengths, ``0`` first for the reference.
+    ref_labels : sequence of str
+        One label per shown reference, written over its ``alpha = 0`` column.
+    cell, title
+        As for :func:`image_grid`.
+    """
+    shown = [g for g in groups if all((g, float(a)) in images for a in alphas if a != 0)]
+    if not shown:
+        raise ValueError(f"none of the groups {list(groups)} has images at every strength {list(alphas)}")
+    rows = [[images[("reference", 0.0)][r] if a == 0 else images[(g, float(a))][r] for r in refs for a in alphas]
+            for g in shown]
+    labels = list(ref_labels) or [f"ref {r}" for r in refs]
+    cols = [f"{labels[i]}\nα = {a:.2f}" if a == 0 else f"α = {a:.2f}" for i, _ in enumerate(refs) for a in alphas]
+    return image_grid(rows, shown, cols, cell=cell, title=title)
+
+
+# ------------------------------------------------------------------------------------- companions (09, 10)
+def grouped_bars(table: pd.DataFrame, xlabel: str, ylabel: str, title: str = "",
+                 figsize: tuple[float, float] = (6, 3.2)) -> Figure:
+    """One group of bars per row of ``table`` (its index on the x axis), one bar per column, a line at 0."""
+    fig, ax = plt.subplots(figsize=figsize)
+    table.plot.bar(ax=ax, rot=0)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    fig.tight_layout()
+    return fig
+
+
+def direct_effects_figure(effects: pd.DataFrame, title: str = "") -> Figure:
+    """Bars of each term's direct effect (:func:`mmlib.companions.clip_interpret.direct_effects`), coloured by
+    kind: heads blue, MLPs orange, fixed terms grey.
+    """
+    colours = {"head": "C0", "mlp": "C1", "other": "C7"}
+    fig, ax = plt.subplots(figsize=(max(7, 0.35 * len(effects)), 3.8))
+    ax.bar(effects["term"], effects["effect"], color=[colours[k] for k in effects["kind"]])
+    ax.set(ylabel="mean projection on\nthe unit embedding", xlabel="term (blue: heads, orange: MLPs)", title=title)
+    ax.tick_params(axis="x", rotation=90, labelsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def null_distribution_figure(null: np.ndarray | Sequence[float], observed: float, xlabel: str,
+                             null_label: str = "baseline", observed_label: str = "observed", title: str = "",
+                             bins: int = 30) -> Figure:
+    """A histogram of baseline draws with a vertical line at the observed value."""
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.hist(np.asarray(null, dtype=float), bins=bins, color="C7", label=null_label)
+    ax.axvline(observed, color="C3", lw=2, label=observed_label)
+    ax.set(xlabel=xlabel, ylabel="draws", title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def titled_image_grid(images: Sequence[Sequence[np.ndarray]], titles: Sequence[Sequence[str]],
+                      row_labels: Sequence[str] = (), title: str = "", cell: tuple[float, float] = (1.8, 2.0),
+                      fontsize: float = 8, wrap: int = 14) -> Figure:
+    """Rows of images, each with its own title; ``row_labels`` (wrapped) label the first column."""
+    n_rows, n_cols = len(images), max((len(r) for r in images), default=0)
+    if n_rows == 0 or n_cols == 0:
+        raise ValueError("titled_image_grid needs at least one image")
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(cell[0] * n_cols, cell[1] * n_rows), squeeze=False)
+    for i in range(n_rows):
+        for j in range(n_cols):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j >= len(images[i]):
+                ax.axis("off")
+                continue
+            ax.imshow(images[i][j], interpolation="nearest")
+            ax.set_title(titles[i][j], fontsize=fontsize)
+        if i < len(row_labels):
+            axes[i, 0].set_ylabel("\n".join(textwrap.wrap(row_labels[i], wrap)), fontsize=fontsize)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def signed_heatmap(table: pd.DataFrame, xlabel: str, ylabel: str, colorbar: str, title: str = "") -> Figure:
+    """A table as a heatmap on a symmetric diverging scale (0 white), rows and columns labelled by its index."""
+    values = table.to_numpy(dtype=float)
+    lim = float(np.nanmax(np.abs(values))) if values.size else 1.0
+    fig, ax = plt.subplots(figsize=(max(5, 0.6 * table.shape[1]), max(2.6, 0.6 + 0.7 * table.shape[0])))
+    im = ax.imshow(values, cmap="RdBu_r", vmin=-(lim or 1.0), vmax=lim or 1.0, aspect="auto")
+    ax.set_xticks(range(table.shape[1]), [str(c) for c in table.columns], rotation=90, fontsize=7)
+    ax.set_yticks(range(table.shape[0]), [str(r) for r in table.index])
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    fig.colorbar(im, ax=ax, label=colorbar)
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------------------ chapter 02: feature maps
+def planted_recovery_figure(table: pd.DataFrame, cosines: Mapping[str, np.ndarray], planted_l0: float,
+                            atom_counts: Mapping[str, int], curves: Mapping[str, str], groups: Sequence[str],
+                            threshold: float = 0.9, title: str = "") -> Figure:
+    """How an SAE recovers a planted dictionary, in three panels: (a) the best-match cosine of every atom for the
+    settings in ``curves`` (label -> line style), sorted; (b) the share recovered against the SAE's L0 for the
+    ``relu_l1`` and ``topk`` rows of ``table``, with the planted L0 (+ one offset latent) shaded; (c) the share
+    recovered per atom class (``atom_counts``: class -> number of atoms) for the settings in ``groups`` (a setting
+    with seed variants, ``"<setting>, seed <s>"``, is averaged over them, whiskers min-max).
+
+    ``table`` and ``cosines`` are :func:`mmlib.reporting.map_quality.planted_recovery`'s outputs.
+    """
+    fig, (ax_a, ax_b, ax_c) = plt.subplots(1, 3, figsize=(15, 3.9))
+    for label, style in curves.items():
+        ax_a.plot(np.sort(cosines[label])[::-1], ls=style, label=label)
+    ax_a.axhline(threshold, color="grey", lw=0.8)
+    ax_a.set(xlabel="planted atoms, best recovered first", ylabel="best-match cosine with a decoder direction",
+             ylim=(0, 1.02), title="(a) recovery of each atom")
+    ax_a.legend(fontsize=8)
+    for kind, marker, dy in (("relu_l1", "o", -12), ("topk", "s", 5)):
+        sub = table[table.kind == kind]
+        x = (sub.l0_image + sub.l0_text) / 2
+        ax_b.plot(x, sub.recovered, marker=marker, label=f"{kind} SAE")
+        for xi, yi, s in zip(x, sub.recovered, sub.setting):
+            ax_b.annotate(s, (xi, yi), textcoords="offset points", xytext=(3, dy), fontsize=7)
+    ax_b.axvspan(planted_l0, planted_l0 + 1, color="green", alpha=0.15, label="planted L0 (+ offset latent)")
+    ax_b.set(xscale="log", xlim=(0.005, 150), xlabel="SAE L0 (active latents per embedding, mean of both modalities)",
+             ylabel=f"share of atoms recovered (cos ≥ {threshold:g})", ylim=(-0.05, 1.1),
+             title="(b) recovery against sparsity")
+    ax_b.legend(fontsize=8, loc="center left")
+    classes = list(atom_counts)
+    width = 0.8 / max(1, len(groups))
+    for j, setting in enumerate(groups):
+        sub = table[(table.setting == setting) | table.setting.str.startswith(setting + ",")]
+        values = sub[[f"recovered_{c}" for c in classes]].to_numpy()
+        mean = values.mean(0)
+        label = f"{setting} ({len(sub)} seeds)" if len(sub) > 1 else setting
+        ax_c.bar(np.arange(len(classes)) + (j - (len(groups) - 1) / 2) * width, mean, width, label=label,
+                 yerr=[mean - values.min(0), values.max(0) - mean] if len(values) > 1 else None, capsize=3)
+    ax_c.set_xticks(range(len(classes)), [f"{c} ({atom_counts[c]} atoms)" for c in classes])
+    ax_c.set(xlabel="planted atom class", ylabel=f"share recovered (cos ≥ {threshold:g})", ylim=(0, 1.3),
+             title="(c) per class (whiskers: min-max over seeds)")
+    ax_c.legend(fontsize=7, ncols=4, loc="upper center")
+    if title:
+        fig.suptitle(title, y=1.03)
+    fig.tight_layout()
+    return fig
+
+
+def sparsity_frontier_figure(frontier: pd.DataFrame, default: pd.DataFrame, seed: int, title: str = "") -> Figure:
+    """An SAE sweep's (a) FVU and (b) dead fraction against L0, both on log x axes (FVU on a log y axis too).
+
+    ``frontier`` is :func:`mmlib.reporting.map_quality.sae_sweep`'s table (``kind``, ``setting``, ``l0``, ``fvu``,
+    ``dead_both``; the ``relu_l1`` and ``topk`` rows are drawn, annotated with their settings) of the SAE trained
+    with ``seed``; ``default`` holds one row per seed of the default SAE (``l0``, ``fvu``, ``dead_both``), drawn
+    as one star with ± 1 sd error bars.
+    """
+    fig, (ax_f, ax_d) = plt.subplots(1, 2, figsize=(12, 4))
+    for kind, marker in (("relu_l1", "o"), ("topk", "s")):
+        sub = frontier[frontier.kind == kind]
+        for ax, y in ((ax_f, "fvu"), (ax_d, "dead_both")):
+            ax.plot(sub.l0, sub[y], marker=marker, label=f"{kind} SAE (seed {seed})")
+            for xi, yi, s in zip(sub.l0, sub[y], sub.setting):
+                ax.annotate(s, (xi, yi), textcoords="offset points", xytext=(3, 4), fontsize=7)
+    for ax, y in ((ax_f, "fvu"), (ax_d, "dead_both")):
+        ax.errorbar(default.l0.mean(), default[y].mean(), xerr=default.l0.std(ddof=1) if len(default) > 1 else None,
+                    yerr=default[y].std(ddof=1) if len(default) > 1 else None, fmt="*", ms=12, color="black",
+                    capsize=3, label=f"default SAE, {len(default)} seeds (± 1 sd)")
+        ax.set_xscale("log")
+    ax_f.set_yscale("log")
+    ax_f.set(xlabel="L0 (active latents per sample, test split)", ylabel="FVU (test split, log scale)",
+             title="(a) sparsity against reconstruction")
+    ax_d.set(xlabel="L0 (active latents per sample, test split)",
+             ylabel="dead fraction (never active on the test split)", title="(b) dead latents against sparsity")
+    ax_f.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, y=1.03)
+    fig.tight_layout()
+    return fig
+
+
+def purity_figure(purity: pd.DataFrame, random_purity: np.ndarray, m: int, n_features: Mapping[str, int],
+                  n_seeds: int, factors: Sequence[str], pure: float = 0.9, title: str = "") -> Figure:
+    """Ground-truth purity of feature maps: (a, b) histograms of the top-``m`` purity of the scored features on the
+    image and the text side (all seeds pooled) against random ``m``-sets; (c) which factor the pure (``>= pure``)
+    image-side features track, one stacked bar per map (``n_features``: map -> K, in drawing order; ``factors``:
+    the legend's order).
+
+    ``purity`` is :func:`mmlib.reporting.map_quality.purity_table`'s table, ``random_purity`` the purity of random
+    sets (:func:`mmlib.reporting.map_quality.random_purity`).
+    """
+    maps = list(n_features)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.6), gridspec_kw={"width_ratios": [1, 1, 1.3]})
+    edges = np.linspace(0, 1, 21)
+    for ax, side in zip(axes[:2], ("image", "text")):
+        for name in maps:
+            p = purity[(purity["map"] == name) & (purity.side == side)].purity.dropna()
+            ax.hist(p, edges, weights=np.full(len(p), 1 / max(1, len(p))), histtype="step", lw=1.6,
+                    label=f"{name} (n={len(p)})")
+        ax.hist(random_purity, edges, weights=np.full(len(random_purity), 1 / len(random_purity)), color="grey",
+                alpha=0.35, label=f"random {m}-sets")
+        ax.set(xlabel=f"top-{m} purity (best factor)", ylabel="share of scored features",
+               title=f"({'ab'[side == 'text']}) {side} side (seeds pooled)")
+        ax.legend(fontsize=7)
+    best = purity[(purity.side == "image") & (purity.purity >= pure)]
+    counts = best.groupby(["map", "factor"]).size().unstack(fill_value=0).reindex(maps, fill_value=0)
+    counts = counts.reindex(columns=[f for f in factors if f in counts.columns])
+    shares = counts.div(counts.sum(axis=1), axis=0)
+    shares.index = [f"{name}\n({counts.loc[name].sum() / n_seeds:.0f} of {n_features[name]} per seed)"
+                    for name in shares.index]
+    shares.plot.bar(stacked=True, ax=axes[2], colormap="tab20", width=0.7)
+    axes[2].set(xlabel="feature map (pure image-side features)",
+                ylabel=f"share of the pure features (purity ≥ {pure:g})",
+                title="(c) which factor the pure image-side features track")
+    axes[2].set_ylim(0, 1.25)
+    axes[2].legend(fontsize=7, ncols=4, loc="upper center", title="factor", title_fontsize=7)
+    axes[2].tick_params(axis="x", rotation=0)
+    if title:
+        fig.suptitle(title, y=1.03)
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------------------ chapter 07: adversarial
+def category_ratio_dots(table: pd.DataFrame, maps: Sequence[str], worlds: Sequence[str] = ("world", "null"),
+                        groups: Sequence[str] = ("ImgD", "TextD", "CrossD"), value: str = "ratio",
+                        reference: float = 1.0, ylabel: str = "change / random-set change",
+                        colours: Mapping[str, str] | None = None, title: str = "") -> Figure:
+    """One panel per map: each group's ``value`` in each world, one dot per seed and a line at the mean, with a
+    dashed reference line (1: the group moves as much as random feature sets of its size); panels share the y axis.
+
+    ``table`` has columns ``map``, ``world``, ``group``, ``seed`` and ``value`` (one row per seed), e.g. the output of
+    :func:`mmlib.case_studies.adversarial.category_shift` stacked over worlds, maps and seeds.
+    """
+    colours = dict(colours or {"ImgD": "tab:blue", "TextD": "tab:orange", "CrossD": "tab:green"})
+    step = len(groups) + 1
+    fig, axes = plt.subplots(1, len(maps), figsize=(4.5 * len(maps), 3.4), squeeze=False, sharey=True)
+    for ax, name in zip(axes[0], maps):
+        for k, world in enumerate(worlds):
+            for g_i, g in enumerate(groups):
+                sub = table[(table["world"] == world) & (table["map"] == name) & (table["group"] == g)]
+                x = k * step + g_i
+                ax.scatter(np.full(len(sub), x), sub[value], color=colours.get(g, "tab:grey"), s=20,
+                           label=g if k == 0 else None)
+                if len(sub):
+                    ax.hlines(sub[value].mean(), x - 0.3, x + 0.3, color=colours.get(g, "tab:grey"))
+        ax.axhline(reference, color="grey", lw=0.8, ls="--")
+        ax.set_xticks([(len(groups) - 1) / 2 + step * k for k in range(len(worlds))], list(worlds))
+        ax.set(title=name, xlabel=f"world ({len(groups)} categories each)", ylabel=ylabel)
+    axes[0, 0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title, y=1.02)
+    fig.tight_layout()
+    return fig
+
+
+def defence_accuracy_figure(table: pd.DataFrame, histories: Mapping[tuple[str, str], Sequence[float]],
+                            order: Sequence[tuple[str, str]], ylabel: str = "accuracy",
+                            colours: Mapping[str, str] | None = None, window: int = 10, title: str = "") -> Figure:
+    """Left: clean and robust accuracy per defence with their intervals (dotted: robust accuracy without defence);
+    right: each defence's training curve (rolling mean, log scale).
+
+    Parameters
+    ----------
+    table : DataFrame
+        One row per defence with ``map``, ``selection``, ``clean``, ``clean_low``, ``clean_high``, ``robust``,
+        ``robust_low``, ``robust_high`` (:func:`mmlib.case_studies.adversarial.defence_table`); the undefended
+        model has selection ``"none"``.
+    histories : mapping
+        ``(map, selection)`` -> the masked adversarial term per training step (one curve each; the first map's
+        curves are solid, the others dashed).
+    order : sequence of (map, selection)
+        The bars, left to right.
+    """
+    colours = dict(colours or {"ImgD": "tab:blue", "TextD": "tab:orange", "CrossD": "tab:green"})
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.6), gridspec_kw={"width_ratios": [2, 1]})
+    ax = axes[0]
+    for i, key in enumerate(order):
+        r = table[(table["map"] == key[0]) & (table["selection"] == key[1])].iloc[0]
+        for j, (label, colour) in enumerate((("clean", "tab:grey"), ("robust", "tab:red"))):
+            ax.bar(i + 0.38 * (j - 0.5), r[label], 0.38, color=colour, label=label if i == 0 else None,
+                   yerr=[[r[label] - r[f"{label}_low"]], [r[f"{label}_high"] - r[label]]], capsize=2)
+    ax.set_xticks(range(len(order)), ["no defence" if k[1] == "none" else f"{k[0]}\n{k[1]}" for k in order],
+                  fontsize=8)
+    ax.set(xlabel="aligned feature set", ylabel=ylabel, ylim=(0, 1))
+    none = table[table["selection"] == "none"]
+    if len(none):
+        ax.axhline(none["robust"].iloc[0], color="tab:red", lw=0.8, ls=":")
+    ax.legend(fontsize=8)
+    ax.set_title("clean and robust accuracy per aligned feature set (95 % Wilson)", fontsize=9)
+    first = next(iter(histories))[0] if histories else None
+    for (name, sel), loss in histories.items():
+        axes[1].plot(pd.Series(loss).rolling(window, min_periods=1).mean(), label=f"{name} {sel}",
+                     ls="-" if name == first else "--", color=colours.get(sel, "tab:grey"))
+    axes[1].set(xlabel="training step", ylabel="masked adversarial term (rolling mean)", yscale="log")
+    axes[1].legend(fontsize=7)
+    axes[1].set_title("training curves", fontsize=9)
+    if title:
+        fig.suptitle(title, y=1.02)
+    fig.tight_layout()
+    return fig
+
+
+def steering_bars(table: pd.DataFrame, keys: Sequence[tuple[str, str]], measures: Sequence[str],
+                  ylabels: Mapping[str, str] | None = None, control: str = "noise",
+                  colours: Mapping[str, str] | None = None, title: str = "") -> Figure:
+    """One panel per measure: its mean with the interval for each steering run (bars), and the control's mean as a
+    dotted line where it is finite.
+
+    Parameters
+    ----------
+    table : DataFrame
+        ``map``, ``selection``, ``measure``, ``mean``, ``ci_low``, ``ci_high``
+        (:func:`mmlib.case_studies.adversarial.measure_summary`); the control run has selection ``control``.
+    keys : sequence of (map, selection)
+        The bars, left to right.
+    measures : sequence of str
+        One panel each.
+    ylabels : mapping, optional
+        measure -> y label (default: the measure's name).
+    """
+    colours = dict(colours or {"ImgD": "tab:blue", "TextD": "tab:orange", "CrossD": "tab:green"})
+    ylabels = dict(ylabels or {})
+    fig, axes = plt.subplots(1, len(measures), figsize=(14 / 3 * len(measures), 3.6), squeeze=False)
+    for ax, measure in zip(axes[0], measures):
+        for i, (name, sel) in enumerate(keys):
+            r = table[(table["map"] == name) & (table["selection"] == sel) & (table["measure"] == measure)].iloc[0]
+            ax.bar(i, r["mean"], color=colours.get(sel, "tab:grey"),
+                   yerr=[[r["mean"] - r["ci_low"]], [r["ci_high"] - r["mean"]]], capsize=2)
+        ctrl = table[(table["selection"] == control) & (table["measure"] == measure)]
+        if len(ctrl) and np.isfinite(ctrl["mean"].iloc[0]):
+            ax.axhline(ctrl["mean"].iloc[0], color="black", ls=":", lw=1, label=f"control ({control})")
+            ax.legend(fontsize=8)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xticks(range(len(keys)), [f"{name}\n{sel}" for name, sel in keys], fontsize=7.5)
+        ax.set_xlabel("map and steered feature set", fontsize=8)
+        ax.set_ylabel(ylabels.get(measure, measure), fontsize=8)
+        ax.set_title(measure.replace("_", " "), fontsize=9)
+    if title:
+        fig.suptitle(title, y=1.02)
     fig.tight_layout()
     return fig

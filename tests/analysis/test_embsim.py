@@ -113,3 +113,24 @@ def test_m_sweep_on_planted_clusters():
     assert (table.winrate > 0.7).all() and (table.embsim > table.random_embsim).all()
     assert (table.purity > 0.75).all() and table.purity_chance[0] == pytest.approx(0.25)
     assert (table.winrate_ci_low <= table.winrate).all() and (table.winrate <= table.winrate_ci_high).all()
+
+
+def test_class_interpretability_per_class():
+    from mmlib.analysis.categories import categorise
+    from mmlib.analysis.embsim import class_interpretability
+
+    cats = categorise(np.array([0.9, 0.95, 0.5, 0.45, 0.05, np.nan]), "fixed")
+    sims = np.array([0.8, 0.6, 0.4, np.nan, 0.3, np.nan])
+    pur = np.array([1.0, 0.5, 0.7, 0.2, 0.9, np.nan])
+    rand = np.array([0.1, 0.5, 0.7])
+    t = class_interpretability(sims, pur, cats, rand, n_boot=20).set_index("category")
+    assert list(t.index) == ["ImgD", "TextD", "CrossD"]
+    assert t.loc["ImgD"].n_scored == 2 and t.loc["ImgD"].embsim == pytest.approx(0.7)
+    assert t.loc["ImgD"].purity == pytest.approx(0.75)
+    assert t.loc["ImgD"].winrate == pytest.approx(winrate_vs_random(sims[:2], rand, n_boot=20).value)
+    assert t.loc["CrossD"].n_scored == 1 and np.isnan(t.loc["CrossD"].embsim)  # feature 3 has no EmbSim
+    assert t.loc["TextD"].n_scored == 1 and np.isnan(t.loc["TextD"].winrate)
+    assert class_interpretability(sims, pur, cats, rand, min_features=1).set_index("category").loc[
+        "TextD"].embsim == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="purities"):
+        class_interpretability(sims[:3], pur, cats, rand)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
+import torch
 from sklearn.metrics import mutual_info_score, normalized_mutual_info_score
 
 from mmlib.analysis.mds import modality_dominance
@@ -173,3 +175,122 @@ def test_compare_to_null_hand_computed():
     assert table.loc["share extreme", "world_ci_low"] < 0.75 < table.loc["share extreme", "world_ci_high"]
     with pytest.raises(ValueError, match="no alive"):
         compare_to_null(np.array([np.nan]), null)
+
+
+# ------------------------------------------------------------------ method level: planted dictionaries
+def _planted(n=400):
+    from mmlib.data.planted import PlantedConfig, generate_planted
+
+    return generate_planted(PlantedConfig(d=8, n_shared=2, n_image=1, n_text=1, sparsity=1.0, seed=0), n)
+
+
+def test_true_code_features_recover_every_class():
+    from mmlib.analysis.planted_truth import planted_accuracy_table, true_code_features
+
+    data = _planted()
+    truth = true_code_features(data)
+    assert list(truth.atom) == [0, 1, 2, 3] and truth.n_atoms == 4 and truth.atoms_covered(0.9) == 4
+    np.testing.assert_allclose(truth.mds.scores, [0.5, 0.5, 1.0, 0.0])  # shared, shared, image, text
+    acc = truth.accuracy(0.9, "fixed")
+    assert acc.accuracy == 1.0 and acc.n == 4
+    table = planted_accuracy_table({"true codes": (truth, (0.9,))}, rules=("fixed",))
+    assert list(table.columns) == ["features", "match_cos", "rule", "n_scored", "n_left_out", "accuracy", "ci_low",
+                                   "ci_high"]
+    assert table.iloc[0].to_dict() | {"ci_low": 0, "ci_high": 0} == dict(
+        features="true codes", match_cos=0.9, rule="fixed 0.6/0.4", n_scored=4, n_left_out=0, accuracy=1.0,
+        ci_low=0, ci_high=0)
+
+
+def test_planted_features_match_directions_to_atoms():
+    from mmlib.analysis.planted_truth import planted_features
+
+    data = _planted()
+    # feature 0 = atom 2 (image) scaled, feature 1 = a direction orthogonal to every atom (matches none),
+    # feature 2 = atom 0 (shared); activations: the true codes of atoms 2, 3 and 0
+    q, _ = torch.linalg.qr(torch.cat([data.dictionary.T, torch.eye(8)[:, :1]], 1))
+    directions = torch.stack([3 * data.dictionary[2], q[:, 4], data.dictionary[0]])
+    a_image, a_text = data.codes_image[:, [2, 3, 0]], data.codes_text[:, [2, 3, 0]]
+    feats = planted_features(data, directions, a_image, a_text)
+    assert feats.atom[0] == 2 and feats.atom_class[0] == "image" and feats.cosine[0] == pytest.approx(1.0, abs=1e-6)
+    assert feats.atom[2] == 0 and feats.atom_class[2] == "shared"
+    assert feats.cosine[1] < 0.9
+    assert list(feats.labels(0.9)) == ["image", None, "shared"]
+    assert feats.atoms_covered(0.9) == 2
+    assert feats.mds.n_features == 3
+    with pytest.raises(ValueError, match="directions"):
+        planted_features(data, torch.ones(3, 5), a_image, a_text)
+
+
+# ------------------------------------------------------------------ model level: why rho is undefined
+def _match(best_factor, best_score):
+    best_factor = np.asarray(best_factor, dtype=str)
+    return FactorMatch(factors=tuple(sorted(set(best_factor) - {""})), scores=np.zeros((len(best_factor), 1)),
+                       best_factor=best_factor, best_score=np.asarray(best_score, dtype=float), metric="nmi",
+                       binarise="active")
+
+
+IDEAL = {"colour=red": 0.5, "shape=circle": 0.5, "texture=plain": 0.6, "owner=bob": 0.0}
+
+
+def test_rho_gap_names_each_reason():
+    from mmlib.analysis.planted_truth import RhoGap, rho_gap
+
+    few = rho_gap(np.array([0.1, 0.9, 0.5]), _match(["colour=red", "shape=circle", ""], [0.2, 0.01, 0.0]), IDEAL, 0.05)
+    assert few == RhoGap(1, "are fewer than 3") and str(few) == "the 1 matched features are fewer than 3"
+    constant = rho_gap(np.array([0.1, 0.9, 0.5, np.nan]),
+                       _match(["colour=red", "shape=circle", "colour=red", "texture=plain"], [0.2] * 4), IDEAL, 0.05)
+    assert str(constant) == "the 3 matched features all carry colour or shape, planted at 0.5"  # dead one left out
+    same_mds = rho_gap(np.full(3, 0.7), _match(["colour=red", "texture=plain", "owner=bob"], [0.2] * 3), IDEAL, 0.05)
+    assert same_mds.reason == "all have the same MDS"
+    assert rho_gap(np.array([0.4, 0.7, 0.1]), _match(["colour=red", "texture=plain", "owner=bob"], [0.2] * 3),
+                   IDEAL, 0.05) is None
+
+
+def test_rho_at_gives_the_row_and_the_reason():
+    from mmlib.analysis.planted_truth import rho_at
+
+    match = _match(["colour=red", "texture=plain", "owner=bob", "shape=circle"], [0.2, 0.2, 0.2, 0.01])
+    row = rho_at(np.array([0.4, 0.7, 0.1, 0.5]), match, IDEAL, 0.05, n_boot=50)
+    assert row["rho"] == pytest.approx(1.0) and row["n_matched"] == 3 and row["reason"] == ""
+    assert {"threshold", "n_factors", "p_value", "ci_low", "ci_high"} <= set(row)
+    row = rho_at(np.array([0.4, 0.7, 0.1, 0.5]), match, IDEAL, 0.3, n_boot=50)
+    assert np.isnan(row["rho"]) and row["reason"] == "the 0 matched features are fewer than 3"
+
+
+def test_rho_across_seeds_text():
+    from mmlib.analysis.planted_truth import RhoGap, rho_across_seeds_text
+
+    row = {"n_seeds": 3, "mean": 0.76, "ci_low": 0.72, "ci_high": 0.8}
+    assert rho_across_seeds_text(row, {0: None, 1: None, 2: None}, 2) == "0.76 [0.72, 0.80] over 3 seeds"
+    half = RhoGap(25, "all carry colour or shape, planted at 0.5")
+    assert rho_across_seeds_text({"n_seeds": 0, "mean": np.nan, "ci_low": np.nan, "ci_high": np.nan},
+                                 {0: half, 1: RhoGap(30, half.reason), 2: RhoGap(35, half.reason)}) == (
+        "undefined in every seed (seeds 0, 1, 2: the 25, 30, 35 matched features all carry colour or shape, "
+        "planted at 0.5)")
+    two = {"n_seeds": 2, "mean": 0.1, "ci_low": -0.1, "ci_high": 0.3}
+    assert rho_across_seeds_text(two, {0: None, 1: half, 2: None}, 2) == (
+        "0.10 [-0.10, 0.30] over 2 seeds (undefined in seed 1: the 25 matched features all carry colour or shape, "
+        "planted at 0.5)")
+    mixed = rho_across_seeds_text({"n_seeds": 1, "mean": np.nan, "ci_low": np.nan, "ci_high": np.nan},
+                                  {0: half, 1: RhoGap(2, "are fewer than 3"), 2: None})
+    assert mixed == ("n/a over 1 seeds (undefined in seed 0: the 25 matched features all carry colour or shape, "
+                     "planted at 0.5; seed 1: the 2 matched features are fewer than 3)")
+
+
+def test_matched_by_factor_annotate_and_extreme_share():
+    from mmlib.analysis.planted_truth import annotate_matched, extreme_share, matched_by_factor
+
+    m = pd.DataFrame({"feature": [0, 1, 2, 3], "factor": ["colour=red", "colour=red", "texture=plain", "owner=bob"],
+                      "score": [0.2] * 4, "mds": [0.05, 0.5, 0.95, 0.3], "ideal_mds": [0.5, 0.5, 0.6, 0.0]})
+    roles = {"colour": "cross", "texture": "image-ladder", "owner": "text-only"}
+    t = matched_by_factor(m, roles, IDEAL).set_index("factor")
+    assert t.loc["colour"].to_dict() == dict(role="cross", n=2, planted=0.5, median_mds=0.275, share_extreme=0.5)
+    assert t.loc["texture", "share_extreme"] == 1.0 and t.loc["owner", "planted"] == 0.0
+    a = annotate_matched(m, roles, {"colour=red": 0.5, "texture=plain": 0.8, "owner=bob": 0.0})
+    assert list(a.factor_name) == ["colour", "colour", "texture", "owner"]
+    assert list(a.planted) == [0.5, 0.5, 0.8, 0.0] and list(a.role) == ["cross", "cross", "image-ladder", "text-only"]
+    share = extreme_share([m, m.iloc[:1]])  # pooled: features at 0.5 are rows 0, 1 and row 0 again
+    assert share["matched_at_half"] == 3 and share["share_extreme"] == pytest.approx(2 / 3)
+    assert (share["ci_low"], share["ci_high"]) == pytest.approx(proportion_ci(2, 3))
+    none = extreme_share(m[m.ideal_mds != 0.5])
+    assert none["matched_at_half"] == 0 and np.isnan(none["share_extreme"]) and np.isnan(none["ci_low"])

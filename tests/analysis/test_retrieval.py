@@ -62,3 +62,17 @@ def test_recall_is_monotone_in_k_and_one_at_n(n, d, seed):
     assert values == sorted(values) and values[-1] == 1.0
     ranks = retrieval_ranks(x, y)
     assert ranks.min() >= 0 and ranks.max() <= n - 1
+
+
+def test_ties_against_score_a_collapsed_gallery_as_missed():
+    # every caption collapsed onto one vector: all tie for every image
+    img = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    txt = torch.ones(3, 2)
+    assert retrieval_ranks(img, txt).tolist() == [0, 0, 0]  # in the match's favour: all "retrieved"
+    assert retrieval_ranks(img, txt, ties="against").tolist() == [2, 2, 2]
+    assert recall_at_k(img, txt, (1, 3), ties="against") == {1: 0.0, 3: 1.0}
+    # without ties both rules agree
+    untied = retrieval_ranks(IMAGE[:2], TEXT[:2])
+    assert retrieval_ranks(IMAGE[:2], TEXT[:2], ties="against").tolist() == untied.tolist()
+    with pytest.raises(ValueError, match="ties must be one of"):
+        retrieval_ranks(img, txt, ties="random")

@@ -1,4 +1,6 @@
-"""Tests of mmlib.case_studies.attribute_bias: per-value zero-shot accuracy, the gap interval, per-value removals, the claim margins."""
+"""Tests of mmlib.case_studies.attribute_bias: per-value zero-shot accuracy, the gap interval, per-value removals,
+the claim margins.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +17,20 @@ from mmlib.case_studies.attribute_bias import (
     accuracy_gap,
     balanced_accuracy,
     bias_removal,
+    categorised_map,
+    describe_margins,
+    drop_decomposition,
+    format_interval,
+    format_margin,
     group_margins,
+    ideal_mds,
+    margin_summary,
+    margins_contradict,
+    margins_support,
+    recognition_rows,
+    recognition_summary,
     recognition_table,
+    removal_accuracies,
     value_index,
     world_attribute_task,
 )
@@ -47,7 +61,8 @@ def planted_task(n_female: int = 6, n_male: int = 4) -> AttributeTask:
     """Female images carry feature 0, male images feature 1; feature 2 is a shared tie-breaker toward male.
 
     Class prompts: female = e0, male = e1 + 0.1 e2. Removing feature 0 (images only) leaves female images at
-    0.5 e2, which the male prompt matches better: every female image flips, no male image does."""
+    0.5 e2, which the male prompt matches better: every female image flips, no male image does.
+    """
     image = torch.cat([(E[0] + 0.5 * E[2]).repeat(n_female, 1), (E[1] + 0.5 * E[2]).repeat(n_male, 1)])
     classes = torch.stack([E[0], E[1] + 0.1 * E[2]])
     labels = np.array([0] * n_female + [1] * n_male)
@@ -201,7 +216,8 @@ def test_bias_removal_draws_are_paired_across_values():
     d = rep.random_drops[rep.random_drops.subset == ALL].pivot(index="draw", columns="value", values="drop")
     n = task.value_counts().loc[ALL]
     weighted = (d["a"] * n["a"] + d["b"] * n["b"]) / n.sum()
-    np.testing.assert_allclose(weighted.to_numpy(), whole[whole.metric == "zero_shot"]["drop"].to_numpy(), atol=1e-6)  # float32 means
+    np.testing.assert_allclose(weighted.to_numpy(), whole[whole.metric == "zero_shot"]["drop"].to_numpy(),
+                               atol=1e-6)  # float32 means
     gaps = rep.gaps.set_index("subset")
     assert list(gaps.index) == [ALL, "half"]
     assert gaps.loc[ALL, "random_gap_mean"] == pytest.approx((d["a"] - d["b"]).mean())
@@ -231,7 +247,8 @@ def test_group_margins_hand_computed():
                           "value": ["f", "f", "f", "m", "m", "m", "f", "f", "m", "m"],
                           "group": ["ImgD", "TextD", "CrossD"] * 2 + ["TextD", "CrossD"] * 2,
                           "excess": [0.30, 0.10, 0.05, 0.02, 0.20, 0.25, 0.1, 0.2, 0.3, 0.1]})
-    m = group_margins(table, {"f": "ImgD", "m": "TextD"}, groups=("ImgD", "TextD", "CrossD")).set_index(["seed", "value"])
+    m = group_margins(table, {"f": "ImgD", "m": "TextD"}, groups=("ImgD", "TextD", "CrossD"))
+    m = m.set_index(["seed", "value"])
     assert m.loc[(0, "f"), "margin"] == pytest.approx(0.20) and m.loc[(0, "f"), "best_other"] == "TextD"
     assert m.loc[(0, "m"), "margin"] == pytest.approx(-0.05) and m.loc[(0, "m"), "best_other"] == "CrossD"
     assert np.isnan(m.loc[(1, "f"), "margin"])  # ImgD empty for seed 1
@@ -312,3 +329,122 @@ def test_planted_attribute_config_bad_input(kwargs, message):
     from mmlib.case_studies.attribute_bias import PlantedAttributeConfig
     with pytest.raises(ValueError, match=message):
         PlantedAttributeConfig(**kwargs)
+
+
+
+# ------------------------------------------------------------------------------------------ the chapter's steps
+def test_ideal_mds_of_the_planted_gender_asymmetry():
+    # female: drawn 0.9, said 0.2 -> (0.9 * 0.8 + 0.9 * 0.2 / 2) / (1 - 0.1 * 0.8) = 0.81 / 0.92
+    assert ideal_mds(0.9, 0.2) == pytest.approx(0.81 / 0.92)
+    assert ideal_mds(0.2, 0.9) == pytest.approx(1 - 0.81 / 0.92)  # the mirror image
+    assert (ideal_mds(1, 1), ideal_mds(1, 0), ideal_mds(0, 1)) == (0.5, 1.0, 0.0)
+    with pytest.raises(ValueError, match="never fires"):
+        ideal_mds(0, 0)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        ideal_mds(1.2, 0.5)
+
+
+def test_format_interval():
+    assert format_interval(0.5, 0.25, 0.75) == "0.500 [0.250, 0.750]"
+    assert format_interval(0.1, -0.1, 0.3, digits=2, signed=True) == "+0.10 [-0.10, +0.30]"
+    assert format_interval(float("nan"), 0, 1) == "n/a"
+
+
+def test_recognition_rows_raw_and_through_a_map():
+    task = planted_task()
+    per_value, gaps = recognition_rows(task, world="w", seed=-1)
+    expected = recognition_table(task)
+    pd.testing.assert_frame_equal(per_value.drop(columns=["world", "seed"]), expected[0])
+    assert (per_value.world == "w").all() and (gaps.seed == -1).all()
+    # Identity map on non-negative embeddings: the same representation, hence the same table
+    through, _ = recognition_rows(task, Identity(), rep="map")
+    pd.testing.assert_frame_equal(through.drop(columns="rep"), expected[0])
+    joint = AttributeTask("gender", ("female", "male"), task.image_emb, task.class_emb[:, None].repeat(1, 2, 1),
+                          task.labels)
+    with pytest.raises(ValueError, match="one prompt embedding per value"):
+        recognition_rows(joint, Identity())
+
+
+def test_recognition_summary_one_cell_per_value_gap_and_balanced():
+    task = planted_task()
+    parts = [recognition_rows(task, world="w", rep=r) for r in ("raw", "map")]
+    values, gaps = (pd.concat(p, ignore_index=True) for p in zip(*parts))
+    wide = recognition_summary(values, gaps)
+    assert list(wide.columns) == ["female", "male", "gap (female − male)", "balanced"]
+    assert len(wide) == 2 * len(task.subset_names())
+    row = gaps[(gaps.rep == "raw") & (gaps.subset == ALL)].iloc[0]
+    assert wide.loc[("w", "raw", ALL), "balanced"] == format_interval(row.balanced, row.balanced_low,
+                                                                      row.balanced_high)
+
+
+def test_removal_accuracies_rows_for_the_bars():
+    task = planted_task()
+    groups = {"ImgD": np.array([True, False, False, False]), "TextD": np.array([False, True, False, False])}
+    table = bias_removal(Identity(), task, groups, n_random=5, subsets=[ALL]).table.assign(map="SAE")
+    base, _ = recognition_rows(task, Identity(), rep="SAE")
+    bars = removal_accuracies(table, base[base.subset == ALL], ["SAE"])
+    assert list(dict.fromkeys(bars.factor)) == ["SAE: nothing removed", "SAE: ImgD removed", "SAE: TextD removed"]
+    assert all(sorted(v) == ["female", "male"] for v in bars.groupby("factor").value.apply(list))
+    assert bars.chance.eq(0.5).all()
+    imgd = bars[bars.factor == "SAE: ImgD removed"].set_index("value")
+    assert imgd.loc["female", "accuracy"] == 0.0 and imgd.loc["male", "accuracy"] == 1.0  # every female image flips
+    nothing = bars[bars.factor == "SAE: nothing removed"].set_index("value")
+    assert nothing.loc["female", "ci_low"] == base[(base.subset == ALL) & (base.value == "female")].ci_low.iloc[0]
+
+
+def test_drop_decomposition_hand_computed():
+    table = pd.DataFrame({"map": "SAE", "seed": 0, "group": ["ImgD", "ImgD", "TextD", "TextD"],
+                          "value": ["f", "m", "f", "m"], "drop": [0.6, -0.4, 0.1, 0.1]})
+    dec = drop_decomposition(table, ("f", "m"))
+    assert dec.loc[("SAE", 0, "ImgD"), "balanced_drop"] == pytest.approx(0.1)
+    assert dec.loc[("SAE", 0, "ImgD"), "shift"] == pytest.approx(0.5)  # mostly the default answer moving
+    assert dec.loc[("SAE", 0, "TextD"), "shift"] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match=r"value\(s\) \['x'\]"):
+        drop_decomposition(table, ("f", "x"))
+
+
+def test_categorised_map_trains_once_and_categorises(artifact_root):
+    from mmlib.feature_maps.raw import RawConfig
+    gen = torch.Generator().manual_seed(0)
+    image, text = torch.randn(50, 6, generator=gen), torch.randn(50, 6, generator=gen)
+    image[:, 0] *= 10  # dimension 0 fires mostly on images
+    fmap, cats = categorised_map(("raw", RawConfig()), (image, text), rule="fixed:0.7/0.3")
+    assert cats.labels.shape == (6,) and cats.labels[0] == "ImgD"
+    again, cats_again = categorised_map(("raw", RawConfig()), (image, text), rule="fixed:0.7/0.3")
+    np.testing.assert_array_equal(cats.labels, cats_again.labels)
+
+
+def margin_table() -> pd.DataFrame:
+    """Three seeds; ImgD is empty in seed 2, so female's margin is NaN there."""
+    rows = []
+    for seed, (f_img, f_txt, f_cross, m_img, m_txt, m_cross) in enumerate(
+            [(0.3, 0.1, 0.0, 0.0, 0.4, 0.1), (0.4, 0.1, 0.1, 0.1, 0.3, 0.0), (None, 0.2, 0.1, None, 0.5, 0.1)]):
+        for value, excess in (("female", (f_img, f_txt, f_cross)), ("male", (m_img, m_txt, m_cross))):
+            rows += [dict(seed=seed, value=value, group=g, excess=e)
+                     for g, e in zip(("ImgD", "TextD", "CrossD"), excess) if e is not None]
+    return pd.DataFrame(rows)
+
+
+def test_margin_summary_format_and_rule():
+    expected = {"female": "ImgD", "male": "TextD"}
+    summary = margin_summary(margin_table(), expected, groups=("ImgD", "TextD", "CrossD"))
+    assert list(summary.index) == ["female", "male"] and summary.loc["female", "expected"] == "ImgD"
+    assert summary.loc["female", "n_nan"] == 1 and summary.loc["female", "finite"] == pytest.approx([0.2, 0.3])
+    assert summary.loc["male", "n_seeds"] == 3 and summary.loc["male", "mean"] == pytest.approx(0.3)
+    assert format_margin(summary, "male", interval=False) == "+0.300"
+    assert format_margin(summary, "female").endswith(", ImgD empty in 1 of 3 seeds")
+    assert format_margin(summary, "female").startswith("+0.250 [")
+    text = describe_margins(summary, named=True)
+    assert text.startswith("female (expected ImgD) +0.250 [") and "; male (expected TextD) +0.300 [" in text
+    assert describe_margins(summary, interval=False) == "female +0.250, ImgD empty in 1 of 3 seeds, male +0.300"
+    assert not margins_contradict(summary)
+    assert margins_support(summary) == bool((summary.ci_low > 0).all())
+    # one finite margin only: no interval, n/a, neither supports nor contradicts
+    two_empty = margin_table()
+    two_empty = two_empty[~((two_empty.seed == 1) & (two_empty.group == "ImgD"))]
+    s2 = margin_summary(two_empty, expected)
+    assert format_margin(s2, "female") == ("n/a (ImgD empty in 2 of 3 seeds, margin +0.200 in the other seed; "
+                                           "no interval)")
+    assert not margins_support(s2) and not margins_contradict(s2)
+    flipped = margin_table().assign(excess=lambda t: -t.excess)
+    assert margins_contradict(margin_summary(flipped, expected))

@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from mmlib.analysis.categories import random_feature_mask
-from mmlib.case_studies.removal import RemovalData, group_removal, remove_features
+from mmlib.analysis.categories import categorise, random_feature_mask
+from mmlib.case_studies.removal import (
+    RemovalData,
+    RemovalReport,
+    class_removals,
+    crossd_margin,
+    crossd_margin_ci,
+    group_removal,
+    removal_tasks,
+    remove_features,
+    stack_reports,
+)
+from mmlib.data.embeddings import Embeddings
+from mmlib.data.world import WorldConfig, generate_world
+from mmlib.models.prompts import caption_scale, class_embeddings, encode_texts
 
 
 class SignSplit:
@@ -100,3 +114,80 @@ def test_random_feature_mask_draws_k_alive_features_reproducibly():
     assert np.array_equal(mask, expected)
     with pytest.raises(ValueError):
         random_feature_mask(np.random.default_rng(0), alive_idx, 5, 10)  # more than alive
+
+
+# ------------------------------------------------------------------------------------------ the chapter's grid
+def test_removal_tasks_builds_zero_shot_and_retrieval(tiny_clip):
+    world = generate_world(WorldConfig(n_train=0, n_val=0, n_test=40, seed=2))
+    split = world.subset("test")
+    gen = torch.Generator().manual_seed(0)
+    emb = Embeddings(torch.randn(40, tiny_clip.embed_dim, generator=gen),
+                     3 * torch.randn(40, tiny_clip.embed_dim, generator=gen), key="k", meta={})
+    tasks = removal_tasks(split, emb, lambda t: encode_texts(tiny_clip, t), ("shape",), n_retrieval=10)
+    assert sorted(tasks) == ["retrieval", "zero-shot shape"]
+    shape = tasks["zero-shot shape"]
+    expected = class_embeddings(lambda t: encode_texts(tiny_clip, t), world.factor("shape"), world.factors, "ensemble")
+    assert shape.class_emb.shape == expected.shape
+    torch.testing.assert_close(shape.class_emb.norm(dim=1), torch.full((len(expected),), caption_scale(emb.text)))
+    torch.testing.assert_close(torch.nn.functional.normalize(shape.class_emb, dim=1), expected)  # same directions
+    np.testing.assert_array_equal(shape.labels, split.values("shape"))
+    assert tasks["retrieval"].image_emb.shape == (10, tiny_clip.embed_dim) and tasks["retrieval"].class_emb is None
+    with pytest.raises(ValueError, match="39 embeddings for a split of 40"):
+        removal_tasks(split, Embeddings(emb.image[:39], emb.text[:39], key="k", meta={}), lambda t: t, ())
+    with pytest.raises(ValueError, match="at least 2 pairs"):
+        removal_tasks(split, emb, lambda t: encode_texts(tiny_clip, t), (), n_retrieval=1)
+
+
+def test_class_removals_removes_every_non_empty_class_on_every_task():
+    # Features: 0 = +dim0 (ImgD), 1 = +dim1 (CrossD), 2 = -dim0 (TextD), 3 = dead.
+    cats = categorise(np.array([0.9, 0.5, 0.1, np.nan]), "fixed:0.7/0.3")
+    tasks = {"zs": RemovalData(DATA.image_emb, class_emb=DATA.class_emb, labels=DATA.labels),
+             "ret": RemovalData(DATA.image_emb, text_emb=DATA.text_emb)}
+    report = class_removals(SignSplit(), cats, tasks, n_random=30, seed=3)
+    t = report.table
+    assert list(dict.fromkeys(t.task)) == ["ret", "zs"]  # sorted
+    assert list(t[t.task == "zs"].group) == ["ImgD", "TextD", "CrossD"]
+    np.testing.assert_allclose(t["excess"], t["drop"] - t["random_drop_mean"])
+    groups = {g: cats.mask(g) for g in ("ImgD", "TextD", "CrossD")}
+    direct = group_removal(SignSplit(), tasks["zs"], groups, alive=cats.alive, n_random=30, seed=3).table
+    pd.testing.assert_frame_equal(t[t.task == "zs"].drop(columns=["task", "excess"]).reset_index(drop=True), direct)
+    assert set(report.random_drops.task) == {"ret", "zs"} and len(report.random_drops) == 2 * 3 * 30
+    no_textd = categorise(np.array([0.9, 0.5, 0.5, np.nan]), "fixed:0.7/0.3")
+    assert list(class_removals(SignSplit(), no_textd, tasks, n_random=5).table.group.unique()) == ["ImgD", "CrossD"]
+    with pytest.raises(ValueError, match="every class"):
+        class_removals(SignSplit(), no_textd, tasks, n_random=5, classes=("TextD",))
+    with pytest.raises(ValueError, match="no tasks"):
+        class_removals(SignSplit(), cats, {}, n_random=5)
+
+
+def test_stack_reports_adds_the_keys():
+    a = RemovalReport(pd.DataFrame({"x": [1, 2]}), pd.DataFrame({"drop": [0.5]}))
+    b = RemovalReport(pd.DataFrame({"x": [3]}), pd.DataFrame({"drop": [0.1]}))
+    t = stack_reports({("world", 0): a, ("null", 1): b}, keys=("world", "seed"))
+    assert t.to_dict("list") == {"x": [1, 2, 3], "world": ["world", "world", "null"], "seed": [0, 0, 1]}
+    assert stack_reports({("w", 0): a}, "random_drops", keys=("world", "seed"))["drop"].tolist() == [0.5]
+    with pytest.raises(ValueError, match="3 columns"):
+        stack_reports({("w", 0): a}, keys=("world", "map", "seed"))
+    with pytest.raises(ValueError, match="no reports"):
+        stack_reports({})
+
+
+def test_crossd_margin_hand_computed():
+    # seed 0: excess over two tasks, means ImgD 0.2, TextD 0.1, CrossD -0.1 -> d = -0.2
+    # seed 1: TextD empty, means ImgD 0.3, CrossD 0.0 -> d = -0.3; seed 2: CrossD empty -> NaN
+    rows = [(0, "ImgD", 0.1), (0, "ImgD", 0.3), (0, "TextD", 0.1), (0, "TextD", 0.1), (0, "CrossD", -0.2),
+            (0, "CrossD", 0.0), (1, "ImgD", 0.3), (1, "CrossD", 0.0), (2, "ImgD", 0.1), (2, "TextD", 0.2)]
+    table = pd.DataFrame(rows, columns=["seed", "group", "excess"]).assign(map="SAE")
+    d = crossd_margin(table).set_index("seed")
+    assert d.loc[0, "d"] == pytest.approx(-0.2) and d.loc[0, "others"] == pytest.approx(0.1)
+    assert d.loc[1, "d"] == pytest.approx(-0.3) and d.loc[1, "crossd"] == pytest.approx(0.0)
+    assert np.isnan(d.loc[2, "d"]) and list(d.columns) == ["map", "d", "crossd", "others"]
+    ci = crossd_margin_ci(table).set_index("value")
+    assert ci.loc["d", "n_seeds"] == 2 and ci.loc["d", "mean"] == pytest.approx(-0.25)
+    assert ci.loc["d", "ci_low"] < -0.25 < ci.loc["d", "ci_high"]
+    no_crossd = table[table.group != "CrossD"]
+    assert crossd_margin(no_crossd)["d"].isna().all()
+    with pytest.raises(ValueError, match=r"columns \['map'\] not in the table"):
+        crossd_margin(table.drop(columns="map"))
+
+

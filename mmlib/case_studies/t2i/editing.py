@@ -1,5 +1,7 @@
-"""Text-to-image editing in feature space (Method page, `claim-5-7a` / `claim-5-7b`): move a reference image's ImgD / TextD / CrossD
-features toward a text prompt's, decode to an embedding, generate, and read what the image shows.
+"""Text-to-image editing in feature space (Method page, `claim-5-7a` / `claim-5-7b`).
+
+Move a reference image's ImgD / TextD / CrossD features toward a text prompt's, decode to an embedding, generate,
+and read what the image shows.
 
 The paper's claim: larger interventions on TextD features give stronger control of high-level semantics,
 while ImgD interventions keep more of the reference image's visual detail. The edit ([ours] where the paper
@@ -14,13 +16,16 @@ prompt's activations (the "scaling" intervention). ``keep_residual=True`` (defau
 reconstruction error of the reference, so that ``alpha = 0`` returns ``z_ref`` exactly and only the edit
 changes the embedding; ``False`` decodes ``h'`` alone. The edited embedding conditions a generator (the
 tiny profile's :class:`mmlib.case_studies.t2i.tiny_decoder.EmbeddingDecoder`, or a real unCLIP pipeline via
-:class:`mmlib.case_studies.t2i.unclip.UnCLIPDecoder`), and probes (:mod:`mmlib.case_studies.t2i.image_probes`) read the generated images:
+:class:`mmlib.case_studies.t2i.unclip.UnCLIPDecoder`), and probes (:mod:`mmlib.case_studies.t2i.image_probes`)
+read the generated images:
 
 * **semantic control**: the probe reads the prompt's value of the edited factor;
 * **detail preservation**: the probe reads the reference's value of factors the prompt does not name (by
   default the image-only / image-ladder factors position, background and size).
 
-Every group is compared with a size-matched random set of alive features (``"random:<group>"``).
+Every group is compared with a size-matched random set of alive features (``"random:<group>"``, see
+:func:`mmlib.analysis.categories.group_masks`). :func:`scale_sweep` repeats the sweep at ``alpha = 1`` with the
+prompt's activations amplified (the "scaling" intervention).
 """
 
 from __future__ import annotations
@@ -37,15 +42,17 @@ import torch.nn.functional as F
 
 from mmlib.feature_maps.base import FeatureMapLike, check_modality
 
-__all__ = ["RANDOM_PREFIX", "Generator", "EditConfig", "EditResult", "edit_features", "edit_embedding", "group_masks",
-           "edit_sweep"]
+__all__ = ["Generator", "EditConfig", "EditResult", "edit_features", "edit_embedding", "edit_sweep", "scale_sweep"]
+
 
 class Generator(Protocol):
     """What :func:`edit_sweep` generates with: embeddings ``(n, d)`` -> uint8 images ``(n, H, W, 3)``."""
 
     embed_dim: int
 
-    def sample(self, z: torch.Tensor, *, seeds: np.ndarray, steps: int, guidance: float) -> np.ndarray: ...
+    def sample(self, z: torch.Tensor, *, seeds: np.ndarray, steps: int, guidance: float) -> np.ndarray:
+        """Images ``(n, H, W, 3)`` uint8 from embeddings ``(n, d)``, one noise seed per row."""
+        ...
 
 
 class _Probes(Protocol):
@@ -96,15 +103,16 @@ def edit_features(h_ref: torch.Tensor, h_prompt: torch.Tensor, mask: np.ndarray 
     if h_prompt.ndim == 1:
         h_prompt = h_prompt.expand_as(h_ref)
     if h_prompt.shape != h_ref.shape:
-        raise ValueError(f"prompt activations {tuple(h_prompt.shape)} do not match the references' {tuple(h_ref.shape)}")
+        raise ValueError(f"prompt activations {tuple(h_prompt.shape)} do not match the references' "
+                         f"{tuple(h_ref.shape)}")
     s = _check_mask(mask, h_ref.shape[1])
     target = (1 - alpha) * h_ref + alpha * scale * h_prompt
     return torch.where(s[None, :], target, h_ref)
 
 
-def edit_embedding(feature_map: FeatureMapLike, z_ref: torch.Tensor, z_prompt: torch.Tensor, mask: np.ndarray | torch.Tensor,
-                   alpha: float, scale: float = 1.0, prompt_modality: str = "text", keep_residual: bool = True
-                   ) -> torch.Tensor:
+def edit_embedding(feature_map: FeatureMapLike, z_ref: torch.Tensor, z_prompt: torch.Tensor,
+                   mask: np.ndarray | torch.Tensor, alpha: float, scale: float = 1.0, prompt_modality: str = "text",
+                   keep_residual: bool = True) -> torch.Tensor:
     """Edited image embeddings ``(n, d)``: the references' with group ``mask`` moved toward the prompt's.
 
     Parameters
@@ -198,9 +206,10 @@ class EditResult:
     images: dict[tuple[str, float], np.ndarray]
 
 
-def edit_sweep(generator: Generator, probes: _Probes, feature_map: FeatureMapLike, z_ref: torch.Tensor, z_prompt: torch.Tensor,
-               groups: Mapping[str, np.ndarray], factor: str, target: np.ndarray, reference: Mapping[str, np.ndarray],
-               config: EditConfig = EditConfig(), noise_seeds: np.ndarray | None = None) -> EditResult:
+def edit_sweep(generator: Generator, probes: _Probes, feature_map: FeatureMapLike, z_ref: torch.Tensor,
+               z_prompt: torch.Tensor, groups: Mapping[str, np.ndarray], factor: str, target: np.ndarray,
+               reference: Mapping[str, np.ndarray], config: EditConfig = EditConfig(),
+               noise_seeds: np.ndarray | None = None) -> EditResult:
     """Edit every reference toward its prompt, per group and strength; generate; read with the probes.
 
     Parameters
@@ -279,3 +288,36 @@ def edit_sweep(generator: Generator, probes: _Probes, feature_map: FeatureMapLik
     table = pd.concat(rows, ignore_index=True)
     table["preserved"] = table[[f"keep_{f}" for f in keep]].mean(axis=1) if keep else np.nan
     return EditResult(table.sort_values(["group", "alpha", "ref"], ignore_index=True), by_job)
+
+
+def scale_sweep(generator: Generator, probes: _Probes, feature_map: FeatureMapLike, z_ref: torch.Tensor,
+                z_prompt: torch.Tensor, groups: Mapping[str, np.ndarray], factor: str, target: np.ndarray,
+                reference: Mapping[str, np.ndarray], scales: Sequence[float], config: EditConfig = EditConfig(),
+                noise_seeds: np.ndarray | None = None) -> pd.DataFrame:
+    """The "scaling" intervention: each group replaced by the prompt's activations times ``scale`` (``alpha = 1``).
+
+    One :func:`edit_sweep` per scale, with ``config``'s sampling settings and ``alphas=(1.0,)``.
+
+    Parameters
+    ----------
+    generator, probes, feature_map, z_ref, z_prompt, groups, factor, target, reference, noise_seeds
+        As for :func:`edit_sweep` (``z_ref`` and ``z_prompt`` ``(n, d)``, ``target`` ``(n,)``).
+    scales : sequence of float >= 0
+        Multipliers of the prompt's activations.
+    config : EditConfig
+        Sampling steps, guidance, prompt modality and residual handling; its ``alphas`` and ``scale`` are replaced.
+
+    Returns
+    -------
+    DataFrame
+        The rows of :attr:`EditResult.table` at ``alpha = 1`` (``n * len(groups)`` per scale), with a ``scale``
+        column.
+    """
+    if not scales:
+        raise ValueError("give at least one scale")
+    tables = []
+    for sc in scales:
+        result = edit_sweep(generator, probes, feature_map, z_ref, z_prompt, groups, factor, target, reference,
+                            dataclasses.replace(config, alphas=(1.0,), scale=float(sc)), noise_seeds)
+        tables.append(result.table[result.table.alpha == 1.0].assign(scale=float(sc)))
+    return pd.concat(tables, ignore_index=True)

@@ -1,4 +1,4 @@
-"""Probes that read the planted image factors off pixels: what is in a (generated) image?
+"""Probes that read the planted image factors off pixels: what a (generated) image shows.
 
 Chapter 08 generates images from edited CLIP embeddings and must say what they show. A small CNN with one
 linear head per factor (shape, colour, texture, size, background, position by default) is trained on the
@@ -146,13 +146,16 @@ class FactorProbes:
         return {f: np.concatenate(v) if v else np.zeros(0, int) for f, v in out.items()}
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
+        """The CNN's weights (the tensor side of the artifact)."""
         return {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
 
     def meta(self) -> dict[str, Any]:
+        """The JSON side of the artifact: the config and the number of classes per factor."""
         return {"config": to_jsonable(self.config), "n_classes": self.n_classes}
 
     @classmethod
     def from_parts(cls, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> FactorProbes:
+        """Rebuild the probes from :meth:`state_tensors` and :meth:`meta` (in eval mode)."""
         cfg = dict(meta["config"])
         cfg["factors"], cfg["channels"] = tuple(cfg["factors"]), tuple(cfg["channels"])
         probes = cls(ProbeConfig(**cfg), meta["n_classes"])

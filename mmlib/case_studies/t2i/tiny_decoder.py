@@ -21,9 +21,9 @@ CLIP compares) and then standardised per dimension with the training embeddings'
 so that every direction is equally loud from the first step ([ours] ``cond_norm="l2_standardize"``; ``"l2"``:
 L2-normalised and scaled to norm ``sqrt(d)``; ``"none"``: as given). The UNet's residual blocks apply the
 resulting embedding as a per-channel scale and shift (FiLM, ``film=True``: diffusers'
-``resnet_time_scale_shift="scale_shift"``) rather than as a bias only. Classifier-free guidance (Ho & Salimans, 2022): during training the conditioning is replaced
-by zeros with probability ``cond_drop``; sampling mixes the conditional and unconditional predictions with
-``guidance`` (1 = no guidance).
+``resnet_time_scale_shift="scale_shift"``) rather than as a bias only. Classifier-free guidance (Ho & Salimans,
+2022): during training the conditioning is replaced by zeros with probability ``cond_drop``; sampling mixes the
+conditional and unconditional predictions with ``guidance`` (1 = no guidance).
 
 Images: the world's ``(n, S, S, 3)`` uint8 images are area-downsampled to ``resolution`` px (16 by default:
 what trains in minutes on two CPU cores) and scaled to ``[-1, 1]``. The trained decoder is an artifact
@@ -348,6 +348,7 @@ class EmbeddingDecoder:
                 "cond.mean": self.cond_mean, "cond.std": self.cond_std}
 
     def meta(self) -> dict[str, Any]:
+        """The JSON side of the artifact: the config and the embedding dimension."""
         return {"config": to_jsonable(self.config), "embed_dim": self.embed_dim}
 
     @classmethod

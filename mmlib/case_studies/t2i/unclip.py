@@ -7,10 +7,10 @@ i.e. open_clip ``ViT-L-14`` / ``openai``: embeddings from that open_clip model (
 edit what the pipeline sees ([ours]: the chapter's ``paper`` branch trains its SAE on that model's embeddings).
 
 :class:`UnCLIPDecoder` gives the pipeline the interface of the tiny profile's
-:class:`mmlib.case_studies.t2i.tiny_decoder.EmbeddingDecoder` (``embed_dim``, ``check_conditioning``, ``sample(z, seeds=...)``), so
-:func:`mmlib.case_studies.t2i.editing.edit_sweep` runs unchanged on either. Offline, :func:`load_unclip_pipeline` fails at once
-with a clear message; the code path is tested offline on a randomly initialised tiny pipeline built from
-config (``tests/test_unclip.py``).
+:class:`mmlib.case_studies.t2i.tiny_decoder.EmbeddingDecoder` (``embed_dim``, ``check_conditioning``,
+``sample(z, seeds=...)``), so :func:`mmlib.case_studies.t2i.editing.edit_sweep` runs unchanged on either. Offline,
+:func:`load_unclip_pipeline` fails at once with a clear message; the code path is tested offline on a randomly
+initialised tiny pipeline built from config (``tests/case_studies/t2i/test_unclip.py``).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mmlib.analysis.categories import categorise, group_masks
-from mmlib.case_studies.t2i.editing import EditConfig, edit_embedding, edit_features, edit_sweep
+from mmlib.case_studies.t2i.editing import EditConfig, edit_embedding, edit_features, edit_sweep, scale_sweep
 
 K = 6
 MASK = np.array([True, True, False, False, True, False])
@@ -108,7 +108,8 @@ def test_group_masks():
     np.testing.assert_array_equal(masks["ImgD"], [1, 1, 0, 0, 0, 0, 0, 0])
     np.testing.assert_array_equal(masks["TextD"], [0, 0, 0, 0, 1, 0, 0, 1])
     assert masks["random:ImgD"].sum() == 2 and not masks["random:ImgD"][5]  # size-matched, alive only
-    np.testing.assert_array_equal(masks["random:ImgD"], group_masks(cats, ["ImgD", "TextD", "random:ImgD"], 3)["random:ImgD"])
+    again = group_masks(cats, ["ImgD", "TextD", "random:ImgD"], 3)["random:ImgD"]
+    np.testing.assert_array_equal(masks["random:ImgD"], again)
     with pytest.raises(ValueError, match=r"unknown feature group\(s\) \['VisD'\]; choose from"):
         group_masks(cats, ["VisD"])
     empty = categorise(np.array([0.5, 0.5, 0.5]), "fixed:0.8/0.2")
@@ -159,3 +160,32 @@ def test_sweep_reads_control_and_preservation():
     with pytest.raises(ValueError, match="edited factor 'colour'"):
         edit_sweep(PaintGenerator(), RedProbe(), LinearSAE(), z_ref, z_p, groups, "colour", np.array([1, 1]),
                    {"spot": np.array([1, 1])})
+
+
+def test_scale_sweep_amplifies_the_prompt_at_alpha_one():
+    z_ref = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 1.0]])  # blue
+    z_p = torch.tensor([[0.5, 0.0, 0.0], [0.1, 0.0, 0.0]])     # weakly red
+    groups = {"first": np.array([True, False, False, True, False, False])}  # coord 0
+
+    class Recording(PaintGenerator):
+        calls: list = []
+
+        def sample(self, z, *, seeds, steps, guidance):
+            self.calls.append((steps, guidance))
+            return super().sample(z, seeds=seeds, steps=steps, guidance=guidance)
+
+    gen = Recording()
+    t = scale_sweep(gen, RedProbe(), LinearSAE(), z_ref, z_p, groups, "colour", np.array([1, 1]),
+                    {"colour": np.array([0, 0]), "spot": np.array([1, 1])}, scales=(1.0, 4.0),
+                    config=EditConfig(alphas=(0.0, 0.5), steps=3, guidance=1.5))
+    assert gen.calls == [(3, 1.5), (3, 1.5)]  # one sweep per scale, with the config's sampling settings
+    assert t.columns[-1] == "scale" and set(t.alpha) == {1.0} and len(t) == 4  # 2 refs x 2 scales, alpha 1 only
+    assert t.control.all() and t.preserved.eq(1).all()  # coord 0 becomes the prompt's (> 0: red); the spot stays
+    for sc in (1.0, 4.0):  # alpha = 1: coord 0 replaced by scale x the prompt's
+        edited = z_ref.clone()
+        edited[:, 0] = sc * z_p[:, 0]
+        expected = 1 - torch.nn.functional.cosine_similarity(edited, z_ref, dim=1).numpy()
+        np.testing.assert_allclose(t[t.scale == sc].sort_values("ref")["shift"], expected, atol=1e-6)
+    with pytest.raises(ValueError, match="at least one scale"):
+        scale_sweep(gen, RedProbe(), LinearSAE(), z_ref, z_p, groups, "colour", np.array([1, 1]),
+                    {"colour": np.array([0, 0])}, scales=())

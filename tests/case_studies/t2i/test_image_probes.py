@@ -1,5 +1,6 @@
 """Pixel probes of the planted image factors: they learn the easy factors of a small world, are cached,
-and refuse bad input."""
+and refuse bad input.
+"""
 
 from __future__ import annotations
 

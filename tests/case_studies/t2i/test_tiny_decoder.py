@@ -105,7 +105,8 @@ def test_sampling_is_seeded_and_conditioned(data):
     np.testing.assert_array_equal(u1, u2)  # guidance 0 ignores the conditioning
 
 
-@pytest.mark.parametrize("change", [{"conditioning": "cross"}, {"cond_norm": "l2", "film": False}, {"cond_norm": "none"}])
+@pytest.mark.parametrize("change", [{"conditioning": "cross"}, {"cond_norm": "l2", "film": False},
+                                    {"cond_norm": "none"}])
 def test_other_conditionings_run(data, change):
     images, z = data
     cfg = DecoderConfig(**{**TINY.__dict__, **change, "steps": 2})

@@ -1,6 +1,7 @@
 """The paper profile's unCLIP code path, offline: a randomly initialised tiny StableUnCLIPImg2ImgPipeline built
 from config (the same classes as stabilityai/stable-diffusion-2-1-unclip-small, tiny sizes), fed edited
-embeddings through mmlib.case_studies.t2i.unclip and mmlib.case_studies.t2i.editing."""
+embeddings through mmlib.case_studies.t2i.unclip and mmlib.case_studies.t2i.editing.
+"""
 
 from __future__ import annotations
 
@@ -121,7 +122,8 @@ def test_edit_sweep_runs_through_the_pipeline(tiny_pipe):
     mask = np.zeros(2 * D, bool)
     mask[:D] = True
     res = edit_sweep(gen, _ColourProbe(), _Identity(), z_ref, z_prompt, {"half": mask}, "a", np.array([1, 0]),
-                     {"a": np.array([0, 1]), "b": np.array([0, 0])}, EditConfig(alphas=(0.0, 1.0), steps=2, guidance=1.0))
+                     {"a": np.array([0, 1]), "b": np.array([0, 0])},
+                     EditConfig(alphas=(0.0, 1.0), steps=2, guidance=1.0))
     assert set(res.images) == {("reference", 0.0), ("half", 1.0)}
     assert len(res.table) == 4 and res.table["shift"][res.table.alpha == 0].abs().max() < 1e-6
 

@@ -1,0 +1,63 @@
+"""SpLiCE's concept vocabularies (mmlib.companions.splice.vocabulary): the world's, a word list, the checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmlib.companions.splice import build_splice
+from mmlib.companions.splice.vocabulary import (
+    ConceptVocabulary,
+    VocabularyError,
+    check_vocabulary,
+    read_vocabulary,
+    world_vocabulary,
+)
+from mmlib.data.world import Factor, default_factors
+
+
+def test_vocabulary_errors_name_the_culprits(tiny_clip):
+    with pytest.raises(VocabularyError, match="empty"):
+        ConceptVocabulary(())
+    with pytest.raises(VocabularyError, match=r"2 duplicate concept\(s\): 'red', 'box'"):
+        ConceptVocabulary(("red", "box", "red", "circle", "box"))
+    with pytest.raises(VocabularyError, match="blank"):
+        ConceptVocabulary(("red", "  "))
+    long = "a striped circle on a purple background " * 3
+    vocab = ConceptVocabulary(("red", long, "box"))
+    with pytest.raises(VocabularyError, match=r"1 concept\(s\) exceed the model's context length of 16") as err:
+        check_vocabulary(vocab, tiny_clip.tokenizer)
+    assert repr(long) in str(err.value) and "'red'" not in str(err.value)
+    with pytest.raises(VocabularyError, match="context length"):
+        build_splice(tiny_clip, vocab, image_reference=torch.randn(4, 16))
+
+
+def test_world_vocabulary_labels_and_duplicate_synonyms():
+    vocab = world_vocabulary()
+    assert len(set(vocab.concepts)) == len(vocab)
+    assert vocab.factors[vocab.index("crimson")] == "colour"
+    assert vocab.factors[vocab.index("on a black background")] == "background"
+    assert vocab.factors[vocab.index("photo")] is None
+    assert set(vocab.indices(factors=["shape"])) == {i for i, f in enumerate(vocab.factors) if f == "shape"}
+    words_only = world_vocabulary(phrases=False, grammar_words=False)
+    assert len(words_only) == sum(len(s) for f in default_factors() for s in f.synonyms)
+    clash = Factor("hue", ("warm", "cold"), (1.0, 1.0), (1.0, 1.0), "object", "cross", (("red",), ("blue",)))
+    with pytest.raises(VocabularyError, match="'red', 'blue'"):
+        world_vocabulary((*default_factors(), clash))
+    with pytest.raises(KeyError, match="Did you mean"):
+        vocab.index("crimsen")
+
+
+def test_read_vocabulary(tmp_path: Path):
+    path = tmp_path / "vocab.txt"
+    path.write_text("# a comment\ncat, 10\n\ndog, 20\nred car, 30\n", encoding="utf-8")
+    vocab = read_vocabulary(path)
+    assert vocab.concepts == ("cat", "dog", "red car") and vocab.factors == (None, None, None)
+    assert read_vocabulary(path, size=2).concepts == ("dog", "red car")
+    path.write_text("cat\ncat\n", encoding="utf-8")
+    with pytest.raises(VocabularyError, match="'cat'"):
+        read_vocabulary(path)
+    with pytest.raises(FileNotFoundError):
+        read_vocabulary(tmp_path / "missing.txt")
