@@ -195,7 +195,7 @@ def world_attribute_task(split: WorldSplit, image_emb: torch.Tensor, encode: Cal
     attribute : str
         A factor of the world.
     reading : str
-        Prompt reading of :func:`mmlib.analysis.zero_shot.class_embeddings` (default ``"ensemble"``, as chapter 05).
+        Prompt reading of :func:`mmlib.models.prompts.class_embeddings` (default ``"ensemble"``, as chapter 05).
     text_scale : float, optional
         Rescale the (unit) class embeddings to this norm, e.g. the mean norm of the split's caption
         embeddings: a feature map's input normalisation is fitted to that scale. Default: unit norm.

@@ -9,7 +9,7 @@ Model, for a modality ``m`` with normalised input ``x = (z - mu_m) / s_m`` (see 
 Decoder columns are renormalised to unit norm after every step; ``b_d`` starts at the data mean and
 ``W_e`` at ``W_dᵀ``. Dead latents (not fired for ``dead_window`` steps) are resampled toward high-loss
 inputs for ``relu_l1`` (Bricken et al., 2023) and revived by the AuxK loss for ``topk`` (Gao et al., 2024);
-their fraction is logged. Training streams the data in chunks (:func:`mmlib.feature_maps.base.pair_chunks`).
+their fraction is logged. Training streams the data in chunks (:func:`mmlib.feature_maps._training.pair_chunks`).
 
 With ``shared=False`` one SAE per modality is trained; the map then has ``2K`` features, the image SAE's
 latents first and the text SAE's last, so that a feature index means one latent whatever the modality

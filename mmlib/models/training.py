@@ -158,7 +158,7 @@ def quick_zero_shot(model: open_clip.CLIP, images: torch.Tensor, world: World, s
                     image_emb: torch.Tensor | None = None) -> float:
     """Zero-shot accuracy of ``factor`` on pre-normalised images ``(n,3,S,S)`` where it is depicted.
 
-    ``reading`` is the prompt reading of :func:`mmlib.analysis.zero_shot.class_embeddings`. ``image_emb`` ``(n, d)``,
+    ``reading`` is the prompt reading of :func:`mmlib.models.prompts.class_embeddings`. ``image_emb`` ``(n, d)``,
     if given, are the images' embeddings already computed (several factors are evaluated on one pass).
     """
     depicted = world.latents.depicted[factor][split_index]

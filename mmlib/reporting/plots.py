@@ -256,7 +256,7 @@ def feature_map_curves(histories: Mapping[str, Mapping[str, Sequence[float]]],
                                                             ("l0", "active features per sample (L0)"),
                                                             ("dead", "dead fraction")),
                        logy: Sequence[str] = ("loss", "l0"), title: str = "") -> Figure:
-    """Training curves of feature maps (the ``history`` of :func:`mmlib.feature_maps.base.load_or_train_feature_map`):
+    """Training curves of feature maps (the ``history`` of :func:`mmlib.feature_maps.store.load_or_train_feature_map`):
     one panel per ``(key, y label)`` in ``panels``, one line per history (e.g. ``"SAE seed 0"``) against
     ``step``; histories without a key are skipped in that panel; keys in ``logy`` get a log y axis.
     """

@@ -152,7 +152,7 @@ def defence_table(correct: Mapping[tuple[str, str], tuple[np.ndarray, np.ndarray
     ----------
     correct : mapping
         ``(map, selection)`` -> ``(clean, robust)``, each ``(n,)`` bool
-        (:func:`~mmlib.case_studies.adversarial.attacks.attack_correctness`); ``("-", "none")`` for no defence.
+        (:func:`~mmlib.case_studies.adversarial.evaluation.attack_correctness`); ``("-", "none")`` for no defence.
     trained : mapping, optional
         ``(map, selection)`` -> :class:`TrainedAdapter` (no entry for the undefended model).
     seeds : mapping, optional
