@@ -24,7 +24,16 @@ rank        layer            what it holds
 ==========  ===============  ==============================================================================
 """
 
+import warnings
+
+from tqdm import TqdmWarning
+
 __version__ = "0.1.0"
+
+# open_clip, huggingface_hub and diffusers import tqdm.auto, which warns in a Jupyter kernel without ipywidgets and
+# prints an absolute path into the chapter. The book ships no widgets (they need a CDN): the text progress bar is what
+# it wants, so that one warning is silenced as soon as any part of mmlib is imported.
+warnings.filterwarnings("ignore", message="IProgress not found", category=TqdmWarning)
 
 #: The layers, lowest first: each entry is one rank; a module may import its own rank or a lower one (within one
 #: rank, only its own layer). ``profiles`` and ``pipeline`` are single modules, the others subpackages.

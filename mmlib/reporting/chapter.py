@@ -21,19 +21,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
 from tqdm import TqdmWarning
 
-# Before the imports below: they reach huggingface_hub / transformers, which import tqdm.auto, whose warning about
-# missing ipywidgets would print an absolute path into every chapter (the book ships no widgets: they need a CDN).
-warnings.filterwarnings("ignore", category=TqdmWarning)
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from threadpoolctl import threadpool_limits  # noqa: E402
-
-from mmlib.core.stats import format_ci  # noqa: E402
-from mmlib.profiles import Profile, get_profile  # noqa: E402
-from mmlib.reporting.claims import Verdict, record_verdicts  # noqa: E402
+from mmlib.core.stats import format_ci
+from mmlib.profiles import Profile, get_profile
+from mmlib.reporting.claims import Verdict, record_verdicts
 
 #: Environment variables that make Hugging Face libraries fail at once instead of trying the network.
 OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -146,7 +141,8 @@ def start_chapter(name: str, profile: str | Profile = "tiny", seed: int = 0, bla
     if P.is_tiny:
         for var in OFFLINE_ENV:
             os.environ.setdefault(var, "1")
-    warnings.filterwarnings("ignore", category=TqdmWarning)  # again: a kernel may have reset the filters
+    # (mmlib/__init__.py filters it on import; again here in case the kernel's filters were reset since)
+    warnings.filterwarnings("ignore", message="IProgress not found", category=TqdmWarning)
     if blas_threads is not None:
         threadpool_limits(blas_threads)
     torch.manual_seed(seed)
