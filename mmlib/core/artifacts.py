@@ -4,9 +4,16 @@ An artifact is a folder ``<root>/<kind>/<key>/`` holding ``tensors.safetensors``
 The key is a hash of everything that determines the artifact (config, data fingerprint, model identity,
 code version of the producing code, :func:`code_version`), so nothing is silently reused across different configs.
 Writes go to a temporary sibling folder that is renamed into place, so an interrupted write never leaves
-a partial artifact. ``meta.json`` records the SHA-256 of the tensor file; a mismatch on load is reported as
-:class:`CorruptArtifactError` and :func:`load_or_compute` then recomputes with a warning.
-No pickle anywhere.
+a partial artifact; the temporaries of a killed writer are removed by the next run of the same key
+(:func:`remove_stale_temporaries`). Loading verifies everything the folder claims:
+
+* ``meta.json`` records the kind and key the artifact was written for; a folder holding another artifact's
+  files (copied over, renamed) is refused with :class:`ArtifactMismatchError`;
+* ``meta.json`` records the SHA-256 of the tensor file and of its own canonical content (``meta_sha256``), so
+  any edit of either, even one that leaves valid JSON, is reported as :class:`CorruptArtifactError`;
+
+and :func:`load_or_compute` then recomputes with a warning. Files are written with the user's umask (a team
+folder stays readable by the team). No pickle anywhere.
 """
 
 from __future__ import annotations
@@ -17,8 +24,11 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import sys
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Mapping
@@ -30,15 +40,21 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from mmlib.core.errors import ArtifactMismatchError, ArtifactRootError, CorruptArtifactError
 from mmlib.core.imports import import_closure, module_file
 from mmlib.core.paths import artifacts_dir
 
+__all__ = [
+    "Artifact", "ArtifactMismatchError", "CorruptArtifactError", "artifact_path", "code_version",
+    "ensure_artifact_root", "file_sha256", "load_artifact", "load_or_compute", "meta_checksum", "read_tensors",
+    "remove_stale_temporaries", "save_artifact", "stable_hash", "tensor_fingerprint", "to_jsonable",
+    "write_tensors_atomic",
+]
+
 TENSORS_FILE = "tensors.safetensors"
 META_FILE = "meta.json"
-
-
-class CorruptArtifactError(RuntimeError):
-    """An artifact exists on disk but cannot be read back intact."""
+#: Temporaries of a writer on another machine (shared folder) count as stale after this many seconds.
+FOREIGN_TMP_AGE_S = 24 * 3600
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -114,15 +130,100 @@ def tensor_fingerprint(tensors: Mapping[str, torch.Tensor], length: int = 16) ->
     return digest.hexdigest()[:length]
 
 
+# ------------------------------------------------------------------------------------------- temporaries
+
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+
+
+def _tmp_name(base: str) -> str:
+    """``.<base>.<host>.<pid>.<random>.tmp``: a temporary that names its writer, so that a later run can tell
+    a killed writer's leftovers from a live writer's work.
+    """
+    return f".{base}.{_HOST}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _is_stale(tmp: Path, now: float) -> bool:
+    match = re.fullmatch(r"\.(?:.+)\.([A-Za-z0-9-]+)\.(\d+)\.[0-9a-f]{32}\.tmp", tmp.name)
+    try:
+        age = now - tmp.lstat().st_mtime
+    except FileNotFoundError:
+        return False
+    if match is None or match.group(1) != _HOST:  # an older naming scheme, or another machine's writer
+        return age > FOREIGN_TMP_AGE_S if match is not None else age > 3600
+    pid = int(match.group(2))
+    return pid != os.getpid() and not _pid_alive(pid)
+
+
+def _remove_stale(folder: Path, base: str) -> int:
+    """Remove the stale temporaries of ``folder/base`` (see :func:`remove_stale_temporaries`); return how many."""
+    if not folder.is_dir():
+        return 0
+    removed, now = 0, time.time()
+    for tmp in folder.glob(f".{glob_escape(base)}.*.tmp"):
+        if _is_stale(tmp, now):
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def glob_escape(text: str) -> str:
+    """``text`` with glob metacharacters escaped."""
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+def remove_stale_temporaries(kind: str, key: str, root: Path | None = None) -> int:
+    """Remove what killed writers of the artifact ``kind/key`` left behind; return the number removed.
+
+    A temporary is stale when its writer (named in it: host and process id) is a process of this machine that no
+    longer runs, or, for a writer on another machine sharing the folder, when it is older than
+    :data:`FOREIGN_TMP_AGE_S`. Temporaries of a live writer are left alone, so two processes computing the same
+    key never disturb each other.
+    """
+    return _remove_stale(Path(root or artifacts_dir()) / kind, key)
+
+
+def _umask() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def _umask_mode(path: Path) -> None:
+    """Give a written file the mode an ordinary ``open(..., "w")`` would (safetensors writes 0600)."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def write_tensors_atomic(path: Path, tensors: Mapping[str, torch.Tensor],
                          metadata: Mapping[str, str] | None = None) -> None:
-    """Write a safetensors file via a temporary sibling and an atomic rename."""
+    """Write a safetensors file via a temporary sibling and an atomic rename (mode from the umask).
+
+    Stale temporaries of the same file left by a killed writer are removed first.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    _remove_stale(path.parent, path.name)
+    tmp = path.with_name(_tmp_name(path.name))
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
                   metadata=dict(metadata) if metadata else None)
+        _umask_mode(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -150,21 +251,68 @@ def artifact_path(kind: str, key: str, root: Path | None = None) -> Path:
     return Path(root or artifacts_dir()) / kind / key
 
 
+def ensure_artifact_root(root: Path | None = None) -> Path:
+    """The artifact root, created if missing, after checking that it is a writable folder.
+
+    Call it before expensive work whose result is to be stored, so that a bad root fails at once.
+
+    Raises
+    ------
+    ArtifactRootError
+        if the root (or one of its parents) is a file, cannot be created, or is not writable.
+    """
+    path = Path(root or artifacts_dir()).expanduser()
+    what = ("the artifact root " + str(path) + (" (from $MMLIB_ARTIFACTS)" if root is None
+                                                 and os.environ.get("MMLIB_ARTIFACTS") else ""))
+    advice = "pass a writable folder (--root, or the environment variable MMLIB_ARTIFACTS)"
+    if path.exists() and not path.is_dir():
+        raise ArtifactRootError(f"{what} is a file, not a folder; {advice}.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as err:
+        raise ArtifactRootError(f"{what} cannot be created: a parent is a file ({err.filename}); {advice}.") from err
+    except OSError as err:
+        raise ArtifactRootError(f"{what} cannot be created ({err.strerror}); {advice}.") from err
+    probe = path / _tmp_name("write-probe")
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise ArtifactRootError(f"{what} is not writable ({err.strerror}); {advice}.") from err
+    return path
+
+
+def meta_checksum(meta: Mapping[str, Any]) -> str:
+    """SHA-256 of a metadata dict's canonical JSON, without its own ``meta_sha256`` entry."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def save_artifact(kind: str, key: str, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any],
                   root: Path | None = None) -> Path:
     """Write an artifact atomically and return its folder.
 
     The folder is assembled under a temporary name and renamed into place; if another process got there
-    first, its (identical by construction of the key) artifact is kept.
+    first, its (identical by construction of the key) artifact is replaced. Stale temporaries of the key
+    (a killed writer's) are removed first.
+
+    Raises
+    ------
+    ArtifactRootError
+        if the root is not a writable folder.
     """
+    ensure_artifact_root(root)
     final = artifact_path(kind, key, root)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{key}.{uuid.uuid4().hex}.tmp"
+    remove_stale_temporaries(kind, key, root)
+    tmp = final.parent / _tmp_name(key)
     tmp.mkdir()
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / TENSORS_FILE))
+        _umask_mode(tmp / TENSORS_FILE)
         full_meta = {**to_jsonable(dict(meta)), "kind": kind, "key": key,
                      "sha256": file_sha256(tmp / TENSORS_FILE)}
+        full_meta["meta_sha256"] = meta_checksum(full_meta)
         (tmp / META_FILE).write_text(json.dumps(full_meta, indent=2, sort_keys=True))
         if final.exists():
             shutil.rmtree(final)
@@ -176,25 +324,37 @@ def save_artifact(kind: str, key: str, tensors: Mapping[str, torch.Tensor], meta
 
 
 def load_artifact(kind: str, key: str, root: Path | None = None) -> Artifact:
-    """Load and verify an artifact.
+    """Load and verify an artifact: its recorded kind and key, the checksum of ``meta.json`` and of the tensors.
 
     Raises
     ------
     FileNotFoundError
         if it was never written.
+    ArtifactMismatchError
+        if the folder holds another artifact (its ``meta.json`` records another kind or key).
     CorruptArtifactError
-        if its metadata is unreadable or its tensors do not match the recorded checksum.
+        if ``meta.json`` is unreadable or edited, or the tensors do not match the recorded checksum.
     """
     folder = artifact_path(kind, key, root)
     if not folder.is_dir():
         raise FileNotFoundError(f"no artifact {kind}/{key} under {folder.parent}")
+    meta_file = folder / META_FILE
+    redo = f"delete the folder {folder} to have it recomputed"
     try:
-        meta = json.loads((folder / META_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CorruptArtifactError(f"{folder / META_FILE} is unreadable ({err})") from err
+        meta = json.loads(meta_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CorruptArtifactError(f"{meta_file} is missing or unreadable ({err}); {redo}.") from err
+    if not isinstance(meta, dict):
+        raise CorruptArtifactError(f"{meta_file} holds a JSON {type(meta).__name__}, not an object; {redo}.")
+    if meta.get("meta_sha256") != meta_checksum(meta):
+        raise CorruptArtifactError(f"{meta_file} does not match its recorded checksum (edited, or written by an "
+                                   f"older mmlib); {redo}.")
+    if (meta.get("kind"), meta.get("key")) != (kind, key):
+        raise ArtifactMismatchError(f"{folder} holds the artifact {meta.get('kind')}/{meta.get('key')}, not "
+                                    f"{kind}/{key} (files copied or moved between artifacts); {redo}.")
     tensor_file = folder / TENSORS_FILE
     if not tensor_file.is_file() or file_sha256(tensor_file) != meta.get("sha256"):
-        raise CorruptArtifactError(f"{tensor_file} is missing or does not match its recorded checksum")
+        raise CorruptArtifactError(f"{tensor_file} is missing or does not match its recorded checksum; {redo}.")
     return Artifact(folder, read_tensors(tensor_file), meta)
 
 
@@ -203,15 +363,24 @@ def load_or_compute(kind: str, key: str,
                     root: Path | None = None) -> Artifact:
     """Return the artifact ``kind/key``, computing and saving it when missing or corrupt.
 
-    ``compute()`` returns ``(tensors, meta)``. A corrupt artifact is removed and recomputed with a warning.
+    ``compute()`` returns ``(tensors, meta)``. A corrupt artifact is removed and recomputed with a warning;
+    the artifact root is checked (:func:`ensure_artifact_root`) before ``compute`` runs, and stale temporaries of
+    the key are removed.
     """
     try:
-        return load_artifact(kind, key, root)
+        found = load_artifact(kind, key, root)
     except FileNotFoundError:
         pass
     except CorruptArtifactError as err:
         warnings.warn(f"{err}; recomputing {kind}/{key}", RuntimeWarning, stacklevel=2)
+        ensure_artifact_root(root)
         shutil.rmtree(artifact_path(kind, key, root), ignore_errors=True)
+    else:
+        if any(artifact_path(kind, key, root).parent.glob(f".{glob_escape(key)}.*.tmp")):
+            remove_stale_temporaries(kind, key, root)
+        return found
+    ensure_artifact_root(root)
+    remove_stale_temporaries(kind, key, root)
     tensors, meta = compute()
     save_artifact(kind, key, tensors, meta, root)
     return load_artifact(kind, key, root)
