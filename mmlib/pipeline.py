@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from mmlib.analysis.categories import DEFAULT_RULE, Categories, CategoryRule, categorise, parse_rule
 from mmlib.analysis.mds import MDSResult, modality_dominance
 from mmlib.core.devices import resolve_device
+from mmlib.core.errors import ArgumentTypeError, InputError, MissingKeyError
 from mmlib.data.corpora import open_pairs
 from mmlib.data.embeddings import Embeddings
 from mmlib.data.world import World, generate_world
@@ -69,7 +70,7 @@ class Setup:
         try:
             return self.embeddings[(model, split)]
         except KeyError:
-            raise KeyError(f"no embeddings for model {model!r}, split {split!r}; "
+            raise MissingKeyError(f"no embeddings for model {model!r}, split {split!r}; "
                            f"available: {sorted(self.embeddings)}") from None
 
     @property
@@ -92,9 +93,9 @@ def setup(profile: Profile, null: bool = False, models: Sequence[str] | None = N
     """
     pairs = pairs if pairs is not None else profile.pairs
     if pairs is not None and profile.is_tiny:
-        raise ValueError("pairs is for the paper profile: the tiny profile trains on its world's train split")
+        raise InputError("pairs is for the paper profile: the tiny profile trains on its world's train split")
     if null and not profile.is_tiny:
-        raise ValueError("the null world is the tiny profile's control (its models are trained on it); the paper "
+        raise InputError("the null world is the tiny profile's control (its models are trained on it); the paper "
                          "profile has no null-world model")
     corpus = open_pairs(pairs) if pairs is not None else None  # checked before any model is loaded
     world = generate_world(profile.null_world if null else profile.world)
@@ -105,13 +106,13 @@ def setup(profile: Profile, null: bool = False, models: Sequence[str] | None = N
         models = MODEL_NAMES if models is None else tuple(models)
         unknown = [m for m in models if m not in configs]
         if unknown:
-            raise ValueError(f"unknown tiny model(s) {unknown}; choose from {list(configs)}")
+            raise InputError(f"unknown tiny model(s) {unknown}; choose from {list(configs)}")
         for name in models:
             trained[name] = load_or_train(world, profile.arch, configs[name], progress=progress, name=name)
             bundles[name] = trained[name].bundle
     else:
         if models is not None and tuple(models) != (profile.open_clip_model,):
-            raise ValueError(f"the paper profile loads one model, {profile.open_clip_model!r}; got {list(models)}")
+            raise InputError(f"the paper profile loads one model, {profile.open_clip_model!r}; got {list(models)}")
         bundles[profile.open_clip_model] = load_open_clip(profile.open_clip_model, profile.pretrained,
                                                           device=resolve_device(profile.device))
     config = EmbedConfig(batch_size=profile.embed_batch_size, towers=True, device=profile.device)
@@ -136,10 +137,10 @@ def trained_maps(setup: Setup, profile: Profile, model: str = "CLIP", seed: int 
     configs = profile.feature_map_configs(seed)
     unknown = [n for n in names if n not in configs]
     if unknown:
-        raise ValueError(f"unknown feature map(s) {unknown}; choose from {list(configs)}")
+        raise InputError(f"unknown feature map(s) {unknown}; choose from {list(configs)}")
     if train is None:
         if (model, "train") not in setup.embeddings:
-            raise ValueError(f"no train-split embeddings of {model!r} in this setup (the {profile.name!r} "
+            raise InputError(f"no train-split embeddings of {model!r} in this setup (the {profile.name!r} "
                              "profile's world has no train split): set the notebook parameter pairs = "
                              "'/path/to/cc3m_subset.csv' (or a .tar shard pattern), which setup(P, pairs=pairs) "
                              "embeds as the train split, or pass train=embed_dataset(bundle, corpus)")
@@ -228,7 +229,7 @@ class MapGrid(Mapping[tuple[str, str, str, int], MapResult]):
         try:
             return self._results[key]
         except KeyError:
-            raise KeyError(f"no map result {key!r} in this grid (worlds {self.worlds}, models {self.models}, "
+            raise MissingKeyError(f"no map result {key!r} in this grid (worlds {self.worlds}, models {self.models}, "
                            f"maps {self.maps}, seeds {self.seeds})") from None
 
     def __iter__(self) -> Iterator[tuple[str, str, str, int]]:
@@ -245,7 +246,7 @@ class MapGrid(Mapping[tuple[str, str, str, int], MapResult]):
         """The results whose ``world`` / ``model`` / ``map`` / ``seed`` equal the given values, in grid order."""
         unknown = [k for k in where if k not in ("world", "model", "map", "seed")]
         if unknown:
-            raise TypeError(f"select() filters on world, model, map and seed; got {unknown}")
+            raise ArgumentTypeError(f"select() filters on world, model, map and seed; got {unknown}")
         return [r for r in self._results.values() if all(getattr(r, k) == v for k, v in where.items())]
 
     def summary(self) -> pd.DataFrame:
@@ -284,16 +285,16 @@ def map_grid(profile: Profile, worlds: Sequence[str] = WORLDS, models: Sequence[
     worlds, maps = tuple(worlds), tuple(maps)
     bad = [w for w in worlds if w not in WORLDS]
     if bad or not worlds:
-        raise ValueError(f"unknown world(s) {bad or list(worlds)}; choose from {list(WORLDS)}")
+        raise InputError(f"unknown world(s) {bad or list(worlds)}; choose from {list(WORLDS)}")
     if "null" in worlds and not profile.is_tiny:
-        raise ValueError("the null world exists on the tiny profile only (its models are trained on it); on the "
+        raise InputError("the null world exists on the tiny profile only (its models are trained on it); on the "
                          "paper profile ask for worlds=('world',)")
     unknown_maps = [m for m in maps if m not in MAP_NAMES]
     if unknown_maps or not maps:
-        raise ValueError(f"unknown feature map(s) {unknown_maps or list(maps)}; choose from {list(MAP_NAMES)}")
+        raise InputError(f"unknown feature map(s) {unknown_maps or list(maps)}; choose from {list(MAP_NAMES)}")
     seeds = tuple(profile.map_seeds if seeds is None else seeds)
     if not seeds:
-        raise ValueError("no map seeds given")
+        raise InputError("no map seeds given")
     rule = parse_rule(rule)
     setups = dict(setups or {})
     for w in worlds:

@@ -21,6 +21,7 @@ from sklearn.metrics import cohen_kappa_score
 from mmlib.analysis.categories import CLASSES, Categories
 from mmlib.analysis.embsim import TopSamples
 from mmlib.analysis.planted_truth import FactorMatch
+from mmlib.core.errors import InputError
 from mmlib.data.world import Factor
 
 #: Planted role of a factor -> the class intuition expects for a feature that carries it.
@@ -39,7 +40,7 @@ def expected_classes(factors: Iterable[Factor]) -> dict[str, str]:
     out = {}
     for f in factors:
         if f.role != "binary" and f.role not in ROLE_CLASS:
-            raise ValueError(f"factor {f.name!r} has role {f.role!r}, which expects no class; known roles: "
+            raise InputError(f"factor {f.name!r} has role {f.role!r}, which expects no class; known roles: "
                              f"{[*ROLE_CLASS, 'binary']}")
         for value, d, m in zip(f.values, f.p_depict, f.p_mention):
             out[f"{f.name}={value}"] = ("ImgD" if d > m else "TextD") if f.role == "binary" else ROLE_CLASS[f.role]
@@ -64,7 +65,7 @@ def matched_classes(categories: Categories, match: FactorMatch, expected: Mappin
     ``factor``, ``role``, ``expected``, ``nmi``, ``mds``.
     """
     if len(categories.labels) != len(match.best_score):
-        raise ValueError(f"{len(categories.labels)} categorised features but {len(match.best_score)} matched ones")
+        raise InputError(f"{len(categories.labels)} categorised features but {len(match.best_score)} matched ones")
     keep = categories.alive & (match.best_score >= threshold) & (match.best_factor != "")
     idx = np.flatnonzero(keep)
     target = match.best_factor[idx]

@@ -20,7 +20,9 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import cohen_kappa_score
 
-from mmlib.analysis.mds import MDSResult
+from mmlib.analysis.mds import MDSResult, check_scores
+from mmlib.core.errors import ArgumentTypeError, ConfigError, InputError
+from mmlib.core.validation import at_least, between, one_of, validate_config
 
 CLASSES: tuple[str, ...] = ("ImgD", "TextD", "CrossD")
 DEAD = "dead"
@@ -46,11 +48,12 @@ class CategoryRule:
 
     def __post_init__(self) -> None:
         if self.kind not in ("sigma", "fixed"):
-            raise ValueError(f"unknown categorisation rule {self.kind!r}; choose 'sigma' or 'fixed'")
-        if self.kind == "sigma" and not self.k >= 0:
-            raise ValueError(f"k must be non-negative, got {self.k}")
+            raise ConfigError(f"unknown categorisation rule {self.kind!r}; choose 'sigma' or 'fixed'")
+        validate_config(self, kind=one_of("sigma", "fixed"), k=at_least(0.0), high=between(0.0, 1.0),
+                        low=between(0.0, 1.0))
         if self.kind == "fixed" and not 0 <= self.low <= self.high <= 1:
-            raise ValueError(f"need 0 <= low <= high <= 1, got low={self.low}, high={self.high}")
+            raise ConfigError(f"CategoryRule needs 0 <= low <= high <= 1, got low={self.low}, high={self.high}; "
+                              "swap or fix the thresholds")
 
     @property
     def name(self) -> str:
@@ -73,7 +76,7 @@ def parse_rule(rule: CategoryRule | str) -> CategoryRule:
     if isinstance(rule, CategoryRule):
         return rule
     if not isinstance(rule, str):
-        raise TypeError(f"a rule is a CategoryRule or a string, got {type(rule).__name__}")
+        raise ArgumentTypeError(f"a rule is a CategoryRule or a string, got {type(rule).__name__}")
     kind, _, arg = rule.partition(":")
     try:
         if kind == "sigma":
@@ -84,8 +87,8 @@ def parse_rule(rule: CategoryRule | str) -> CategoryRule:
             high, low = (float(x) for x in arg.split("/"))
             return CategoryRule("fixed", high=high, low=low)
     except ValueError as err:
-        raise ValueError(f"cannot parse rule {rule!r}: {err}") from None
-    raise ValueError(f"unknown categorisation rule {rule!r}; use 'sigma', 'sigma:K', 'fixed' or 'fixed:HIGH/LOW'")
+        raise InputError(f"cannot parse rule {rule!r}: {err}") from None
+    raise InputError(f"unknown categorisation rule {rule!r}; use 'sigma', 'sigma:K', 'fixed' or 'fixed:HIGH/LOW'")
 
 
 def rule_grid(ks: Sequence[float] = (0.5, 1.0, 1.5),
@@ -124,7 +127,7 @@ class Categories:
     def mask(self, name: str) -> np.ndarray:
         """``(K,)`` bool mask of one class (``"ImgD"``, ``"TextD"``, ``"CrossD"`` or ``"dead"``)."""
         if name not in (*CLASSES, DEAD):
-            raise ValueError(f"unknown class {name!r}; choose one of {(*CLASSES, DEAD)}")
+            raise InputError(f"unknown class {name!r}; choose one of {(*CLASSES, DEAD)}")
         return self.labels == name
 
     def sizes(self) -> dict[str, int]:
@@ -235,20 +238,18 @@ def under_each_rule(mds: MDSResult | np.ndarray, fn: Callable[[Categories], Any]
 
 # ----------------------------------------------------------------------------------------------- helpers
 def _scores(mds: MDSResult | np.ndarray) -> np.ndarray:
-    scores = np.asarray(mds.scores if isinstance(mds, MDSResult) else mds, dtype=float)
-    if scores.ndim != 1:
-        raise ValueError(f"expected MDS scores of shape (K,), got {scores.shape}")
+    scores = check_scores(mds, "mds")
     if len(scores) == 0:
-        raise ValueError("no features to categorise (empty MDS)")
+        raise InputError("no features to categorise (empty MDS)")
     if not np.isfinite(scores).any():
-        raise ValueError(f"all {len(scores)} features are dead (NaN MDS): nothing to categorise")
+        raise InputError(f"all {len(scores)} features are dead (NaN MDS): nothing to categorise")
     return scores
 
 
 def _rules(rules: Iterable[CategoryRule | str] | None) -> list[CategoryRule]:
     out = [parse_rule(r) for r in (rule_grid() if rules is None else rules)]
     if not out:
-        raise ValueError("no rules given")
+        raise InputError("no rules given")
     return out
 
 
@@ -288,7 +289,7 @@ def group_masks(categories: Categories, groups: Sequence[str], seed: int = 0, sk
     choices = [*CLASSES, *(RANDOM_PREFIX + c for c in CLASSES)]
     unknown = [g for g in groups if g not in choices]
     if unknown:
-        raise ValueError(f"unknown feature group(s) {unknown}; choose from {choices}")
+        raise InputError(f"unknown feature group(s) {unknown}; choose from {choices}")
     alive_idx = np.flatnonzero(categories.alive)
     out: dict[str, np.ndarray] = {}
     for i, g in enumerate(groups):
@@ -297,7 +298,7 @@ def group_masks(categories: Categories, groups: Sequence[str], seed: int = 0, sk
         if not mask.any():
             if skip_empty:
                 continue
-            raise ValueError(f"feature group {base!r} is empty under rule {categories.rule.name} "
+            raise InputError(f"feature group {base!r} is empty under rule {categories.rule.name} "
                              f"(class sizes {categories.sizes()}): nothing to edit")
         if g.startswith(RANDOM_PREFIX):
             mask = random_feature_mask(np.random.default_rng([seed, i]), alive_idx, int(mask.sum()), len(mask))
@@ -310,14 +311,14 @@ def check_group_masks(groups: Mapping[str, np.ndarray], n_features: int) -> dict
     dtype or shape, or an empty mask (naming the group).
     """
     if not groups:
-        raise ValueError("no feature groups given")
+        raise InputError("no feature groups given")
     out = {}
     for name, mask in groups.items():
         mask = np.asarray(mask)
         if mask.dtype != bool or mask.shape != (n_features,):
-            raise ValueError(f"group {name!r}: expected a boolean mask of shape ({n_features},), "
+            raise InputError(f"group {name!r}: expected a boolean mask of shape ({n_features},), "
                              f"got dtype {mask.dtype} and shape {mask.shape}")
         if not mask.any():
-            raise ValueError(f"group {name!r} is empty: no feature selected")
+            raise InputError(f"group {name!r} is empty: no feature selected")
         out[name] = mask
     return out

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 
 from mmlib.analysis.zero_shot import modality_gap
+from mmlib.core.errors import InputError
+from mmlib.core.validation import check_finite
 from mmlib.data.embeddings import Embeddings
 from mmlib.data.world import World, WorldSplit
 
@@ -36,7 +38,9 @@ def modality_gap_interval(image: torch.Tensor, text: torch.Tensor, n_boot: int =
         ``cos_centroids``), and the ``(low, high)`` percentiles of ``gap`` over the resamples.
     """
     if n_boot < 2:
-        raise ValueError(f"n_boot must be at least 2, got {n_boot}")
+        raise InputError(f"n_boot must be at least 2, got {n_boot}")
+    check_finite(image, "image")
+    check_finite(text, "text")
     gap = modality_gap(image, text)
     rng = np.random.default_rng(seed)
     boot = []
@@ -71,9 +75,9 @@ def probe_inputs(world: World, train: Embeddings, test: Embeddings, n_train: int
         (names starting with ``image`` are read on the image side by :func:`mmlib.analysis.zero_shot.probe_report`).
     """
     if train.image_tower is None or test.image_tower is None:
-        raise ValueError("the probes need the towers' activations: embed with EmbedConfig(towers=True)")
+        raise InputError("the probes need the towers' activations: embed with EmbedConfig(towers=True)")
     if not 0 < n_train <= len(train):
-        raise ValueError(f"n_train must lie in [1, {len(train)}], got {n_train}")
+        raise InputError(f"n_train must lie in [1, {len(train)}], got {n_train}")
     sub = np.sort(np.random.default_rng(seed).choice(len(train), n_train, replace=False))
     split = WorldSplit(world, "train", world.indices("train")[sub])
     features = {"image (joint)": (train.image[sub], test.image),

@@ -36,7 +36,9 @@ import torch
 import torch.nn.functional as F
 
 from mmlib.analysis.categories import CLASSES, Categories
+from mmlib.core.errors import InputError
 from mmlib.core.stats import mean_bootstrap_ci
+from mmlib.core.validation import check_finite
 
 ArrayLike = torch.Tensor | np.ndarray
 M_GRID: tuple[int, ...] = (5, 10, 20, 30, 50)
@@ -75,7 +77,7 @@ class TopSamples:
     def first(self, m: int) -> TopSamples:
         """The top ``m <= self.m`` samples."""
         if not 1 <= m <= self.m:
-            raise ValueError(f"m must lie in [1, {self.m}], got {m}")
+            raise InputError(f"m must lie in [1, {self.m}], got {m}")
         return TopSamples(self.indices[:, :m], self.values[:, :m], self.n_active, self.eps)
 
 
@@ -85,14 +87,18 @@ def top_samples(activations: ArrayLike | Iterable[ArrayLike], m: int = 20, eps: 
     Memory is ``O(m K)`` plus one chunk.
     """
     if m < 2:
-        raise ValueError(f"m must be at least 2 (EmbSim needs pairs), got {m}")
+        raise InputError(f"m must be at least 2 (EmbSim needs pairs), got {m}")
     chunks = [activations] if isinstance(activations, (torch.Tensor, np.ndarray)) else activations
     best_v = best_i = n_active = None
     offset = 0
-    for chunk in chunks:
+    for i, chunk in enumerate(chunks):
         a = torch.as_tensor(chunk)
+        where = "activations" if isinstance(activations, (torch.Tensor, np.ndarray)) else f"activations (chunk {i})"
         if a.ndim != 2:
-            raise ValueError(f"expected activations (n, K), got shape {tuple(a.shape)}")
+            raise InputError(f"expected {where} of shape (n, K), got {tuple(a.shape)}")
+        if best_v is not None and a.shape[1] != best_v.shape[1]:
+            raise InputError(f"{where} has {a.shape[1]} features but the earlier chunks {best_v.shape[1]}")
+        check_finite(a, where)
         if len(a) == 0:
             continue
         v, i = a.topk(min(m, len(a)), dim=0)                     # (m', K)
@@ -106,9 +112,9 @@ def top_samples(activations: ArrayLike | Iterable[ArrayLike], m: int = 20, eps: 
             n_active = n_active + (a > eps).sum(0)
         offset += len(a)
     if best_v is None:
-        raise ValueError("no samples given")
+        raise InputError("no samples given")
     if offset < m:
-        raise ValueError(f"only {offset} samples: cannot take the top {m}")
+        raise InputError(f"only {offset} samples: cannot take the top {m}")
     return TopSamples(best_i.T.contiguous(), best_v.T.contiguous(), n_active, float(eps))
 
 
@@ -125,15 +131,16 @@ def embsim(embeddings: ArrayLike, top: TopSamples | ArrayLike, require_active: b
     if not isinstance(embeddings, (torch.Tensor, np.ndarray)):
         embeddings = np.asarray(embeddings)
     if idx.ndim != 2 or idx.shape[1] < 2:
-        raise ValueError(f"need indices (K, m) with m >= 2, got {tuple(idx.shape)}")
+        raise InputError(f"need indices (K, m) with m >= 2, got {tuple(idx.shape)}")
     if len(idx) and (idx.min() < 0 or idx.max() >= len(embeddings)):
-        raise ValueError(f"sample indices out of range for {len(embeddings)} embeddings")
+        raise InputError(f"sample indices out of range for {len(embeddings)} embeddings")
     k, m = idx.shape
     out = np.empty(k)
     for start in range(0, k, block):
         rows = idx[start:start + block]
         flat = rows.reshape(-1)                                  # only the needed rows are read and normalised
         g = embeddings[flat] if isinstance(embeddings, torch.Tensor) else embeddings[flat.numpy()]
+        _check_rows(g, flat, "embeddings")
         g = F.normalize(torch.as_tensor(g, dtype=torch.float64), dim=-1).reshape(len(rows), m, -1)  # (b, m, d)
         total = g.sum(1).pow(2).sum(-1)
         own = g.pow(2).sum((1, 2))
@@ -146,8 +153,10 @@ def embsim(embeddings: ArrayLike, top: TopSamples | ArrayLike, require_active: b
 def random_embsim(embeddings: ArrayLike, m: int, n_draws: int = 1000, seed: int = 0) -> np.ndarray:
     """EmbSim ``(n_draws,)`` of random ``m``-sets of samples (each drawn without replacement, seeded)."""
     n = len(embeddings)
+    if isinstance(n_draws, bool) or not isinstance(n_draws, (int, np.integer)) or n_draws < 1:
+        raise InputError(f"n_draws must be a positive integer, got {n_draws!r}")
     if not 2 <= m <= n:
-        raise ValueError(f"need 2 <= m <= n = {n}, got m = {m}")
+        raise InputError(f"need 2 <= m <= n = {n}, got m = {m}")
     rng = np.random.default_rng(seed)
     idx = np.stack([rng.choice(n, size=m, replace=False) for _ in range(n_draws)])
     return embsim(embeddings, idx)
@@ -175,10 +184,10 @@ class WinRate:
 
 def win_probability(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Per score, the share of ``reference`` values it beats (ties 1/2): ``(len(scores),)``."""
-    ref = np.sort(np.asarray(reference, dtype=float))
+    ref = np.sort(np.asarray(check_finite(np.asarray(reference, dtype=float), "reference"), dtype=float))
     if len(ref) == 0:
-        raise ValueError("empty reference")
-    scores = np.asarray(scores, dtype=float)
+        raise InputError("empty reference: pass at least one reference value")
+    scores = np.asarray(check_finite(np.asarray(scores, dtype=float), "scores"), dtype=float)
     below = np.searchsorted(ref, scores, side="left")
     not_above = np.searchsorted(ref, scores, side="right")
     return (below + not_above) / (2 * len(ref))
@@ -187,8 +196,8 @@ def win_probability(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
 def winrate_vs_random(feature_embsim: np.ndarray, random: np.ndarray, n_boot: int = 1000, seed: int = 0,
                       confidence: float = 0.95) -> WinRate:
     """WinRate (a): mean over features (NaN dropped) of the share of random ``m``-sets whose EmbSim they beat."""
-    scores = _finite(feature_embsim, "feature EmbSim")
-    wins = win_probability(scores, _finite(random, "random EmbSim"))
+    scores = _finite(feature_embsim, "feature_embsim")
+    wins = win_probability(scores, _finite(random, "random"))
     low, high = mean_bootstrap_ci(wins, n_boot, seed, confidence)
     return WinRate(float(wins.mean()), low, high, len(wins), "vs_random")
 
@@ -201,14 +210,14 @@ def winrate_between(embsim_a: np.ndarray, embsim_b: np.ndarray, pairing: str = "
     resampled independently). ``pairing="rank"``: the i-th best of A against the i-th best of B, bootstrap
     over the compared pairs.
     """
-    a, b = _finite(embsim_a, "EmbSim of map A"), _finite(embsim_b, "EmbSim of map B")
+    a, b = _finite(embsim_a, "embsim_a"), _finite(embsim_b, "embsim_b")
     if pairing == "rank":
         n = min(len(a), len(b))
         outcome = np.sign(np.sort(a)[::-1][:n] - np.sort(b)[::-1][:n]) / 2 + 0.5
         low, high = mean_bootstrap_ci(outcome, n_boot, seed, confidence)
         return WinRate(float(outcome.mean()), low, high, n, "rank")
     if pairing != "all":
-        raise ValueError(f"unknown pairing {pairing!r}; choose 'all' or 'rank'")
+        raise InputError(f"unknown pairing {pairing!r}; choose 'all' or 'rank'")
     value = float(win_probability(a, b).mean())
     rng = np.random.default_rng(seed)
     boots = np.array([win_probability(rng.choice(a, len(a)), rng.choice(b, len(b))).mean() for _ in range(n_boot)])
@@ -243,7 +252,7 @@ def best_purity(top: TopSamples | ArrayLike, labels: Mapping[str, ArrayLike],
     samples, the purity floor of an uninformative top-m).
     """
     if not labels:
-        raise ValueError("no labels given")
+        raise InputError("no labels given")
     names = list(labels)
     table = np.stack([purity(top, labels[f], require_active) for f in names], 1)   # (K, F)
     filled = np.where(np.isnan(table), -np.inf, table)
@@ -275,7 +284,10 @@ def m_sweep(activations: ArrayLike, embeddings: ArrayLike, ms: Sequence[int] = M
     and ``purity_chance``.
     """
     if len(activations) != len(embeddings):
-        raise ValueError(f"{len(activations)} activation rows but {len(embeddings)} embeddings")
+        raise InputError(f"{len(activations)} activation rows but {len(embeddings)} embeddings; pass activations "
+                         "and embeddings of the same samples")
+    check_finite(activations, "activations")
+    check_finite(embeddings, "embeddings")
     ms = sorted(set(int(m) for m in ms))
     top_all = top_samples(activations, max(ms), eps)
     rows = []
@@ -323,8 +335,10 @@ def class_interpretability(sims: np.ndarray, purities: np.ndarray, categories: C
     (mean), ``winrate`` (WinRate (a)) and ``purity`` (mean over the scored features).
     """
     sims, purities = np.asarray(sims, dtype=float), np.asarray(purities, dtype=float)
+    _check_no_inf(sims, "sims")          # NaN: a feature not scored (documented); an infinity is never an EmbSim
+    _check_no_inf(purities, "purities")
     if not len(sims) == len(purities) == len(categories.labels):
-        raise ValueError(f"{len(sims)} EmbSim values, {len(purities)} purities and {len(categories.labels)} "
+        raise InputError(f"{len(sims)} EmbSim values, {len(purities)} purities and {len(categories.labels)} "
                          "categorised features")
     rows = []
     for c in CLASSES:
@@ -340,8 +354,28 @@ def class_interpretability(sims: np.ndarray, purities: np.ndarray, categories: C
 
 
 def _finite(x: np.ndarray, what: str) -> np.ndarray:
+    """The non-NaN values of ``x`` (NaN: a feature not scored, dropped); an infinity raises NonFiniteError."""
     x = np.asarray(x, dtype=float).ravel()
+    _check_no_inf(x, what)
     x = x[np.isfinite(x)]
     if len(x) == 0:
-        raise ValueError(f"no finite {what} to compare")
+        raise InputError(f"no finite {what} to compare (all {x.size} are NaN or none given)")
     return x
+
+
+def _check_no_inf(x: np.ndarray, name: str) -> None:
+    """NonFiniteError naming ``name`` if ``x`` holds an infinity (NaN, a feature not scored, passes)."""
+    x = np.asarray(x, dtype=float)
+    check_finite(np.where(np.isnan(x), 0.0, x), name, hint="EmbSim values are cosines; NaN marks an unscored feature")
+
+
+def _check_rows(g: ArrayLike, rows: torch.Tensor, name: str) -> None:
+    """NonFiniteError naming the first non-finite embedding row among the gathered ``g`` ``(len(rows), d)``."""
+    g = torch.as_tensor(g)
+    if not g.is_floating_point():
+        return
+    bad = ~torch.isfinite(g)
+    if bool(bad.any()):
+        r, c = (int(i) for i in bad.nonzero()[0])
+        check_finite(torch.as_tensor(g)[r:r + 1], f"{name} (row {int(rows[r])})",
+                     hint=f"column {c} of that row is not finite; remove or impute the bad rows first")

@@ -26,6 +26,9 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from mmlib.core.errors import InputError
+from mmlib.core.validation import check_finite, check_nonnegative
+
 Form = Literal["paired", "aggregate"]
 FORMS: tuple[str, ...] = ("paired", "aggregate")
 ArrayLike = torch.Tensor | np.ndarray
@@ -120,38 +123,46 @@ class MDSAccumulator:
     """
 
     def __init__(self, n_features: int, eps: float = 0.0, block_rows: int = 4096) -> None:
-        if n_features < 1:
-            raise ValueError(f"n_features must be positive, got {n_features}")
-        if not eps >= 0:
-            raise ValueError(f"eps must be non-negative, got {eps}")
+        if isinstance(n_features, bool) or not isinstance(n_features, (int, np.integer)) or n_features < 1:
+            raise InputError(f"n_features must be a positive integer, got {n_features!r}")
+        _check_eps(eps)
         self.n_features, self.eps = int(n_features), float(eps)
         self.ratio_sum = torch.zeros(self.n_features, dtype=torch.float64)
         self.n_active = torch.zeros(self.n_features, dtype=torch.int64)
         self.image_sum = torch.zeros(self.n_features, dtype=torch.float64)
         self.text_sum = torch.zeros(self.n_features, dtype=torch.float64)
         self.n_pairs = 0
-        if not 1 <= block_rows <= 2 ** 24:  # counts are summed in float within a block: exact up to 2^24
-            raise ValueError(f"block_rows must lie in [1, 2^24], got {block_rows}")
+        if isinstance(block_rows, bool) or not isinstance(block_rows, (int, np.integer)) or \
+                not 1 <= block_rows <= 2 ** 24:  # counts are summed in float within a block: exact up to 2^24
+            raise InputError(f"block_rows must lie in [1, 2^24], got {block_rows}")
         self.block_rows = int(block_rows)
         self._work: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
-    def update(self, a_image: ArrayLike, a_text: ArrayLike) -> None:
+    def update(self, a_image: ArrayLike, a_text: ArrayLike, *, names: tuple[str, str] = ("a_image", "a_text")
+               ) -> None:
         """Add a chunk of pairs: activations ``(b, K)`` of the images and of their captions (same order).
+
+        ``names`` are how the two arguments are called in error messages (e.g. ``"a_image (chunk 3)"``): both
+        must be finite, non-negative and of the same shape ``(b, K)``
+        (:class:`~mmlib.core.errors.NonFiniteError` / :class:`~mmlib.core.errors.InputError` otherwise).
 
         Large chunks are processed in blocks of ``block_rows`` pairs through two reused ``(block_rows, K)``
         buffers; sums within a block are taken in the input dtype (float32 or float64), across blocks in
         float64.
         """
-        a_image, a_text = _as_float(a_image), _as_float(a_text)
+        name_i, name_t = names
+        a_image, a_text = _as_float(a_image, name_i), _as_float(a_text, name_t)
         if a_image.shape != a_text.shape:
-            raise ValueError(f"image activations {tuple(a_image.shape)} and text activations "
-                             f"{tuple(a_text.shape)} differ in shape")
+            raise InputError(f"{name_i} {tuple(a_image.shape)} and {name_t} {tuple(a_text.shape)} differ in shape; "
+                             "pass the activations of the same pairs, in the same order")
         if a_image.ndim != 2 or a_image.shape[1] != self.n_features:
-            raise ValueError(f"expected activations of shape (b, {self.n_features}), got {tuple(a_image.shape)}")
+            raise InputError(f"expected {name_i} and {name_t} of shape (b, {self.n_features}), got "
+                             f"{tuple(a_image.shape)}; pass one row per pair and one column per feature")
         if a_image.shape[0] == 0:
             return
-        if a_image.min() < 0 or a_text.min() < 0:
-            raise ValueError("activations must be non-negative (take |z| or ReLU(z) of raw dimensions first)")
+        hint = "take |z| or ReLU(z) of raw dimensions first"
+        check_nonnegative(a_image, name_i, hint=hint)
+        check_nonnegative(a_text, name_t, hint=hint)
         dtype = torch.promote_types(a_image.dtype, a_text.dtype)
         a_image, a_text = a_image.to(dtype), a_text.to(dtype)
         for start in range(0, a_image.shape[0], self.block_rows):
@@ -183,8 +194,11 @@ class MDSAccumulator:
 
     def merge(self, other: MDSAccumulator) -> MDSAccumulator:
         """Add another accumulator's sums (e.g. from another shard) into this one; returns ``self``."""
+        if not isinstance(other, MDSAccumulator):
+            raise InputError(f"other must be an MDSAccumulator, got {type(other).__name__}")
         if other.n_features != self.n_features or other.eps != self.eps:
-            raise ValueError("can only merge accumulators with the same n_features and eps")
+            raise InputError(f"can only merge accumulators with the same n_features and eps (got n_features "
+                             f"{other.n_features} vs {self.n_features}, eps {other.eps} vs {self.eps})")
         self.ratio_sum += other.ratio_sum
         self.n_active += other.n_active
         self.image_sum += other.image_sum
@@ -196,7 +210,7 @@ class MDSAccumulator:
         """The scores of the pairs seen so far, in ``form`` (``"paired"`` or ``"aggregate"``)."""
         _check_form(form)
         if self.n_pairs == 0:
-            raise ValueError("no pairs seen: cannot score any feature")
+            raise InputError("no pairs seen: cannot score any feature")
         alive = self.n_active > 0
         if form == "paired":
             scores = self.ratio_sum / self.n_active.clamp(min=1)
@@ -231,16 +245,38 @@ def modality_dominance(a_image: ArrayLike | Iterable[tuple[ArrayLike, ArrayLike]
     Returns
     -------
     MDSResult
+
+    Raises
+    ------
+    NonFiniteError
+        for NaN or an infinity in either input (naming the argument, or the chunk of the iterable form).
+    InputError
+        for negative activations, mismatched shapes, a malformed chunk, or no pairs at all.
     """
     _check_form(form)
+    _check_eps(eps)
+    tensors = a_text is not None or isinstance(a_image, (torch.Tensor, np.ndarray))
     chunks = _chunks(a_image, a_text, chunk_size)
     acc: MDSAccumulator | None = None
-    for a_i, a_t in tqdm(chunks, desc="MDS", unit="chunk", disable=not progress):
+    for i, chunk in enumerate(tqdm(chunks, desc="MDS", unit="chunk", disable=not progress)):
+        if tensors:
+            names = ("a_image", "a_text")
+        else:
+            if not (isinstance(chunk, (tuple, list)) and len(chunk) == 2):
+                raise InputError(f"a_image: chunk {i} of the iterable is a {type(chunk).__name__}, not a pair "
+                                 "(a_image_chunk (b, K), a_text_chunk (b, K)); pass two tensors, or an iterable "
+                                 "of such pairs")
+            names = (f"a_image (chunk {i}, image side)", f"a_image (chunk {i}, text side)")
+        a_i, a_t = chunk
         if acc is None:
-            acc = MDSAccumulator(_as_float(a_i).shape[-1], eps)
-        acc.update(a_i, a_t)
+            first = _as_float(a_i, names[0])
+            if first.ndim != 2:
+                raise InputError(f"expected {names[0]} of shape (n, K), got {tuple(first.shape)}; pass one row "
+                                 "per pair and one column per feature")
+            acc = MDSAccumulator(first.shape[-1], eps)
+        acc.update(a_i, a_t, names=names)
     if acc is None or acc.n_pairs == 0:
-        raise ValueError("no pairs given: cannot compute MDS")
+        raise InputError("no pairs given: cannot compute MDS; pass at least one pair of activations")
     return acc.result(form)
 
 
@@ -255,35 +291,92 @@ def paired_activations(feature_map: Encoder, z_image: ArrayLike, z_text: ArrayLi
         Paired embeddings (may be memory-mapped arrays: one chunk at a time is encoded).
     """
     if len(z_image) != len(z_text):
-        raise ValueError(f"{len(z_image)} image embeddings but {len(z_text)} text embeddings")
+        raise InputError(f"{len(z_image)} image embeddings (z_image) but {len(z_text)} text embeddings (z_text); "
+                         "pass paired embeddings")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise InputError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     for start in range(0, len(z_image), chunk_size):
         stop = min(len(z_image), start + chunk_size)
-        yield (feature_map.encode(_as_float(z_image[start:stop]), "image"),
-               feature_map.encode(_as_float(z_text[start:stop]), "text"))
+        zi = check_finite(_as_float(z_image[start:stop], "z_image"), f"z_image (rows {start}..{stop - 1})")
+        zt = check_finite(_as_float(z_text[start:stop], "z_text"), f"z_text (rows {start}..{stop - 1})")
+        yield feature_map.encode(zi, "image"), feature_map.encode(zt, "text")
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def _as_float(x: ArrayLike) -> torch.Tensor:
+def _as_float(x: ArrayLike, name: str = "activations") -> torch.Tensor:
     if isinstance(x, np.ndarray) and not x.flags.writeable:  # e.g. a read-only memmap chunk: copy the chunk
         x = np.array(x)
-    x = torch.as_tensor(x)
+    try:
+        x = torch.as_tensor(x)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise InputError(f"{name} is not a numeric tensor or array ({type(x).__name__}: {err}); pass activations "
+                         "as a float tensor or array") from None
+    if x.dtype == torch.bool or x.is_complex():
+        raise InputError(f"{name} has dtype {x.dtype}; pass real-valued activations")
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 def _check_form(form: str) -> None:
     if form not in FORMS:
-        raise ValueError(f"unknown MDS form {form!r}; choose one of {FORMS}")
+        raise InputError(f"unknown MDS form {form!r}; choose one of {FORMS}")
+
+
+def _check_eps(eps: float) -> None:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.integer, np.floating)) or \
+            not (np.isfinite(eps) and eps >= 0):
+        raise InputError(f"eps must be a finite non-negative number, got {eps!r}")
+
+
+def check_scores(scores: MDSResult | ArrayLike, name: str = "mds") -> np.ndarray:
+    """MDS scores ``(K,)`` as a float array, checked: each NaN (a dead feature) or a number in ``[0, 1]``.
+
+    Raises
+    ------
+    NonFiniteError
+        for an infinity (NaN is the documented mark of a dead feature and passes).
+    InputError
+        for another shape, a non-numeric array, or a score outside ``[0, 1]`` (naming ``name`` and the index).
+    """
+    raw = scores.scores if isinstance(scores, MDSResult) else scores
+    try:
+        arr = np.asarray(raw.detach().cpu() if isinstance(raw, torch.Tensor) else raw, dtype=float)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{name} must be MDS scores (K,) as numbers, got {type(raw).__name__} ({err})") from None
+    if arr.ndim != 1:
+        raise InputError(f"expected {name} of shape (K,), got {arr.shape}; pass one MDS score per feature")
+    check_finite(np.where(np.isnan(arr), 0.0, arr), name, hint="MDS scores lie in [0, 1] (NaN marks a dead feature)")
+    bad = ~np.isnan(arr) & ((arr < 0) | (arr > 1))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise InputError(f"{name} holds {int(bad.sum())} score(s) outside [0, 1] (first: {arr[i]} at index {i}); "
+                         "pass MDS scores (NaN for dead features)")
+    return arr
 
 
 def _chunks(a_image, a_text, chunk_size: int) -> Iterable[tuple[ArrayLike, ArrayLike]]:
+    if a_text is not None and isinstance(a_image, (list, tuple)):
+        a_image = np.asarray(a_image)
     if isinstance(a_image, (torch.Tensor, np.ndarray)):
         if a_text is None:
-            raise ValueError("a_text is required when a_image is a tensor or array")
-        if len(a_image) != len(a_text):
-            raise ValueError(f"{len(a_image)} image activations but {len(a_text)} text activations")
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+            raise InputError("a_text is required when a_image is a tensor or array")
+        if isinstance(a_text, (list, tuple)):
+            a_text = np.asarray(a_text)
+        if not isinstance(a_text, (torch.Tensor, np.ndarray)):
+            raise InputError(f"a_text must be a tensor or array (n, K), got {type(a_text).__name__}")
+        if a_image.ndim != 2:
+            raise InputError(f"expected a_image of shape (n, K), got {tuple(a_image.shape)}; pass one row per pair "
+                             "and one column per feature")
+        if a_text.ndim == 0 or len(a_image) != len(a_text):
+            n_text = len(a_text) if a_text.ndim else 0
+            raise InputError(f"{len(a_image)} image activations but {n_text} text activations (a_image "
+                             f"{tuple(a_image.shape)}, a_text {tuple(a_text.shape)}); pass the activations of the "
+                             "same pairs, in the same order")
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+            raise InputError(f"chunk_size must be a positive integer, got {chunk_size!r}")
         return ((a_image[s:s + chunk_size], a_text[s:s + chunk_size]) for s in range(0, len(a_image), chunk_size))
     if a_text is not None:
-        raise ValueError("give either two (n, K) tensors or one iterable of (a_image, a_text) chunks")
+        raise InputError("give either two (n, K) tensors or one iterable of (a_image, a_text) chunks")
+    if not isinstance(a_image, Iterable):
+        raise InputError(f"a_image must be a tensor or array (n, K) or an iterable of (a_image, a_text) chunks, got "
+                         f"{type(a_image).__name__}")
     return a_image

@@ -20,6 +20,7 @@ import pandas as pd
 
 from mmlib.analysis.mds import MDSResult
 from mmlib.analysis.planted_truth import compare_to_null
+from mmlib.core.errors import InputError
 from mmlib.core.stats import interval_side
 
 #: The metrics of :func:`mmlib.analysis.planted_truth.compare_to_null` that chapter 03 tabulates.
@@ -61,7 +62,7 @@ def paired_differences(table: pd.DataFrame, values: str | Sequence[str], column:
     levels = set(table[column])
     for level in (minuend, subtrahend):
         if level not in levels:
-            raise ValueError(f"no rows with {column} == {level!r} (levels: {sorted(map(str, levels))})")
+            raise InputError(f"no rows with {column} == {level!r} (levels: {sorted(map(str, levels))})")
     both = table[table[column].isin([minuend, subtrahend])]
     wide = both.groupby([*index, column])[values].mean().unstack(column)  # NaN values stay NaN (a seed is kept)
     present = both.groupby(index)[column].nunique() == 2
@@ -88,7 +89,7 @@ def compare_maps_to_null(pairs: Mapping[tuple[str, ...], tuple[MDSResult | np.nd
     for key, (world, null) in pairs.items():
         key = key if isinstance(key, tuple) else (key,)
         if len(key) != len(names):
-            raise ValueError(f"key {key!r} has {len(key)} parts but names {tuple(names)} has {len(names)}")
+            raise InputError(f"key {key!r} has {len(key)} parts but names {tuple(names)} has {len(names)}")
         t = compare_to_null(world, null).set_index("metric")
         unknown = [m for m in metrics if m not in t.index]
         if unknown:

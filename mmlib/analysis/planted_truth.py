@@ -24,8 +24,10 @@ import torch
 from scipy import stats as sps
 
 from mmlib.analysis.categories import CLASSES, DEAD, Categories, CategoryRule, categorise
-from mmlib.analysis.mds import MDSResult, modality_dominance
+from mmlib.analysis.mds import MDSResult, check_scores, modality_dominance
+from mmlib.core.errors import InputError
 from mmlib.core.stats import bootstrap_ci, format_ci, proportion_ci
+from mmlib.core.validation import check_finite
 from mmlib.data.planted import PlantedData
 from mmlib.data.world import Factor, ideal_mds
 
@@ -80,18 +82,18 @@ def class_accuracy(predicted: Categories | Sequence[str], planted: Sequence[str 
     pred = np.asarray(predicted.labels if isinstance(predicted, Categories) else predicted, dtype=object)
     planted = np.asarray(planted, dtype=object)
     if pred.shape != planted.shape or pred.ndim != 1:
-        raise ValueError(f"{pred.shape} predicted labels but {planted.shape} planted classes")
+        raise InputError(f"{pred.shape} predicted labels but {planted.shape} planted classes")
     unknown = sorted({str(p) for p in planted if p is not None and p not in mapping})
     if unknown:
-        raise ValueError(f"planted classes {unknown} not in the mapping {dict(mapping)}")
+        raise InputError(f"planted classes {unknown} not in the mapping {dict(mapping)}")
     bad = sorted({str(p) for p in pred if p not in (*CLASSES, DEAD)})
     if bad:
-        raise ValueError(f"unknown predicted labels {bad}; expected {(*CLASSES, DEAD)}")
+        raise InputError(f"unknown predicted labels {bad}; expected {(*CLASSES, DEAD)}")
     keep = np.array([p is not None for p in planted]) & (pred != DEAD)
     expected = np.array([mapping[p] for p in planted[keep]], dtype=object)
     got = pred[keep]
     if len(got) == 0:
-        raise ValueError("no feature is both alive and planted: nothing to score")
+        raise InputError("no feature is both alive and planted: nothing to score")
     correct = int((expected == got).sum())
     rows = []
     for c in CLASSES:
@@ -168,7 +170,10 @@ def planted_features(data: PlantedData, directions: torch.Tensor | np.ndarray,
     """
     directions = torch.as_tensor(directions).detach().float()
     if directions.ndim != 2 or directions.shape[1] != data.dictionary.shape[1]:
-        raise ValueError(f"need feature directions (K, {data.dictionary.shape[1]}), got {tuple(directions.shape)}")
+        raise InputError(f"need feature directions (K, {data.dictionary.shape[1]}), got {tuple(directions.shape)}")
+    check_finite(directions, "directions")
+    if np.shape(a_image)[-1:] != (len(directions),):
+        raise InputError(f"a_image {tuple(np.shape(a_image))} must have one column per direction ({len(directions)})")
     cos = torch.nn.functional.normalize(directions, dim=1) @ data.dictionary.T  # (K, A)
     best, atom = cos.max(1)
     atom = atom.numpy()
@@ -283,17 +288,19 @@ def match_features(a_image: torch.Tensor | np.ndarray, a_text: torch.Tensor | np
     block : features per block (bounds memory at ``2n * block`` floats per bin).
     """
     if metric not in ("mi", "nmi"):
-        raise ValueError(f"unknown metric {metric!r}; choose 'mi' or 'nmi'")
+        raise InputError(f"unknown metric {metric!r}; choose 'mi' or 'nmi'")
     if binarise not in ("active", "quantile"):
-        raise ValueError(f"unknown binarisation {binarise!r}; choose 'active' or 'quantile'")
+        raise InputError(f"unknown binarisation {binarise!r}; choose 'active' or 'quantile'")
     if labels not in ("value", "present"):
-        raise ValueError(f"unknown labels {labels!r}; choose 'value' or 'present'")
+        raise InputError(f"unknown labels {labels!r}; choose 'value' or 'present'")
     a_image, a_text = np.asarray(a_image, dtype=np.float32), np.asarray(a_text, dtype=np.float32)
     if a_image.shape != a_text.shape or a_image.ndim != 2:
-        raise ValueError(f"need paired activations (n, K); got {a_image.shape} and {a_text.shape}")
+        raise InputError(f"need paired activations (n, K); got a_image {a_image.shape} and a_text {a_text.shape}")
+    check_finite(a_image, "a_image")
+    check_finite(a_text, "a_text")
     factors = list(truth.world.factors if factors is None else factors)  # type: ignore[attr-defined]
     if not factors:
-        raise ValueError("no factors to match")
+        raise InputError("no factors to match")
     x = np.concatenate([a_image, a_text])
     codes = _discretise(x, binarise, n_bins, eps)
     names, columns = [], []
@@ -301,11 +308,11 @@ def match_features(a_image: torch.Tensor | np.ndarray, a_text: torch.Tensor | np
         name = f.name if isinstance(f, Factor) else str(f)
         v = np.asarray(truth.values(name))
         if len(v) != len(a_image):
-            raise ValueError(f"factor {name!r} has {len(v)} labels for {len(a_image)} pairs")
+            raise InputError(f"factor {name!r} has {len(v)} labels for {len(a_image)} pairs")
         targets = [(name, v)]
         if per_value:
             if not isinstance(f, Factor):
-                raise ValueError("per_value matching needs Factor objects (for the value names)")
+                raise InputError("per_value matching needs Factor objects (for the value names)")
             targets = [(f"{name}={word}", (v == i).astype(int)) for i, word in enumerate(f.values)]
         for label, y in targets:
             if labels == "value":
@@ -331,9 +338,12 @@ def mutual_information(codes: np.ndarray, labels: np.ndarray, normalized: bool =
     once. Returns ``(K,)``.
     """
     codes = np.asarray(codes)
+    if codes.dtype.kind not in "iub" or (codes.size and codes.min() < 0):
+        raise InputError(f"codes must be small non-negative integers (N, K), got dtype {codes.dtype}"
+                         f"{'' if codes.dtype.kind not in 'iu' else ' with negative values'}; discretise first")
     _, y = np.unique(np.asarray(labels), return_inverse=True)
     if codes.ndim != 2 or len(y) != len(codes):
-        raise ValueError(f"need codes (N, K) and labels (N,); got {codes.shape} and {np.shape(labels)}")
+        raise InputError(f"need codes (N, K) and labels (N,); got {codes.shape} and {np.shape(labels)}")
     n, k = codes.shape
     onehot = np.zeros((n, y.max() + 1), dtype=np.float32)
     onehot[np.arange(n), y] = 1.0
@@ -379,9 +389,10 @@ def matched_features(mds: MDSResult | np.ndarray, match: FactorMatch, ideal: Map
     -------
     DataFrame: ``feature``, ``factor``, ``score``, ``mds``, ``ideal_mds`` (one row per matched feature).
     """
-    scores = np.asarray(mds.scores if isinstance(mds, MDSResult) else mds, dtype=float)
+    scores = check_scores(mds, "mds")
     if len(scores) != len(match.best_score):
-        raise ValueError(f"{len(scores)} MDS scores but {len(match.best_score)} matched features")
+        raise InputError(f"{len(scores)} MDS scores but {len(match.best_score)} matched features")
+    _check_ideal(ideal)
     ideal_of = np.array([ideal.get(f, np.nan) for f in match.best_factor], dtype=float)
     keep = np.isfinite(scores) & np.isfinite(ideal_of) & (match.best_score >= threshold) & (match.best_factor != "")
     idx = np.flatnonzero(keep)
@@ -614,7 +625,7 @@ def _discretise(x: np.ndarray, binarise: str, n_bins: int, eps: float) -> np.nda
     if binarise == "active":
         return (x > eps).astype(np.int8)
     if n_bins < 2:
-        raise ValueError(f"n_bins must be at least 2, got {n_bins}")
+        raise InputError(f"n_bins must be at least 2, got {n_bins}")
     edges = np.quantile(x, np.linspace(0, 1, n_bins + 1)[1:-1], axis=0)  # (n_bins - 1, K)
     codes = np.zeros(x.shape, dtype=np.int8)
     for e in edges:
@@ -628,9 +639,21 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(sps.spearmanr(x, y).statistic)
 
 
+def _check_ideal(ideal: Mapping[str, float]) -> None:
+    """InputError naming the entry if an ideal MDS is neither NaN (no ideal: dropped, documented) nor in [0, 1]."""
+    for name, value in ideal.items():
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise InputError(f"ideal[{name!r}] must be a number in [0, 1], got {value!r}") from None
+        if not np.isnan(v) and not 0 <= v <= 1:
+            raise InputError(f"ideal[{name!r}] must be an ideal MDS in [0, 1] (or NaN for none), got {value!r}; "
+                             "use ideal_mds_by_factor")
+
+
 def _alive(mds: MDSResult | np.ndarray, name: str) -> np.ndarray:
-    scores = np.asarray(mds.scores if isinstance(mds, MDSResult) else mds, dtype=float)
+    scores = check_scores(mds, name)
     scores = scores[np.isfinite(scores)]
     if len(scores) == 0:
-        raise ValueError(f"the {name} MDS has no alive feature")
+        raise InputError(f"the {name} MDS has no alive feature")
     return scores

@@ -12,6 +12,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mmlib.core.errors import InputError
+from mmlib.core.validation import check_finite
+
 #: How a gallery item exactly as similar as the match counts (see :func:`retrieval_ranks`).
 TIES = ("favour", "against")
 
@@ -41,16 +44,18 @@ def retrieval_ranks(queries: torch.Tensor | np.ndarray, gallery: torch.Tensor | 
     """
     q, g = torch.as_tensor(queries).float(), torch.as_tensor(gallery).float()
     if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
-        raise ValueError(f"queries {tuple(q.shape)} and gallery {tuple(g.shape)} must be (n, d) and (m, d)")
+        raise InputError(f"queries {tuple(q.shape)} and gallery {tuple(g.shape)} must be (n, d) and (m, d)")
+    check_finite(queries, "queries")
+    check_finite(gallery, "gallery")
     if chunk < 1:
-        raise ValueError(f"chunk must be a positive integer, got {chunk}")
+        raise InputError(f"chunk must be a positive integer, got {chunk}")
     if ties not in TIES:
-        raise ValueError(f"ties must be one of {TIES}, got {ties!r}")
+        raise InputError(f"ties must be one of {TIES}, got {ties!r}")
     t = torch.arange(len(q)) if targets is None else torch.as_tensor(np.asarray(targets)).long()
     if t.shape != (len(q),):
-        raise ValueError(f"{len(q)} queries but targets of shape {tuple(t.shape)}")
+        raise InputError(f"{len(q)} queries but targets of shape {tuple(t.shape)}")
     if len(t) and (int(t.min()) < 0 or int(t.max()) >= len(g)):
-        raise ValueError(f"targets must index the gallery of {len(g)} items (got {int(t.min())}..{int(t.max())})")
+        raise InputError(f"targets must index the gallery of {len(g)} items (got {int(t.min())}..{int(t.max())})")
     q, g = F.normalize(q, dim=1), F.normalize(g, dim=1)
     ranks = [np.zeros(0, dtype=np.int64)]
     for i in range(0, len(q), chunk):
@@ -67,7 +72,7 @@ def recall_at_k(queries: torch.Tensor | np.ndarray, gallery: torch.Tensor | np.n
     ``ties`` as in :func:`retrieval_ranks`).
     """
     if any(int(k) < 1 for k in ks):
-        raise ValueError(f"every k must be a positive integer, got {list(ks)}")
+        raise InputError(f"every k must be a positive integer, got {list(ks)}")
     ranks = retrieval_ranks(queries, gallery, targets, ties=ties)
     return {int(k): float((ranks < k).mean()) if len(ranks) else float("nan") for k in ks}
 
@@ -82,7 +87,9 @@ def retrieval_recall(image: torch.Tensor | np.ndarray, text: torch.Tensor | np.n
         ``"i2t@k"`` (share of images whose caption ranks in the top ``k`` texts) and ``"t2i@k"`` for each ``k``.
     """
     if torch.as_tensor(image).shape != torch.as_tensor(text).shape:
-        raise ValueError(f"image {tuple(torch.as_tensor(image).shape)} and text {tuple(torch.as_tensor(text).shape)} "
+        raise InputError(f"image {tuple(torch.as_tensor(image).shape)} and text {tuple(torch.as_tensor(text).shape)} "
                          "embeddings must be paired (n, d)")
+    check_finite(image, "image")
+    check_finite(text, "text")
     i2t, t2i = recall_at_k(image, text, ks), recall_at_k(text, image, ks)
     return {**{f"i2t@{k}": v for k, v in i2t.items()}, **{f"t2i@{k}": v for k, v in t2i.items()}}

@@ -20,6 +20,8 @@ import torch
 from mmlib.analysis.categories import Categories
 from mmlib.analysis.mds import MDSResult
 from mmlib.analysis.planted_truth import FactorMatch
+from mmlib.core.errors import InputError
+from mmlib.core.validation import check_finite
 
 
 class HasTowers(Protocol):
@@ -44,9 +46,11 @@ def stack_towers(embeddings: HasTowers) -> tuple[torch.Tensor, torch.Tensor]:
     """
     zi, zt = embeddings.image_tower, embeddings.text_tower
     if zi is None or zt is None:
-        raise ValueError("these embeddings carry no tower activations: embed them with towers=True")
+        raise InputError("these embeddings carry no tower activations: embed them with towers=True")
     if len(zi) != len(zt):
-        raise ValueError(f"{len(zi)} image-tower rows but {len(zt)} text-tower rows")
+        raise InputError(f"{len(zi)} image-tower rows but {len(zt)} text-tower rows")
+    check_finite(zi, "embeddings.image_tower")
+    check_finite(zt, "embeddings.text_tower")
     return (torch.cat([zi, torch.zeros(len(zi), zt.shape[1])], 1),
             torch.cat([torch.zeros(len(zt), zi.shape[1]), zt], 1))
 

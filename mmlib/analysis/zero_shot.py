@@ -17,7 +17,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from mmlib.core.errors import InputError
 from mmlib.core.stats import proportion_ci
+from mmlib.core.validation import check_finite
 from mmlib.data.world import WorldSplit
 
 
@@ -28,10 +30,15 @@ def zero_shot_predict(image_emb: torch.Tensor, class_emb: torch.Tensor) -> torch
     class named together with each value of a context factor): a class then scores its best prompt, i.e. the
     prediction is the class of the most similar prompt in the joint label space.
     """
+    image_emb, class_emb = torch.as_tensor(image_emb), torch.as_tensor(class_emb)
+    if image_emb.ndim != 2:
+        raise InputError(f"image_emb must be (n, d), got shape {tuple(image_emb.shape)}")
     if class_emb.ndim not in (2, 3):
-        raise ValueError(f"class embeddings must be (k, d) or (k, p, d), got shape {tuple(class_emb.shape)}")
+        raise InputError(f"class embeddings must be (k, d) or (k, p, d), got shape {tuple(class_emb.shape)}")
     if image_emb.shape[1] != class_emb.shape[-1]:
-        raise ValueError(f"image embeddings have d={image_emb.shape[1]} but class embeddings d={class_emb.shape[-1]}")
+        raise InputError(f"image embeddings have d={image_emb.shape[1]} but class embeddings d={class_emb.shape[-1]}")
+    check_finite(image_emb, "image_emb")
+    check_finite(class_emb, "class_emb")
     classes = F.normalize(class_emb.float(), dim=-1)
     sims = torch.einsum("nd,k...d->nk...", F.normalize(image_emb.float(), dim=-1), classes)
     return (sims.amax(-1) if classes.ndim == 3 else sims).argmax(1)
@@ -41,7 +48,7 @@ def zero_shot_accuracy(image_emb: torch.Tensor, class_emb: torch.Tensor, labels:
     """Share of images ``(n, d)`` whose predicted class (see :func:`zero_shot_predict`) is their label ``(n,)``."""
     labels = torch.as_tensor(np.asarray(labels))
     if len(labels) != len(image_emb):
-        raise ValueError(f"{len(image_emb)} images but {len(labels)} labels")
+        raise InputError(f"{len(image_emb)} images but {len(labels)} labels")
     if len(labels) == 0:
         return float("nan")
     return float((zero_shot_predict(image_emb, class_emb) == labels).float().mean())
@@ -55,6 +62,18 @@ def linear_probe_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_test: np.n
     thread made each L-BFGS fit about 14 times slower on 2 cores, and one thread makes the result independent
     of the machine's core count.
     """
+    for name, x in (("x_train", x_train), ("x_test", x_test)):
+        if np.ndim(x) != 2:
+            raise InputError(f"{name} must be (n, w), got shape {np.shape(x)}")
+        check_finite(np.asarray(x, dtype=np.float64), name)
+    if np.shape(x_train)[1] != np.shape(x_test)[1]:
+        raise InputError(f"x_train {np.shape(x_train)} and x_test {np.shape(x_test)} differ in width; pass the same "
+                         "features for both")
+    if len(y_train) != len(x_train) or len(y_test) != len(x_test):
+        raise InputError(f"x_train {np.shape(x_train)} with {len(y_train)} labels y_train, x_test "
+                         f"{np.shape(x_test)} with {len(y_test)} labels y_test: pass one label per row")
+    if not np.isfinite(c) or c <= 0:
+        raise InputError(f"c (the inverse regularisation strength) must be a finite positive number, got {c!r}")
     if len(np.unique(y_train)) < 2:
         return np.zeros(len(y_test), dtype=bool)
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000, random_state=seed))
@@ -106,10 +125,14 @@ def modality_gap(image_emb: torch.Tensor, text_emb: torch.Tensor) -> dict[str, f
     embeddings), ``cos_matched`` (mean cosine of matched pairs), ``cos_unmatched`` (mean cosine of
     image ``i`` with text ``i+1``), ``cos_centroids`` (cosine between the two centroids).
     """
-    if image_emb.shape != text_emb.shape:
-        raise ValueError(f"image {tuple(image_emb.shape)} and text {tuple(text_emb.shape)} embeddings differ in shape")
+    image_emb, text_emb = torch.as_tensor(image_emb), torch.as_tensor(text_emb)
+    if image_emb.shape != text_emb.shape or image_emb.ndim != 2:
+        raise InputError(f"image {tuple(image_emb.shape)} and text {tuple(text_emb.shape)} embeddings differ in shape "
+                         "(both must be (n, d), row i of each one pair)")
     if len(image_emb) < 2:
-        raise ValueError("need at least 2 pairs to measure the modality gap")
+        raise InputError("need at least 2 pairs to measure the modality gap")
+    check_finite(image_emb, "image_emb")
+    check_finite(text_emb, "text_emb")
     img = F.normalize(image_emb.double(), dim=-1)
     txt = F.normalize(text_emb.double(), dim=-1)
     ci, ct = img.mean(0), txt.mean(0)

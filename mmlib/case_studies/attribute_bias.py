@@ -46,7 +46,9 @@ from mmlib.analysis.categories import DEFAULT_RULE, Categories, CategoryRule, ca
 from mmlib.analysis.mds import modality_dominance
 from mmlib.analysis.zero_shot import zero_shot_predict
 from mmlib.case_studies.removal import RemovalData, group_removal, remove_features
+from mmlib.core.errors import ConfigError, InputError
 from mmlib.core.stats import across_seeds, format_ci, proportion_ci
+from mmlib.core.validation import between, check_finite, greater_than, validate_config
 from mmlib.data.planted import PlantedConfig, generate_planted
 from mmlib.data.world import WorldSplit
 from mmlib.feature_maps.base import FeatureMap, FeatureMapLike
@@ -72,7 +74,7 @@ def value_index(values: Sequence[str], name: str) -> int:
     """Position of the value called ``name`` in ``values`` (ValueError naming the choices otherwise)."""
     values = list(values)
     if name not in values:
-        raise ValueError(f"unknown value {name!r}; the attribute's values are {values}.{_suggest(name, values)}")
+        raise InputError(f"unknown value {name!r}; the attribute's values are {values}.{_suggest(name, values)}")
     return values.index(name)
 
 
@@ -115,44 +117,44 @@ class AttributeTask:
     def __post_init__(self) -> None:
         values = tuple(str(v) for v in self.values)
         if len(values) < 2:
-            raise ValueError(f"attribute {self.attribute!r} needs at least 2 values, got {list(values)}")
+            raise InputError(f"attribute {self.attribute!r} needs at least 2 values, got {list(values)}")
         if len(set(values)) != len(values):
-            raise ValueError(f"attribute {self.attribute!r} has duplicate value names: {list(values)}")
-        image = torch.as_tensor(self.image_emb).float()
-        classes = torch.as_tensor(self.class_emb).float()
+            raise InputError(f"attribute {self.attribute!r} has duplicate value names: {list(values)}")
+        image = check_finite(torch.as_tensor(self.image_emb).float(), "AttributeTask.image_emb")
+        classes = check_finite(torch.as_tensor(self.class_emb).float(), "AttributeTask.class_emb")
         if image.ndim != 2:
-            raise ValueError(f"image embeddings must be (n, d), got shape {tuple(image.shape)}")
+            raise InputError(f"image embeddings must be (n, d), got shape {tuple(image.shape)}")
         if classes.ndim not in (2, 3) or classes.shape[0] != len(values):
-            raise ValueError(f"class embeddings must be (k, d) or (k, p, d) with k = {len(values)} values "
+            raise InputError(f"class embeddings must be (k, d) or (k, p, d) with k = {len(values)} values "
                              f"{list(values)}, got shape {tuple(classes.shape)}")
         if classes.shape[-1] != image.shape[1]:
-            raise ValueError(f"image embeddings have d={image.shape[1]} but class embeddings d={classes.shape[-1]}")
+            raise InputError(f"image embeddings have d={image.shape[1]} but class embeddings d={classes.shape[-1]}")
         labels = np.asarray(self.labels)
         if labels.shape != (len(image),):
-            raise ValueError(f"{len(image)} images but labels of shape {labels.shape}")
+            raise InputError(f"{len(image)} images but labels of shape {labels.shape}")
         if len(labels) == 0:
-            raise ValueError(f"no images to recognise {self.attribute!r} on")
+            raise InputError(f"no images to recognise {self.attribute!r} on")
         if not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(f"labels must be integer value indices, got dtype {labels.dtype}")
+            raise InputError(f"labels must be integer value indices, got dtype {labels.dtype}")
         bad = labels[(labels < 0) | (labels >= len(values))]
         if len(bad):
-            raise ValueError(f"label {int(bad[0])} is outside 0..{len(values) - 1} (values {list(values)})")
+            raise InputError(f"label {int(bad[0])} is outside 0..{len(values) - 1} (values {list(values)})")
         counts = np.bincount(labels, minlength=len(values))
         if (counts == 0).any():
             missing = [v for v, c in zip(values, counts) if c == 0]
-            raise ValueError(f"value(s) {missing} of {self.attribute!r} have no image: every value needs samples")
+            raise InputError(f"value(s) {missing} of {self.attribute!r} have no image: every value needs samples")
         subsets = {ALL: np.ones(len(labels), bool)}
         for name, mask in dict(self.subsets).items():
             if name == ALL:
-                raise ValueError(f"subset name {ALL!r} is reserved for every image")
+                raise InputError(f"subset name {ALL!r} is reserved for every image")
             mask = np.asarray(mask)
             if mask.dtype != bool or mask.shape != labels.shape:
-                raise ValueError(f"subset {name!r} must be a boolean mask of shape {labels.shape}, got "
+                raise InputError(f"subset {name!r} must be a boolean mask of shape {labels.shape}, got "
                                  f"dtype {mask.dtype} and shape {mask.shape}")
             sub = np.bincount(labels[mask], minlength=len(values))
             if mask.any() and (sub == 0).any():
                 missing = [v for v, c in zip(values, sub) if c == 0]
-                raise ValueError(f"subset {name!r} has no image of value(s) {missing}: per-value accuracy "
+                raise InputError(f"subset {name!r} has no image of value(s) {missing}: per-value accuracy "
                                  f"is undefined there (counts {dict(zip(values, sub.tolist()))})")
             subsets[name] = mask
         for name, value in (("values", values), ("image_emb", image), ("class_emb", classes),
@@ -174,7 +176,7 @@ class AttributeTask:
     def mask(self, subset: str = ALL, value: str | None = None) -> np.ndarray:
         """``(n,)`` bool: the images of ``subset`` (and of ``value``, if given)."""
         if subset not in self.subsets:
-            raise ValueError(f"unknown subset {subset!r}; choose one of {list(self.subsets)}."
+            raise InputError(f"unknown subset {subset!r}; choose one of {list(self.subsets)}."
                              f"{_suggest(subset, list(self.subsets))}")
         mask = self.subsets[subset]
         return mask if value is None else mask & (self.labels == value_index(self.values, value))
@@ -207,10 +209,10 @@ def world_attribute_task(split: WorldSplit, image_emb: torch.Tensor, encode: Cal
     """
     names = [f.name for f in split.world.factors]
     if attribute not in names:
-        raise ValueError(f"unknown attribute {attribute!r}; the world's factors are {names}."
+        raise InputError(f"unknown attribute {attribute!r}; the world's factors are {names}."
                          f"{_suggest(attribute, names)}")
     if len(image_emb) != len(split):
-        raise ValueError(f"{len(image_emb)} image embeddings for a split of {len(split)} pairs")
+        raise InputError(f"{len(image_emb)} image embeddings for a split of {len(split)} pairs")
     factor = split.world.factor(attribute)
     classes = class_embeddings(encode, factor, split.world.factors, reading=reading, template=template)
     if text_scale is not None:
@@ -254,16 +256,18 @@ class PlantedAttributeConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        validate_config(self)  # the types first, so that the checks below can compare
         k = len(self.values)
         if k < 2 or len(set(self.values)) != k:
-            raise ValueError(f"need at least 2 distinct values, got {self.values}")
+            raise ConfigError(f"need at least 2 distinct values, got {self.values}")
         if len(self.p_depict) != k or len(self.p_mention) != k:
-            raise ValueError(f"one p_depict and one p_mention per value ({k} values), got {self.p_depict} and "
+            raise ConfigError(f"one p_depict and one p_mention per value ({k} values), got {self.p_depict} and "
                              f"{self.p_mention}")
         if not all(0.0 <= p <= 1.0 for p in (*self.p_depict, *self.p_mention)):
-            raise ValueError(f"probabilities must lie in [0, 1], got {self.p_depict} and {self.p_mention}")
+            raise ConfigError(f"probabilities must lie in [0, 1], got {self.p_depict} and {self.p_mention}")
         if not self.strength > 0:
-            raise ValueError(f"strength must be positive, got {self.strength}")
+            raise ConfigError(f"strength must be positive, got {self.strength}")
+        validate_config(self, p_depict=between(0.0, 1.0), p_mention=between(0.0, 1.0), strength=greater_than(0.0))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -345,9 +349,9 @@ def accuracy_gap(successes_a: int, trials_a: int, successes_b: int, trials_b: in
     """
     for s, n, which in ((successes_a, trials_a, "a"), (successes_b, trials_b, "b")):
         if n <= 0:
-            raise ValueError(f"group {which} has {n} trials: a gap needs samples of both values")
+            raise InputError(f"group {which} has {n} trials: a gap needs samples of both values")
         if not 0 <= s <= n:
-            raise ValueError(f"group {which}: {s} successes out of {n} trials")
+            raise InputError(f"group {which}: {s} successes out of {n} trials")
     pa, pb = successes_a / trials_a, successes_b / trials_b
     la, ua = proportion_ci(successes_a, trials_a, confidence)
     lb, ub = proportion_ci(successes_b, trials_b, confidence)
@@ -369,12 +373,12 @@ def balanced_accuracy(successes: Sequence[int], trials: Sequence[int], confidenc
     """
     successes, trials = list(successes), list(trials)
     if len(successes) != len(trials) or len(trials) < 1:
-        raise ValueError(f"need one success count per trial count, got {len(successes)} and {len(trials)}")
+        raise InputError(f"need one success count per trial count, got {len(successes)} and {len(trials)}")
     for i, (s, n) in enumerate(zip(successes, trials)):
         if n <= 0:
-            raise ValueError(f"value {i} has {n} trials: every value needs samples")
+            raise InputError(f"value {i} has {n} trials: every value needs samples")
         if not 0 <= s <= n:
-            raise ValueError(f"value {i}: {s} successes out of {n} trials")
+            raise InputError(f"value {i}: {s} successes out of {n} trials")
     p = np.array([s / n for s, n in zip(successes, trials)])
     ci = np.array([proportion_ci(s, n, confidence) for s, n in zip(successes, trials)])
     k = len(p)
@@ -408,11 +412,11 @@ def recognition_table(task: AttributeTask, image_emb: torch.Tensor | None = None
     image = task.image_emb if image_emb is None else torch.as_tensor(image_emb)
     classes = task.class_emb if class_emb is None else torch.as_tensor(class_emb)
     if len(image) != len(task):
-        raise ValueError(f"{len(image)} image representations for a task of {len(task)} images")
+        raise InputError(f"{len(image)} image representations for a task of {len(task)} images")
     a, b = pair or task.values[:2]
     ia, ib = value_index(task.values, a), value_index(task.values, b)
     if ia == ib:
-        raise ValueError(f"the gap needs two different values, got {a!r} twice")
+        raise InputError(f"the gap needs two different values, got {a!r} twice")
     correct = (zero_shot_predict(image, classes).numpy() == task.labels)
     rows, gaps = [], []
     for subset in task.subset_names():
@@ -480,15 +484,15 @@ def bias_removal(feature_map: FeatureMapLike, task: AttributeTask, groups: Mappi
     BiasRemovalReport
     """
     if n_random < 2:
-        raise ValueError(f"n_random must be at least 2 (random draws per group), got {n_random}")
+        raise InputError(f"n_random must be at least 2 (random draws per group), got {n_random}")
     if task.class_emb.ndim != 2:
-        raise ValueError(f"removals encode one prompt embedding per value, (k, d); got class embeddings of shape "
+        raise InputError(f"removals encode one prompt embedding per value, (k, d); got class embeddings of shape "
                          f"{tuple(task.class_emb.shape)} (the 'joint' prompt reading): use reading='ensemble' or "
                          "'single'")
     names = task.subset_names() if subsets is None else list(subsets)
     for name in names:
         if not task.mask(name).any():
-            raise ValueError(f"subset {name!r} is empty: no image to evaluate")
+            raise InputError(f"subset {name!r} is empty: no image to evaluate")
     a, b = pair or task.values[:2]
     value_index(task.values, a), value_index(task.values, b)
     tables, draws, gaps = [], [], []
@@ -548,14 +552,14 @@ def group_margins(table: pd.DataFrame, expected: Mapping[str, str], value: str =
     """
     missing = [c for c in ("value", "group", value) if c not in table.columns]
     if missing:
-        raise ValueError(f"columns {missing} not in the table (columns: {list(table.columns)})")
+        raise InputError(f"columns {missing} not in the table (columns: {list(table.columns)})")
     unknown_values = [v for v in expected if v not in set(table["value"])]
     if unknown_values:
-        raise ValueError(f"unknown value(s) {unknown_values}; the table has values {sorted(set(table['value']))}")
+        raise InputError(f"unknown value(s) {unknown_values}; the table has values {sorted(set(table['value']))}")
     if groups is not None:
         unknown_groups = [g for g in expected.values() if g not in groups]
         if unknown_groups:
-            raise ValueError(f"unknown group(s) {unknown_groups}; choose from {list(groups)}")
+            raise InputError(f"unknown group(s) {unknown_groups}; choose from {list(groups)}")
     keys = [c for c in ("world", "model", "map", "seed", "subset") if c in table.columns]
     rows = []
     for key, sub in (table.groupby(keys, sort=False) if keys else [((), table)]):
@@ -587,10 +591,10 @@ def ideal_mds(p_depict: float, p_mention: float) -> float:
         for a probability outside [0, 1], or both 0 (the feature never fires: no MDS).
     """
     if not (0.0 <= p_depict <= 1.0 and 0.0 <= p_mention <= 1.0):
-        raise ValueError(f"probabilities must lie in [0, 1], got {p_depict} and {p_mention}")
+        raise InputError(f"probabilities must lie in [0, 1], got {p_depict} and {p_mention}")
     fires = 1.0 - (1.0 - p_depict) * (1.0 - p_mention)
     if fires == 0:
-        raise ValueError("a feature that never fires has no MDS (p_depict = p_mention = 0)")
+        raise InputError("a feature that never fires has no MDS (p_depict = p_mention = 0)")
     return (p_depict * (1.0 - p_mention) + p_depict * p_mention / 2) / fires
 
 
@@ -621,7 +625,7 @@ def recognition_rows(task: AttributeTask, feature_map: FeatureMapLike | None = N
     image, classes = None, None
     if feature_map is not None:
         if task.class_emb.ndim != 2:
-            raise ValueError(f"a feature map encodes one prompt embedding per value, (k, d); got class embeddings "
+            raise InputError(f"a feature map encodes one prompt embedding per value, (k, d); got class embeddings "
                              f"of shape {tuple(task.class_emb.shape)}")
         n_features = feature_map.encode(task.image_emb[:1], "image").shape[1]
         nothing = np.zeros(n_features, bool)
@@ -714,7 +718,7 @@ def drop_decomposition(table: pd.DataFrame, pair: tuple[str, str]) -> pd.DataFra
     wide = table.pivot_table(index=keys, columns="value", values="drop")
     missing = [v for v in pair if v not in wide.columns]
     if missing:
-        raise ValueError(f"value(s) {missing} not in the table (values: {list(wide.columns)})")
+        raise InputError(f"value(s) {missing} not in the table (values: {list(wide.columns)})")
     return wide.assign(balanced_drop=wide.mean(axis=1), shift=(wide[a] - wide[b]) / 2)
 
 

@@ -35,7 +35,9 @@ from tqdm import tqdm
 from mmlib.analysis.categories import CLASSES, Categories, group_masks, random_feature_mask
 from mmlib.analysis.retrieval import recall_at_k
 from mmlib.analysis.zero_shot import zero_shot_accuracy
+from mmlib.core.errors import InputError
 from mmlib.core.stats import across_seeds, proportion_ci
+from mmlib.core.validation import check_finite
 from mmlib.data.embeddings import Embeddings
 from mmlib.data.world import WorldSplit
 from mmlib.feature_maps.base import FeatureMapLike
@@ -69,15 +71,27 @@ class RemovalData:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, torch.as_tensor(value).float())
+        for name in ("image_emb", "text_emb", "class_emb"):
+            value = getattr(self, name)
+            if value is not None:
+                check_finite(value, f"RemovalData.{name}")
+        if self.image_emb.ndim != 2:
+            raise InputError(f"RemovalData.image_emb must be (n, d), got shape {tuple(self.image_emb.shape)}")
         n = len(self.image_emb)
         if self.text_emb is not None and len(self.text_emb) != n:
-            raise ValueError(f"{n} images but {len(self.text_emb)} paired captions")
+            raise InputError(f"{n} images but {len(self.text_emb)} paired captions")
+        if self.text_emb is not None and self.text_emb.shape != self.image_emb.shape:
+            raise InputError(f"RemovalData.text_emb {tuple(self.text_emb.shape)} must pair with image_emb "
+                             f"{tuple(self.image_emb.shape)} (one caption per image, same d)")
+        if self.class_emb is not None and self.class_emb.shape[-1:] != self.image_emb.shape[1:]:
+            raise InputError(f"RemovalData.class_emb {tuple(self.class_emb.shape)} must be (c, d) with the d of "
+                             f"image_emb {tuple(self.image_emb.shape)}")
         if (self.class_emb is None) != (self.labels is None):
-            raise ValueError("zero-shot needs both class_emb and labels (or neither)")
+            raise InputError("zero-shot needs both class_emb and labels (or neither)")
         if self.labels is not None and len(self.labels) != n:
-            raise ValueError(f"{n} images but {len(self.labels)} labels")
+            raise InputError(f"{n} images but {len(self.labels)} labels")
         if self.text_emb is None and self.class_emb is None:
-            raise ValueError("nothing to measure: give text_emb (retrieval) and/or class_emb + labels (zero-shot)")
+            raise InputError("nothing to measure: give text_emb (retrieval) and/or class_emb + labels (zero-shot)")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -108,6 +122,9 @@ def remove_features(feature_map: FeatureMapLike, z: torch.Tensor, modality: str,
 
     Returns ``(n, d)`` (decoded) for a map with a decoder, ``(n, K)`` (the edited features) otherwise.
     """
+    z = check_finite(torch.as_tensor(z), "z")
+    if z.ndim != 2:
+        raise InputError(f"z must be embeddings (n, d), got shape {tuple(z.shape)}")
     h = feature_map.encode(z, modality)
     return _represent(feature_map, h, modality, _keep(mask, h.shape[1]))
 
@@ -135,7 +152,7 @@ def group_removal(feature_map: FeatureMapLike, data: RemovalData, groups: Mappin
     RemovalReport
     """
     if not groups:
-        raise ValueError("no groups to remove")
+        raise InputError("no groups to remove")
     with torch.inference_mode():
         enc = {side: (feature_map.encode(z, mod) if z is not None else None)
                for side, z, mod in (("image", data.image_emb, "image"), ("text", data.text_emb, "text"),
@@ -149,9 +166,9 @@ def group_removal(feature_map: FeatureMapLike, data: RemovalData, groups: Mappin
         mask = _mask(mask, n_features, f"group {name!r}")
         k = int(mask.sum())
         if k == 0:
-            raise ValueError(f"group {name!r} is empty: nothing to remove")
+            raise InputError(f"group {name!r} is empty: nothing to remove")
         if k > len(alive_idx):
-            raise ValueError(f"group {name!r} has {k} features but only {len(alive_idx)} are alive to draw from")
+            raise InputError(f"group {name!r} has {k} features but only {len(alive_idx)} are alive to draw from")
         removed = _evaluate(feature_map, data, enc, mask, edit_text)
         rng = np.random.default_rng([seed, g])
         random_drops: dict[str, list[float]] = {m: [] for m in removed}
@@ -203,9 +220,9 @@ def removal_tasks(split: WorldSplit, emb: Embeddings, encode: Callable[[list[str
         the ``(n,)`` labels; ``"retrieval"`` -> the first ``n_retrieval`` image and caption embeddings.
     """
     if len(emb.image) != len(split):
-        raise ValueError(f"{len(emb.image)} embeddings for a split of {len(split)} pairs")
+        raise InputError(f"{len(emb.image)} embeddings for a split of {len(split)} pairs")
     if n_retrieval < 2:
-        raise ValueError(f"retrieval needs at least 2 pairs, got n_retrieval={n_retrieval}")
+        raise InputError(f"retrieval needs at least 2 pairs, got n_retrieval={n_retrieval}")
     tasks = {}
     for name in factors:
         factor = split.world.factor(name)
@@ -243,10 +260,10 @@ def class_removals(feature_map: FeatureMapLike, categories: Categories, tasks: M
         size-matched random removal); its random drops have a ``task`` column.
     """
     if not tasks:
-        raise ValueError("no tasks to run the removals on")
+        raise InputError("no tasks to run the removals on")
     groups = group_masks(categories, classes, skip_empty=True)
     if not groups:
-        raise ValueError(f"every class of {list(classes)} is empty (sizes {categories.sizes()}): nothing to remove")
+        raise InputError(f"every class of {list(classes)} is empty (sizes {categories.sizes()}): nothing to remove")
     reports = {task: group_removal(feature_map, tasks[task], groups, alive=categories.alive, n_random=n_random,
                                    seed=seed, edit_text=edit_text) for task in sorted(tasks)}
     table = pd.concat([r.table.assign(task=t) for t, r in reports.items()], ignore_index=True)
@@ -273,12 +290,12 @@ def stack_reports(reports: Mapping[tuple[Any, ...], Any], attribute: str = "tabl
         The frames concatenated in the order of ``reports`` (fresh index), with one column per key.
     """
     if not reports:
-        raise ValueError("no reports to stack")
+        raise InputError("no reports to stack")
     frames = []
     for key, report in reports.items():
         key = key if isinstance(key, tuple) else (key,)
         if len(key) != len(keys):
-            raise ValueError(f"key {key!r} has {len(key)} entries for the {len(keys)} columns {list(keys)}")
+            raise InputError(f"key {key!r} has {len(key)} entries for the {len(keys)} columns {list(keys)}")
         frames.append(getattr(report, attribute).assign(**dict(zip(keys, key))))
     return pd.concat(frames, ignore_index=True)
 
@@ -307,7 +324,7 @@ def crossd_margin(table: pd.DataFrame, by: Sequence[str] = ("map",), target: str
     by = list(by)
     missing = [c for c in (*by, "seed", "group", "excess") if c not in table.columns]
     if missing:
-        raise ValueError(f"columns {missing} not in the table (columns: {list(table.columns)})")
+        raise InputError(f"columns {missing} not in the table (columns: {list(table.columns)})")
     mean = table.groupby([*by, "seed", "group"], sort=False)["excess"].mean().unstack("group")
     crossd = mean[target] if target in mean.columns else pd.Series(np.nan, index=mean.index)
     others = mean.drop(columns=target, errors="ignore").min(axis=1, skipna=True)
@@ -334,9 +351,9 @@ def crossd_margin_ci(table: pd.DataFrame, by: Sequence[str] = ("map",), target: 
 def _mask(mask: np.ndarray | torch.Tensor, n_features: int, what: str) -> np.ndarray:
     mask = np.asarray(mask)
     if mask.dtype != bool:
-        raise ValueError(f"{what}: expected a boolean mask, got dtype {mask.dtype}")
+        raise InputError(f"{what}: expected a boolean mask, got dtype {mask.dtype}")
     if mask.shape != (n_features,):
-        raise ValueError(f"{what}: mask of shape {mask.shape} for {n_features} features")
+        raise InputError(f"{what}: mask of shape {mask.shape} for {n_features} features")
     return mask
 
 

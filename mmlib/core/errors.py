@@ -11,8 +11,9 @@ The classes also derive from the built-in type a caller would expect (``ValueErr
 from __future__ import annotations
 
 __all__ = [
-    "ArtifactMismatchError", "ArtifactRootError", "ConfigError", "CorruptArtifactError", "InputError",
-    "MmlibError", "NonFiniteError",
+    "ArgumentTypeError", "ArtifactMismatchError", "ArtifactRootError", "ConfigError", "CorruptArtifactError",
+    "InputError", "InputNotFoundError", "MissingKeyError", "MmlibError", "NonFiniteError", "OutOfRangeError",
+    "UnsupportedModelError",
 ]
 
 
@@ -42,3 +43,28 @@ class CorruptArtifactError(MmlibError, RuntimeError):
 
 class ArtifactMismatchError(CorruptArtifactError):
     """An artifact folder or file holds another artifact than the one asked for (its recorded kind/key differ)."""
+
+
+class MissingKeyError(InputError, KeyError):
+    """A name the user asked for (a factor, a concept, a model, a column) does not exist; the message lists
+    what does.
+    """
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
+class InputNotFoundError(InputError, FileNotFoundError):
+    """A file or folder the user named does not exist."""
+
+
+class ArgumentTypeError(InputError, TypeError):
+    """An argument has the wrong type (the message names it and the type expected)."""
+
+
+class UnsupportedModelError(MmlibError, NotImplementedError):
+    """The model (or feature map) lacks what the operation needs, e.g. a ViT image tower or a decoder."""
+
+
+class OutOfRangeError(InputError, IndexError):
+    """An index (a layer, a row) outside the valid range; the message gives the range."""

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from mmlib.core.artifacts import stable_hash
+from mmlib.core.errors import ConfigError, InputError
+from mmlib.core.validation import at_least, between, check_finite, validate_config
 from mmlib.data.embeddings import Embeddings
 
 __all__ = ["ATOM_CLASSES", "PlantedConfig", "PlantedData", "generate_planted", "atom_recovery"]
@@ -66,19 +68,22 @@ class PlantedConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.d < 1:
-            raise ValueError(f"d must be a positive integer, got {self.d}")
+        if isinstance(self.coef_range, list):
+            object.__setattr__(self, "coef_range", tuple(self.coef_range))
+        validate_config(self, d=at_least(1), noise=at_least(0.0), gap=at_least(0.0), jitter=at_least(0.0),
+                        coef_range=at_least(0.0), seed=between(0, 2 ** 64 - 1))
         if min(self.n_shared, self.n_image, self.n_text) < 0 or self.n_atoms == 0:
-            raise ValueError(f"atom counts must be >= 0 with at least one atom, got shared={self.n_shared}, "
-                             f"image={self.n_image}, text={self.n_text}")
-        if not 0 < self.sparsity <= self.n_shared + (self.n_image + self.n_text) / 2:
-            raise ValueError(f"sparsity (expected active atoms per embedding) must lie in (0, "
-                             f"{self.n_shared + (self.n_image + self.n_text) / 2:g}], got {self.sparsity}")
-        if self.noise < 0 or self.gap < 0 or self.jitter < 0:
-            raise ValueError(f"noise, gap and jitter must be >= 0, got {self.noise}, {self.gap}, {self.jitter}")
+            raise ConfigError(f"PlantedConfig atom counts (n_shared, n_image, n_text) must be >= 0 with at least one "
+                              f"atom, got n_shared={self.n_shared}, n_image={self.n_image}, n_text={self.n_text}.")
+        most = self.n_shared + (self.n_image + self.n_text) / 2
+        if not 0 < self.sparsity <= most:
+            raise ConfigError(f"PlantedConfig.sparsity (expected active atoms per embedding) must lie in (0, {most:g}] "
+                              f"(n_shared + (n_image + n_text) / 2), got {self.sparsity}.")
+        if len(self.coef_range) != 2:
+            raise ConfigError(f"PlantedConfig.coef_range must be a (low, high) pair, got {self.coef_range!r}.")
         low, high = self.coef_range
         if not 0 <= low <= high:
-            raise ValueError(f"coef_range must satisfy 0 <= low <= high, got {self.coef_range}")
+            raise ConfigError(f"PlantedConfig.coef_range must satisfy 0 <= low <= high, got {self.coef_range}.")
 
     @property
     def n_atoms(self) -> int:
@@ -139,8 +144,10 @@ class PlantedData:
 
 def generate_planted(config: PlantedConfig, n: int) -> PlantedData:
     """``n`` pairs from the planted dictionary of ``config`` (deterministic given ``config.seed``)."""
-    if n < 1:
-        raise ValueError(f"n must be a positive integer, got {n}")
+    if not isinstance(config, PlantedConfig):
+        raise InputError(f"generate_planted: config must be a PlantedConfig, got {type(config).__name__}.")
+    if not isinstance(n, (int, np.integer)) or isinstance(n, (bool, np.bool_)) or n < 1:
+        raise InputError(f"generate_planted: n must be a positive integer (number of pairs), got {n!r}.")
     rng = np.random.default_rng(config.seed)
     c = config
     dictionary = rng.standard_normal((c.n_atoms, c.d))
@@ -171,6 +178,9 @@ def atom_recovery(decoder: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
     """
     decoder, true = torch.as_tensor(decoder).float(), torch.as_tensor(true).float()
     if decoder.ndim != 2 or true.ndim != 2 or decoder.shape[1] != true.shape[1]:
-        raise ValueError(f"decoder (K, d) and true atoms (A, d) must share d, got {tuple(decoder.shape)} and "
-                         f"{tuple(true.shape)}")
+        raise InputError(f"atom_recovery: decoder (K, d) and true atoms (A, d) must share d, got "
+                         f"{tuple(decoder.shape)} and {tuple(true.shape)}; pass the map's dictionary and the "
+                         "planted dictionary of the same embedding space.")
+    check_finite(decoder, "atom_recovery: decoder", hint="pass the directions of a trained (finite) map")
+    check_finite(true, "atom_recovery: true", hint="pass the planted dictionary")
     return (F.normalize(true, dim=1) @ F.normalize(decoder, dim=1).T).max(dim=1).values

@@ -29,6 +29,8 @@ import pandas as pd
 from PIL import Image
 
 from mmlib.core.artifacts import code_version, stable_hash
+from mmlib.core.errors import ConfigError, InputError, MissingKeyError
+from mmlib.core.validation import at_least, between, one_of, validate_config
 
 SPLITS = ("train", "val", "test")
 
@@ -41,6 +43,27 @@ _STRIP = 0.35  # grey level of the glyph strip
 _GLYPH = 1.0   # glyph ink
 _OUTLINE = 1.0  # grey level of a 1-px object outline (colour-independent edges); None for no outline
 _RADII = (4.0, 5.5, 7.0, 8.5)  # object radius (px at 32 px) per size value
+#: The factors the renderer draws, with their kind and the most values it can draw for each.
+_DRAWN = {"shape": ("object", 4), "colour": ("object", len(_COLOURS)), "texture": ("object", 4),
+          "size": ("object", len(_RADII)), "background": ("scene", len(_BACKGROUNDS)), "position": ("scene", 4)}
+#: Factor kinds.
+FACTOR_KINDS = ("object", "glyph", "scene")
+#: Column names of :meth:`World.table` that a factor may not take.
+_RESERVED_NAMES = ("split", "caption")
+
+
+class UnknownFactorError(MissingKeyError):
+    """A factor name that the world does not have (also a ``KeyError``)."""
+
+
+def _as_tuples(obj: object, *names: str, depth: int = 1) -> None:
+    """Store list-valued fields of the frozen dataclass ``obj`` as tuples (nested ``depth`` levels)."""
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, list) or (depth > 1 and isinstance(value, tuple)
+                                       and any(isinstance(v, list) for v in value)):
+            value = tuple(tuple(v) if depth > 1 and isinstance(v, list) else v for v in value)
+            object.__setattr__(obj, name, value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,17 +96,33 @@ class Factor:
     synonyms: tuple[tuple[str, ...], ...]
 
     def __post_init__(self) -> None:
+        _as_tuples(self, "values", "p_depict", "p_mention")
+        _as_tuples(self, "synonyms", depth=2)
+        validate_config(self, kind=one_of(*FACTOR_KINDS))
+        where = f"Factor {self.name!r}"
+        if not self.name.strip():
+            raise ConfigError(f"Factor.name must be a non-empty string, got {self.name!r}.")
         n = len(self.values)
         if n < 2:
-            raise ValueError(f"factor {self.name!r} needs at least 2 values")
-        if not (len(self.p_depict) == len(self.p_mention) == len(self.synonyms) == n):
-            raise ValueError(f"factor {self.name!r}: one p_depict, p_mention and synonym list per value")
-        for p in (*self.p_depict, *self.p_mention):
-            if not 0.0 <= p <= 1.0:
-                raise ValueError(f"factor {self.name!r}: probabilities must lie in [0, 1], got {p}")
+            raise ConfigError(f"{where}: Factor.values must hold at least 2 values, got {self.values!r}.")
+        if len(set(self.values)) != n or not all(v.strip() for v in self.values):
+            raise ConfigError(f"{where}: Factor.values must be distinct non-empty strings, got {self.values!r}.")
+        for field in ("p_depict", "p_mention", "synonyms"):
+            if len(getattr(self, field)) != n:
+                raise ConfigError(f"{where}: Factor.{field} must hold one entry per value ({n}), got "
+                                  f"{len(getattr(self, field))}: give one p_depict, p_mention and synonym list "
+                                  "per value.")
+        for field in ("p_depict", "p_mention"):
+            for p in getattr(self, field):
+                if not 0.0 <= p <= 1.0:
+                    raise ConfigError(f"{where}: Factor.{field} must hold probabilities in [0, 1], got {p}.")
+        for value, words in zip(self.values, self.synonyms):
+            if not words or not all(w.strip() for w in words):
+                raise ConfigError(f"{where}: Factor.synonyms of value {value!r} must be a non-empty tuple of "
+                                  f"non-empty words, got {words!r}.")
         if self.kind in ("object", "scene") and min(self.p_depict) < 1.0:
-            raise ValueError(f"factor {self.name!r} is drawn as part of the {self.kind} and is always "
-                             "depicted: p_depict must be 1 (use a glyph factor for partial depiction)")
+            raise ConfigError(f"{where} is drawn as part of the {self.kind} and is always depicted: Factor.p_depict "
+                              f"must be 1, got {self.p_depict} (use a glyph factor for partial depiction).")
 
     @property
     def ideal_mds(self) -> float:
@@ -186,23 +225,44 @@ class WorldConfig:
     factors: tuple[Factor, ...] = dataclasses.field(default_factory=default_factors)
 
     def __post_init__(self) -> None:
-        if min(self.n_train, self.n_val, self.n_test) < 0 or self.n_train + self.n_val + self.n_test == 0:
-            raise ValueError("split sizes must be non-negative and not all zero")
-        if self.image_size < 16:
-            raise ValueError(f"image_size must be at least 16 px, got {self.image_size}")
-        if not 0.0 <= self.spurious <= 1.0:
-            raise ValueError(f"spurious must lie in [0, 1], got {self.spurious}")
+        _as_tuples(self, "factors")
+        validate_config(self, n_train=at_least(0), n_val=at_least(0), n_test=at_least(0), image_size=at_least(16),
+                        seed=at_least(0), spurious=between(0.0, 1.0), noise=at_least(0.0))
+        if self.n_train + self.n_val + self.n_test == 0:
+            raise ConfigError("WorldConfig.n_train, n_val and n_test (split sizes) must not all be 0: give at least "
+                              "one split a positive size.")
+        for i, f in enumerate(self.factors):
+            if not isinstance(f, Factor):
+                raise ConfigError(f"WorldConfig.factors[{i}] must be a Factor, got {f!r} ({type(f).__name__}).")
         names = [f.name for f in self.factors]
-        for required in ("shape", "colour", "texture", "size", "background", "position"):
-            if required not in names:
-                raise ValueError(f"the world needs a {required!r} factor to draw an image")
         if len(set(names)) != len(names):
-            raise ValueError(f"factor names must be unique, got {names}")
+            raise ConfigError(f"WorldConfig.factors: factor names must be unique, got {names}.")
+        for f in self.factors:
+            if f.name in _RESERVED_NAMES:
+                raise ConfigError(f"WorldConfig.factors: a factor may not be called {f.name!r} (a column of the "
+                                  f"ground-truth table); rename it.")
+        by_name = {f.name: f for f in self.factors}
+        for required, (kind, most) in _DRAWN.items():
+            f = by_name.get(required)
+            if f is None:
+                raise ConfigError(f"WorldConfig.factors: the world needs a {required!r} factor to draw an image "
+                                  f"(it has {names}).")
+            if f.kind != kind:
+                raise ConfigError(f"WorldConfig.factors: the {required!r} factor is drawn as part of the {kind}, so "
+                                  f"its kind must be {kind!r}, got {f.kind!r}.")
+            if len(f.values) > most:
+                raise ConfigError(f"WorldConfig.factors: the renderer draws at most {most} values of {required!r}, "
+                                  f"got {len(f.values)} ({f.values}).")
+        tied = min(4, len(by_name["shape"].values))
+        if self.spurious > 0 and len(by_name["background"].values) < tied:
+            raise ConfigError(f"WorldConfig.spurious={self.spurious} ties the background to the shape, which needs "
+                              f"{tied} background values, got {len(by_name['background'].values)}: set spurious=0 "
+                              "or give the background more values.")
         n_glyphs = sum(f.kind == "glyph" for f in self.factors)
         glyph_px = 5 * max(1, int(round(self.image_size / 32.0)))
         if n_glyphs and self.image_size / n_glyphs < glyph_px:
-            raise ValueError(f"{n_glyphs} glyph factors of {glyph_px} px do not fit side by side in a "
-                             f"{self.image_size} px image: use image_size >= {n_glyphs * glyph_px}")
+            raise ConfigError(f"WorldConfig.image_size: {n_glyphs} glyph factors of {glyph_px} px do not fit side by "
+                              f"side in a {self.image_size} px image: use image_size >= {n_glyphs * glyph_px}.")
 
     @property
     def effective_factors(self) -> tuple[Factor, ...]:
@@ -252,8 +312,15 @@ class Latents:
 _SPURIOUS_BACKGROUND = np.array([0, 1, 2, 3])  # shape index -> background index
 
 
+def _check_count(value: object, name: str, low: int) -> None:
+    """Raise :class:`InputError` unless ``value`` is an integer ``>= low``."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)) or value < low:
+        raise InputError(f"{name} must be an integer >= {low}, got {value!r} ({type(value).__name__}).")
+
+
 def sample_latents(config: WorldConfig, n: int, rng: np.random.Generator) -> Latents:
     """Draw factor values (uniform over values) and depiction/mention flags for ``n`` samples."""
+    _check_count(n, "n", 0)
     values, depicted, mentioned = {}, {}, {}
     for f in config.effective_factors:
         v = rng.integers(len(f.values), size=n)
@@ -305,6 +372,7 @@ def _texture_mask(texture: np.ndarray, xx: np.ndarray, yy: np.ndarray, scale: fl
 def render_images(config: WorldConfig, latents: Latents, rng: np.random.Generator,
                   batch: int = 2048) -> np.ndarray:
     """Draw the images of ``latents``: uint8 ``(n, S, S, 3)`` with ``S = config.image_size``."""
+    _check_count(batch, "batch", 1)
     S = config.image_size
     scale = S / 32.0
     strip_h = int(round(7 * scale))
@@ -456,7 +524,7 @@ class World:
         for f in self.factors:
             if f.name == name:
                 return f
-        raise KeyError(f"unknown factor {name!r}; known factors: {[f.name for f in self.factors]}")
+        raise UnknownFactorError(f"unknown factor {name!r}; known factors: {[f.name for f in self.factors]}")
 
     @cached_property
     def fingerprint(self) -> str:
@@ -477,7 +545,7 @@ class World:
     def indices(self, split: str) -> np.ndarray:
         """Indices of a split (``train``, ``val`` or ``test``)."""
         if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
+            raise InputError(f"unknown split {split!r}; choose one of {SPLITS}")
         return np.flatnonzero(self.split == split)
 
     def subset(self, split: str) -> WorldSplit:
@@ -533,7 +601,11 @@ class WorldSplit:
 
 def generate_world(config: WorldConfig | None = None) -> World:
     """Generate a world deterministically from its config (same config -> identical world)."""
-    config = config or WorldConfig()
+    if config is None:
+        config = WorldConfig()
+    if not isinstance(config, WorldConfig):
+        raise InputError(f"generate_world: config must be a WorldConfig (or None for the default world), got "
+                         f"{type(config).__name__}.")
     rng = np.random.default_rng(config.seed)
     latents = sample_latents(config, config.n, rng)
     images = render_images(config, latents, np.random.default_rng([config.seed, 1]))

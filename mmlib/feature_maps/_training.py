@@ -14,7 +14,9 @@ from typing import Any, Union
 import numpy as np
 import torch
 
-from mmlib.feature_maps.base import Source, check_embeddings, source_of
+from mmlib.core.errors import InputError
+from mmlib.core.validation import Range, at_least, between, greater_than
+from mmlib.feature_maps.base import ArgumentTypeError, Source, _is_int, check_embeddings, check_pairs, source_of
 
 #: Training data: Embeddings (``.image``, ``.text``), an ``(image (n, d), text (n, d))`` pair of tensors or
 #: arrays, a callable returning an iterable of such pairs (chunks), or a re-iterable of chunks (a list).
@@ -32,38 +34,54 @@ def pair_chunks(data: PairData, chunk_size: int = 65536) -> Callable[[], Iterato
 
     Raises
     ------
-    ValueError
-        (during a pass) if a chunk's image and text differ in shape, or hold NaN/Inf.
-    TypeError
-        if ``data`` is none of the accepted forms.
+    InputError
+        (during a pass) if a chunk is not an ``(image, text)`` pair of aligned 2-D tensors of one ``d``;
+        for tensors in memory, at once, naming the first bad row of the whole data.
+    NonFiniteError
+        (during a pass; at once for tensors in memory) if a chunk holds NaN/Inf.
+    ArgumentTypeError
+        if ``data`` is none of the accepted forms (also a ``TypeError``).
     """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    if not _is_int(chunk_size) or chunk_size < 1:
+        raise InputError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     if hasattr(data, "image") and hasattr(data, "text"):
-        data = (data.image, data.text)
+        image, text = check_pairs(data)
+        data = (image, text)
     if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, (torch.Tensor, np.ndarray)) for t in data):
-        image, text = (torch.as_tensor(t) for t in data)
+        image, text = check_pairs(data)
 
-        def raw() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        def checked() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             for i in range(0, len(image), chunk_size):
                 yield image[i:i + chunk_size], text[i:i + chunk_size]
-    elif callable(data):
-        raw = lambda: iter(data())  # noqa: E731
+        return checked
+    if callable(data):
+        def raw() -> Iterator[Any]:
+            try:
+                chunks = iter(data())
+            except TypeError as err:
+                raise ArgumentTypeError(f"the training-data function must return an iterable of (image, text) "
+                                        f"chunks ({err})") from err
+            return chunks
     elif isinstance(data, Iterable):
         if iter(data) is data:
-            raise TypeError("a one-shot iterator cannot be read once per epoch: pass a function that returns a "
-                            "fresh iterable of (image, text) chunks")
+            raise ArgumentTypeError("a one-shot iterator cannot be read once per epoch: pass a function that "
+                                    "returns a fresh iterable of (image, text) chunks")
         raw = lambda: iter(data)  # noqa: E731
     else:
-        raise TypeError(f"cannot read training pairs from {type(data).__name__}: pass Embeddings, an (image, text) "
-                        "pair of (n, d) tensors, or a function returning (image, text) chunks")
+        raise ArgumentTypeError(f"cannot read training pairs from {type(data).__name__}: pass Embeddings, an "
+                                "(image, text) pair of (n, d) tensors, or a function returning (image, text) chunks")
 
     def stream() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for c, (img, txt) in enumerate(raw()):
-            img = check_embeddings(img, None, f"image embeddings (chunk {c})")
-            txt = check_embeddings(txt, img.shape[1], f"text embeddings (chunk {c})")
+        width = None
+        for c, chunk in enumerate(raw()):
+            if not (isinstance(chunk, (tuple, list)) and len(chunk) == 2):
+                raise InputError(f"chunk {c} of the training data must be an (image, text) pair of (n, d) tensors, "
+                                 f"got {type(chunk).__name__}")
+            img = check_embeddings(chunk[0], width, f"image embeddings (chunk {c})", "chunk 0 has")
+            txt = check_embeddings(chunk[1], img.shape[1], f"text embeddings (chunk {c})", "its image embeddings have")
             if len(img) != len(txt):
-                raise ValueError(f"chunk {c} has {len(img)} image but {len(txt)} text embeddings: pairs must align")
+                raise InputError(f"chunk {c} has {len(img)} image but {len(txt)} text embeddings: pairs must align")
+            width = img.shape[1]
             yield img, txt
     return stream
 
@@ -109,7 +127,7 @@ def data_stats(chunks: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
         n += len(img)
         sizes.append(len(img))
     if n == 0 or total is None or sq is None:
-        raise ValueError("the training data holds no pairs")
+        raise InputError("the training data holds no pairs: pass at least one (image, text) pair")
     mean = total / n
     sq_norm = sq / n
     centered = (sq_norm - mean.square().sum(1)).clamp_min(0.0)
@@ -146,18 +164,22 @@ def iterate_batches(chunks: Callable[[], Iterable[tuple[torch.Tensor, torch.Tens
                 yield z[:, idx]
 
 
-def check_schedule(config: Any, positive: Iterable[str] = ("epochs", "batch_size", "dead_window", "log_every",
-                                                             "chunk_size")) -> None:
-    """Validate the training-schedule fields shared by the trainable maps' configs: the ``positive`` integer
-    fields, ``lr`` (finite, > 0) and ``lr_decay`` (in [0, 1]); raise ``ValueError`` naming the field.
+def schedule_rules(min_batch: int = 1) -> dict[str, Range]:
+    """The :func:`~mmlib.core.validation.validate_config` rules of the training-schedule fields shared by the
+    trainable maps' configs: ``epochs``, ``batch_size`` (at least ``min_batch``), ``dead_window``, ``log_every`` and
+    ``chunk_size`` (integers >= 1), ``lr`` (finite, > 0) and ``lr_decay`` (in [0, 1]).
     """
-    for name in positive:
-        if getattr(config, name) < 1:
-            raise ValueError(f"{name} must be a positive integer, got {getattr(config, name)}")
-    if not (config.lr > 0 and math.isfinite(config.lr)):
-        raise ValueError(f"lr must be a finite number > 0, got {config.lr}")
-    if not 0 <= config.lr_decay <= 1:
-        raise ValueError(f"lr_decay must lie in [0, 1], got {config.lr_decay}")
+    return dict(epochs=at_least(1), batch_size=at_least(min_batch), dead_window=at_least(1), log_every=at_least(1),
+                chunk_size=at_least(1), lr=greater_than(0.0), lr_decay=between(0.0, 1.0),
+                seed=between(-(2 ** 63), 2 ** 64 - 1))
+
+
+def check_loss(value: float, step: int, config: Any, what: str) -> float:
+    """``value`` if finite; otherwise training diverged: raise :class:`InputError` naming the step and ``lr``."""
+    if not math.isfinite(value):
+        raise InputError(f"{what} training diverged at step {step}: the loss is {value}. Lower "
+                         f"{type(config).__name__}.lr (now {config.lr:g}) or rescale the embeddings.")
+    return value
 
 
 def linear_decay_lr(step: int, total: int, lr: float, decay: float) -> float:

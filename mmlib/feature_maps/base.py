@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import hashlib
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
@@ -38,6 +40,8 @@ from mmlib.core.artifacts import (
     to_jsonable,
     write_tensors_atomic,
 )
+from mmlib.core.errors import ArgumentTypeError, InputError, InputNotFoundError, NonFiniteError, UnsupportedModelError
+from mmlib.core.validation import check_finite
 
 Modality = Literal["image", "text"]
 #: The two modalities, in the order used by every stacked tensor ``(2, ...)`` of this package.
@@ -45,21 +49,50 @@ MODALITIES: tuple[str, str] = ("image", "text")
 
 #: Identifies a safetensors file written by :meth:`FeatureMap.save` (the header key holding the config).
 FORMAT = "mmlib.feature_map/1"
-class SourceMismatchError(ValueError):
+#: The header key holding the SHA-256 of the config JSON and the tensors (:func:`feature_map_checksum`).
+CHECKSUM_KEY = "sha256"
+
+
+class SourceMismatchError(InputError):
     """A feature map is applied to embeddings of another model than the one it was trained on."""
+
+
+class FeatureMapNotFoundError(InputNotFoundError):
+    """No feature map file or artifact folder at the given path (also a ``FileNotFoundError``)."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def as_path(path: Any, what: str = "path") -> Path:
+    """``path`` as a :class:`~pathlib.Path` (:class:`ArgumentTypeError` naming ``what`` for anything else)."""
+    if isinstance(path, (str, os.PathLike)) and str(path):
+        return Path(path)
+    raise ArgumentTypeError(f"{what} must be a file path (str or Path), got {path!r} ({type(path).__name__}).")
+
+
+def feature_map_checksum(config_json: str, tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 (hex, full length) of a saved map: the format, the config JSON exactly as stored in the header and
+    the full fingerprint of the tensors (names, dtypes, shapes, bytes).
+    """
+    digest = hashlib.sha256()
+    digest.update(FORMAT.encode() + b"\0" + config_json.encode() + b"\0")
+    digest.update(tensor_fingerprint(tensors, length=64).encode())
+    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------------------------------- input checks
 
 def check_modality(modality: str) -> str:
-    """Return ``modality`` if it is ``"image"`` or ``"text"``; raise ``ValueError`` otherwise."""
-    if modality not in MODALITIES:
-        raise ValueError(f"unknown modality {modality!r}: expected 'image' or 'text'")
+    """Return ``modality`` if it is ``"image"`` or ``"text"``; raise :class:`InputError` otherwise."""
+    if not isinstance(modality, str) or modality not in MODALITIES:
+        raise InputError(f"unknown modality {modality!r}: expected 'image' or 'text'")
     return modality
 
 
-def check_embeddings(z: torch.Tensor | np.ndarray, dim: int | None = None, what: str = "embeddings"
-                     ) -> torch.Tensor:
+def check_embeddings(z: torch.Tensor | np.ndarray, dim: int | None = None, what: str = "embeddings",
+                     expects: str = "this feature map expects") -> torch.Tensor:
     """Validate embeddings ``(n, d)`` and return them as a float32 tensor.
 
     Parameters
@@ -69,27 +102,66 @@ def check_embeddings(z: torch.Tensor | np.ndarray, dim: int | None = None, what:
         The dimension ``d`` they must have (e.g. a map's ``input_dim``).
     what : str
         How to name them in error messages.
+    expects : str
+        Who expects ``dim``, in the message (``"... but <expects> d=<dim>"``).
 
     Raises
     ------
-    ValueError
-        if ``z`` is not 2-D, has another dimension than ``dim`` (the message says expected and got), or
-        holds NaN or Inf (the message says in how many rows).
+    InputError
+        if ``z`` is not a real 2-D tensor or array, or has another dimension than ``dim`` (the message says
+        expected and got).
+    NonFiniteError
+        if ``z`` holds NaN or Inf (the message says in how many rows, and the first bad row and column).
     """
-    z = torch.as_tensor(z)
+    try:
+        z = torch.as_tensor(z)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise InputError(f"{what} must be a numeric 2-D (n, d) tensor or array, got {type(z).__name__} "
+                         f"({err})") from err
+    if z.is_complex():
+        raise InputError(f"{what} must be real numbers, got dtype {z.dtype}")
     if z.ndim != 2:
-        raise ValueError(f"{what} must be a 2-D (n, d) tensor, got shape {tuple(z.shape)}")
+        raise InputError(f"{what} must be a 2-D (n, d) tensor, got shape {tuple(z.shape)}")
     if dim is not None and z.shape[1] != dim:
-        raise ValueError(f"{what} have dimension d={z.shape[1]} but this feature map expects d={dim} "
-                         f"(expected {dim}, got {z.shape[1]}): was it trained on another model's embeddings?")
+        hint = ("was it trained on another model's embeddings?" if expects == "this feature map expects" else
+                "every row must have the same d")
+        raise InputError(f"{what} have dimension d={z.shape[1]} but {expects} d={dim} "
+                         f"(expected {dim}, got {z.shape[1]}): {hint}")
     if not z.is_floating_point():
         z = z.float()
-    bad = ~torch.isfinite(z).all(dim=1)
+    bad = ~torch.isfinite(z)
     if bool(bad.any()):
-        rows = torch.nonzero(bad).flatten()
-        raise ValueError(f"{what} contain NaN or Inf in {len(rows)} of {len(z)} rows "
-                         f"(first at row {int(rows[0])})")
+        rows = torch.nonzero(bad.any(dim=1)).flatten()
+        row, col = (int(i) for i in torch.nonzero(bad)[0])
+        raise NonFiniteError(f"{what} contain NaN or Inf in {len(rows)} of {len(z)} rows (first at row "
+                             f"{int(rows[0])}): {z[row, col].item()} at row {row}, column {col}; remove or impute "
+                             "those rows first")
     return z.float()
+
+
+def _pair_of(data: Any, what: str = "data") -> tuple[Any, Any]:
+    """``(image, text)`` of Embeddings or of an ``(image, text)`` pair (:class:`ArgumentTypeError` otherwise)."""
+    if hasattr(data, "image") and hasattr(data, "text"):
+        return data.image, data.text
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return data[0], data[1]
+    raise ArgumentTypeError(f"{what} must be Embeddings or an (image (n, d), text (n, d)) pair, got "
+                            f"{type(data).__name__}")
+
+
+def check_pairs(data: Any, dim: int | None = None, what: str = "data") -> tuple[torch.Tensor, torch.Tensor]:
+    """Checked float32 ``(image (n, d), text (n, d))`` of Embeddings or an ``(image, text)`` pair: 2-D, aligned
+    rows, the same (or the given) ``d``, finite (:func:`check_embeddings`; row indices are of the whole data).
+    """
+    image, text = _pair_of(data, what)
+    image = check_embeddings(image, dim, f"{what}.image (image embeddings)" if hasattr(data, "image")
+                             else f"{what}[0] (image embeddings)")
+    text = check_embeddings(text, image.shape[1], f"{what}.text (text embeddings)" if hasattr(data, "text")
+                            else f"{what}[1] (text embeddings)", "the image embeddings have")
+    if len(image) != len(text):
+        raise InputError(f"{what} has {len(image)} image but {len(text)} text embeddings: pairs must align "
+                         "(one text row per image row)")
+    return image, text
 
 
 # ----------------------------------------------------------------------------------------------- sources
@@ -139,8 +211,8 @@ def _identity_of(expected: Any) -> str:
     if identity is None and isinstance(getattr(expected, "meta", None), Mapping):  # Embeddings
         identity = expected.meta.get("identity")
     if not isinstance(identity, str):
-        raise TypeError(f"cannot read a model identity from {type(expected).__name__}: pass the identity string, "
-                        "a ModelBundle or Embeddings")
+        raise ArgumentTypeError(f"cannot read a model identity from {type(expected).__name__}: pass the identity "
+                                "string, a ModelBundle or Embeddings")
     return identity
 
 
@@ -210,8 +282,12 @@ class FeatureMap(abc.ABC):
 
     def __init__(self, input_dim: int, n_features: int, hparams: Mapping[str, Any] | None = None,
                  source: Source | None = None) -> None:
-        if input_dim < 1 or n_features < 1:
-            raise ValueError(f"input_dim and n_features must be positive, got {input_dim} and {n_features}")
+        for name, value in (("input_dim", input_dim), ("n_features", n_features)):
+            if not _is_int(value) or value < 1:
+                raise InputError(f"{type(self).__name__}: {name} must be a positive integer, got {value!r}")
+        if source is not None and not isinstance(source, Source):
+            raise ArgumentTypeError(f"{type(self).__name__}: source must be a Source or None, got "
+                                    f"{type(source).__name__}")
         self.input_dim = int(input_dim)
         self.n_features = int(n_features)
         self.hparams: dict[str, Any] = to_jsonable(dict(hparams or {}))
@@ -232,11 +308,13 @@ class FeatureMap(abc.ABC):
 
         Raises
         ------
-        ValueError
-            for an unknown modality, a dimension other than ``input_dim``, or NaN/Inf rows.
+        InputError
+            for an unknown modality or a dimension other than ``input_dim``.
+        NonFiniteError
+            for NaN/Inf entries (naming the first bad row and column).
         """
         modality = check_modality(modality)
-        z = check_embeddings(z, self.input_dim, f"{modality} embeddings")
+        z = check_embeddings(z, self.input_dim, f"z ({modality} embeddings)")
         with torch.no_grad():
             return self._encode(z, modality)
 
@@ -247,18 +325,18 @@ class FeatureMap(abc.ABC):
         ------
         NotImplementedError
             for a map without a decoder (``has_decoder`` is False).
-        ValueError
-            for an unknown modality, a width other than ``n_features``, or NaN/Inf rows.
+        InputError
+            for an unknown modality, a width other than ``n_features``, or NaN/Inf entries.
         """
         if not self.has_decoder:
-            raise NotImplementedError(f"{self.name} has no decoder (has_decoder is False): only SAE maps "
+            raise UnsupportedModelError(f"{self.name} has no decoder (has_decoder is False): only SAE maps "
                                       "reconstruct embeddings; use its activations directly")
         modality = check_modality(modality)
         h = torch.as_tensor(h)
         if h.ndim == 2 and h.shape[1] != self.n_features:
-            raise ValueError(f"activations have {h.shape[1]} features but {self.name} has K={self.n_features} "
+            raise InputError(f"activations h have {h.shape[1]} features but {self.name} has K={self.n_features} "
                              f"(expected {self.n_features}, got {h.shape[1]})")
-        h = check_embeddings(h, self.n_features, f"{modality} activations")
+        h = check_embeddings(h, self.n_features, f"h ({modality} activations)")
         with torch.no_grad():
             return self._decode(h, modality)
 
@@ -269,8 +347,17 @@ class FeatureMap(abc.ABC):
     def activations(self, data: Any, batch_size: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
         """Image and text activations ``(n, K)`` each, of :class:`~mmlib.data.embeddings.Embeddings` or an
         ``(image (n, d), text (n, d))`` pair, encoded in batches of ``batch_size`` rows.
+
+        Raises
+        ------
+        InputError
+            for a ``batch_size`` below 1, unaligned pairs or another ``d`` than ``input_dim``.
+        NonFiniteError
+            for NaN/Inf entries (naming ``data.image`` or ``data.text`` and the first bad row of the whole data).
         """
-        image, text = (data.image, data.text) if hasattr(data, "image") else data
+        if not _is_int(batch_size) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        image, text = check_pairs(data, self.input_dim)
 
         def encode_all(z: torch.Tensor, modality: str) -> torch.Tensor:
             parts = [self.encode(z[i:i + batch_size], modality) for i in range(0, len(z), batch_size)]
@@ -301,9 +388,33 @@ class FeatureMap(abc.ABC):
                 "code_version": code_version(type(self).__module__)}
 
     def save(self, path: str | Path) -> Path:
-        """Write the map to one safetensors file (config as JSON in its header), atomically; return the path."""
-        path = Path(path)
-        write_tensors_atomic(path, self.state_tensors(), {"config": json.dumps(self.config(), sort_keys=True)})
+        """Write the map to one safetensors file, atomically; return the path.
+
+        The header holds the config as JSON and a SHA-256 of the config and the tensors
+        (:func:`feature_map_checksum`), verified by :func:`~mmlib.feature_maps.store.load_feature_map`.
+
+        Raises
+        ------
+        InputError
+            if ``path`` is a directory or cannot be written.
+        NonFiniteError
+            if a tensor of the map holds NaN or Inf (a diverged training run).
+        """
+        path = as_path(path)
+        if path.is_dir():
+            raise InputError(f"{path} is a directory: pass a file name for the feature map, e.g. "
+                             f"{path / (self.kind + '.safetensors')}")
+        tensors = self.state_tensors()
+        for name, tensor in tensors.items():
+            check_finite(tensor, f"{self.name}'s tensor {name!r}", hint="the map is unusable: retrain it (lower the "
+                                                                         "learning rate if training diverged)")
+        config_json = json.dumps(self.config(), sort_keys=True)
+        metadata = {"config": config_json, CHECKSUM_KEY: feature_map_checksum(config_json, tensors)}
+        try:
+            write_tensors_atomic(path, tensors, metadata)
+        except OSError as err:
+            raise InputError(f"cannot write the feature map to {path} ({err}): choose a writable file "
+                             "location") from err
         return path
 
 

@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from mmlib.analysis.embsim import best_purity, top_samples
 from mmlib.analysis.retrieval import retrieval_recall
 from mmlib.analysis.zero_shot import zero_shot_accuracy
-from mmlib.feature_maps.base import FeatureMap
+from mmlib.core.errors import InputError
+from mmlib.core.validation import check_finite
+from mmlib.feature_maps.base import FeatureMap, _is_int
 
 __all__ = ["mse", "fvu", "l0", "dead_fraction", "mean_cosine", "effective_rank",
            "reconstruction_report", "downstream_retention", "top_m_purity"]
@@ -27,10 +29,12 @@ __all__ = ["mse", "fvu", "l0", "dead_fraction", "mean_cosine", "effective_rank",
 def _pair(z: torch.Tensor | np.ndarray, z_hat: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     z, z_hat = torch.as_tensor(z).double(), torch.as_tensor(z_hat).double()
     if z.shape != z_hat.shape or z.ndim != 2:
-        raise ValueError(f"expected two (n, d) tensors of the same shape, got {tuple(z.shape)} and "
+        raise InputError(f"z and z_hat must be two (n, d) tensors of the same shape, got {tuple(z.shape)} and "
                          f"{tuple(z_hat.shape)}")
     if len(z) == 0:
-        raise ValueError("no samples")
+        raise InputError("z and z_hat hold no samples (n = 0): pass at least one row")
+    check_finite(z, "z")
+    check_finite(z_hat, "z_hat", hint="the map produced non-finite reconstructions: retrain it")
     return z, z_hat
 
 
@@ -48,11 +52,11 @@ def fvu(z: torch.Tensor | np.ndarray, z_hat: torch.Tensor | np.ndarray) -> float
     return float((z - z_hat).square().sum() / (z - z.mean(0)).square().sum())
 
 
-def _acts(h: torch.Tensor | np.ndarray) -> torch.Tensor:
+def _acts(h: torch.Tensor | np.ndarray, name: str = "activations") -> torch.Tensor:
     h = torch.as_tensor(h)
     if h.ndim != 2:
-        raise ValueError(f"activations must be (n, K), got shape {tuple(h.shape)}")
-    return h
+        raise InputError(f"{name} must be (n, K), got shape {tuple(h.shape)}")
+    return check_finite(h, name, hint="pass the finite activations of a feature map")
 
 
 def l0(h: torch.Tensor | np.ndarray, eps: float = 0.0) -> float:
@@ -80,7 +84,8 @@ def effective_rank(x: torch.Tensor | np.ndarray, center: bool = False) -> float:
     """
     x = torch.as_tensor(x).double()
     if x.ndim != 2 or x.numel() == 0:
-        raise ValueError(f"expected a non-empty (n, d) matrix, got shape {tuple(x.shape)}")
+        raise InputError(f"x must be a non-empty (n, d) matrix, got shape {tuple(x.shape)}")
+    check_finite(x, "x")
     if center:
         x = x - x.mean(0)
     # singular values from the eigenvalues of the smaller Gram matrix: several times faster than an SVD of
@@ -179,8 +184,11 @@ def top_m_purity(acts: torch.Tensor | np.ndarray, labels: Mapping[str, np.ndarra
         One row per feature: ``feature``, ``factor`` (best factor, ``""`` if not scored), ``purity``, ``chance``
         (share of that factor's most common value over all samples: the purity of an uninformative top-m).
     """
-    a = _acts(acts)
+    a = _acts(acts, "acts")
+    if not _is_int(m) or m < 1:
+        raise InputError(f"m (top samples per feature) must be a positive integer, got {m!r}")
     for name, values in labels.items():
         if len(values) != len(a):
-            raise ValueError(f"labels of {name!r} have {len(values)} samples but activations {len(a)}")
+            raise InputError(f"labels of {name!r} have {len(values)} samples but acts has {len(a)}: pass one label "
+                             "per activation row")
     return best_purity(top_samples(a, m), labels)

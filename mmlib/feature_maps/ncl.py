@@ -27,16 +27,19 @@ from tqdm import tqdm
 
 from mmlib.core.artifacts import to_jsonable
 from mmlib.core.devices import resolve_device, torch_threads
+from mmlib.core.errors import ConfigError, InputError
+from mmlib.core.validation import at_least, greater_than, one_of, validate_config
 from mmlib.feature_maps._training import (
     History,
     Liveness,
     PairData,
-    check_schedule,
+    check_loss,
     iterate_batches,
     linear_decay_lr,
+    schedule_rules,
     training_data,
 )
-from mmlib.feature_maps.base import MODALITIES, FeatureMap, Source
+from mmlib.feature_maps.base import MODALITIES, ArgumentTypeError, FeatureMap, Source
 
 __all__ = ["NCLConfig", "NCLMap", "train_ncl", "rep_relu"]
 
@@ -90,21 +93,14 @@ class NCLConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        rules = schedule_rules()
+        del rules["batch_size"]  # checked below, with the reason
+        validate_config(self, head=one_of("linear", "mlp"), hidden=at_least(1), nonneg=one_of("relu", "rep_relu"),
+                        weight_decay=at_least(0.0), temperature=greater_than(0.0), **rules)
         if self.K < 1:
-            raise ValueError(f"K (output features) must be a positive integer, got {self.K}")
-        if self.head not in ("linear", "mlp"):
-            raise ValueError(f"head must be 'linear' or 'mlp', got {self.head!r}")
-        if self.hidden is not None and self.hidden < 1:
-            raise ValueError(f"hidden must be a positive integer or None, got {self.hidden}")
-        if self.nonneg not in ("relu", "rep_relu"):
-            raise ValueError(f"nonneg must be 'relu' or 'rep_relu', got {self.nonneg!r}")
+            raise ConfigError(f"NCLConfig.K (output features) must be a positive integer, got {self.K}.")
         if self.batch_size < 2:
-            raise ValueError(f"batch_size must be at least 2 (in-batch negatives), got {self.batch_size}")
-        check_schedule(self)
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if not 0 < self.temperature:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+            raise ConfigError(f"NCLConfig.batch_size must be at least 2 (in-batch negatives), got {self.batch_size}.")
 
     @property
     def n_heads(self) -> int:
@@ -210,7 +206,7 @@ class NCLMap(FeatureMap):
         n_heads, n_features, width = tensors["W"].shape
         dim = tensors["W1"].shape[2] if "W1" in tensors else width
         if (dim, n_features) != (config["input_dim"], config["n_features"]) or n_heads != ncl_config.n_heads:
-            raise ValueError(f"NCL tensors (W {tuple(tensors['W'].shape)}) do not match the recorded "
+            raise InputError(f"NCL tensors (W {tuple(tensors['W'].shape)}) do not match the recorded "
                              f"d={config['input_dim']}, K={config['n_features']}, shared={ncl_config.shared}")
         heads = _Heads(n_heads, dim, n_features, ncl_config.head, width, torch.Generator().manual_seed(0))
         heads.load_state_dict(dict(tensors))
@@ -244,6 +240,10 @@ def train_ncl(data: PairData, config: NCLConfig = NCLConfig(), source: Source | 
         The map and its history per logged step: ``step``, ``loss`` (InfoNCE), ``l0`` (active features per
         sample), ``logit_scale``, ``dead`` (fraction of features silent for ``dead_window`` steps), ``lr``.
     """
+    if not isinstance(config, NCLConfig):
+        raise ArgumentTypeError(f"train_ncl: config must be an NCLConfig, got {type(config).__name__}")
+    if source is not None and not isinstance(source, Source):
+        raise ArgumentTypeError(f"train_ncl: source must be a Source or None, got {type(source).__name__}")
     with torch_threads(threads):
         return _train(data, config, source, progress, resolve_device(device))
 
@@ -283,7 +283,8 @@ def _train(data: PairData, config: NCLConfig, source: Source | None, progress: b
                 optimizer.step()
                 active = f.detach() > 0
                 dead = liveness.update(active.any(1), step)
-                history.add(step, float(dead.float().mean()), lr, loss=float(loss.detach()),
+                loss_value = check_loss(float(loss.detach()), step, config, "NCL")
+                history.add(step, float(dead.float().mean()), lr, loss=loss_value,
                             l0=float(active.sum()) / (2 * b), logit_scale=float(scale.detach()))
                 bar.update(1)
     with torch.no_grad():

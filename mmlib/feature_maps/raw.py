@@ -13,7 +13,9 @@ from typing import Any
 import torch
 
 from mmlib.core.artifacts import to_jsonable
-from mmlib.feature_maps.base import FeatureMap, Source
+from mmlib.core.errors import ConfigError
+from mmlib.core.validation import validate_config
+from mmlib.feature_maps.base import ArgumentTypeError, FeatureMap, Source
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,8 +31,9 @@ class RawConfig:
     activation: str = "abs"
 
     def __post_init__(self) -> None:
+        validate_config(self)
         if self.activation not in ("abs", "relu"):
-            raise ValueError(f"activation must be 'abs' or 'relu', got {self.activation!r}")
+            raise ConfigError(f"RawConfig.activation must be 'abs' or 'relu', got {self.activation!r}.")
 
 
 class RawDims(FeatureMap):
@@ -44,6 +47,8 @@ class RawDims(FeatureMap):
     has_decoder = False
 
     def __init__(self, input_dim: int, config: RawConfig = RawConfig(), source: Source | None = None) -> None:
+        if not isinstance(config, RawConfig):
+            raise ArgumentTypeError(f"RawDims: config must be a RawConfig, got {type(config).__name__}")
         super().__init__(input_dim, input_dim, hparams=to_jsonable(config), source=source)
         self.activation = config.activation
 

@@ -30,16 +30,19 @@ from tqdm import tqdm
 
 from mmlib.core.artifacts import to_jsonable
 from mmlib.core.devices import resolve_device, torch_threads
+from mmlib.core.errors import ConfigError, InputError
+from mmlib.core.validation import at_least, between, one_of, validate_config
 from mmlib.feature_maps._training import (
     History,
     Liveness,
     PairData,
-    check_schedule,
+    check_loss,
     iterate_batches,
     linear_decay_lr,
+    schedule_rules,
     training_data,
 )
-from mmlib.feature_maps.base import MODALITIES, FeatureMap, Source
+from mmlib.feature_maps.base import MODALITIES, ArgumentTypeError, FeatureMap, Source
 
 __all__ = ["SAEConfig", "SAEMap", "train_sae", "NORMALIZATIONS"]
 
@@ -110,23 +113,15 @@ class SAEConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.resample_at, list):
+            object.__setattr__(self, "resample_at", tuple(self.resample_at))
+        validate_config(self, kind=one_of("relu_l1", "topk"), l1_coef=at_least(0.0), normalize=one_of(*NORMALIZATIONS),
+                        resample_at=between(0.0, 1.0, low_open=True, high_open=True), aux_coef=at_least(0.0),
+                        aux_k=at_least(1), **schedule_rules())
         if self.K < 1:
-            raise ValueError(f"K (dictionary size) must be a positive integer, got {self.K}")
-        if self.kind not in ("relu_l1", "topk"):
-            raise ValueError(f"kind must be 'relu_l1' or 'topk', got {self.kind!r}")
+            raise ConfigError(f"SAEConfig.K (dictionary size) must be a positive integer, got {self.K}.")
         if self.kind == "topk" and not 1 <= self.k <= self.K:
-            raise ValueError(f"k (active latents of a TopK SAE) must lie in [1, K={self.K}], got {self.k}")
-        if not (self.l1_coef >= 0 and math.isfinite(self.l1_coef)):
-            raise ValueError(f"l1_coef (lambda) must be a finite number >= 0, got {self.l1_coef}")
-        if self.normalize not in NORMALIZATIONS:
-            raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {self.normalize!r}")
-        check_schedule(self)
-        if any(not 0 < f < 1 for f in self.resample_at):
-            raise ValueError(f"resample_at fractions must lie in (0, 1), got {self.resample_at}")
-        if self.aux_coef < 0:
-            raise ValueError(f"aux_coef must be >= 0, got {self.aux_coef}")
-        if self.aux_k is not None and self.aux_k < 1:
-            raise ValueError(f"aux_k must be a positive integer or None, got {self.aux_k}")
+            raise ConfigError(f"SAEConfig.k (active latents of a TopK SAE) must lie in [1, K={self.K}], got {self.k}.")
 
     @property
     def n_sae(self) -> int:
@@ -280,7 +275,7 @@ class SAEMap(FeatureMap):
         sae_config = SAEConfig(**hp)
         n_sae, dim, n_latents = tensors["W_d"].shape
         if (dim, n_sae * n_latents) != (config["input_dim"], config["n_features"]) or n_sae != sae_config.n_sae:
-            raise ValueError(f"SAE tensors of shape {tuple(tensors['W_d'].shape)} do not match the recorded "
+            raise InputError(f"SAE tensors of shape {tuple(tensors['W_d'].shape)} do not match the recorded "
                              f"d={config['input_dim']}, K={config['n_features']}, shared={sae_config.shared}")
         model = _SAE(n_sae, dim, n_latents, sae_config.kind, sae_config.k, torch.Generator().manual_seed(0))
         model.load_state_dict({k: tensors[k] for k in ("W_d", "W_e", "b_e", "b_d")})
@@ -398,6 +393,10 @@ def train_sae(data: PairData, config: SAEConfig = SAEConfig(), source: Source | 
         (fraction of latents not fired in the last ``dead_window`` steps), ``lr``, and ``resampled``
         (latents resampled at each resampling step, with ``resample_step``).
     """
+    if not isinstance(config, SAEConfig):
+        raise ArgumentTypeError(f"train_sae: config must be an SAEConfig, got {type(config).__name__}")
+    if source is not None and not isinstance(source, Source):
+        raise ArgumentTypeError(f"train_sae: source must be a Source or None, got {type(source).__name__}")
     with torch_threads(threads):
         return _train(data, config, source, progress, resolve_device(device))
 
@@ -462,7 +461,8 @@ def _train(data: PairData, config: SAEConfig, source: Source | None, progress: b
                     resampled["resampled"].append(_resample(model, optimizer, dead, torch.cat(list(recent), 1), gen))
                     resampled["resample_step"].append(step)
                     liveness.revive(dead, step)
-                history.add(step, float(dead.float().mean()), lr, loss=float(loss.detach()),
+                loss_value = check_loss(float(loss.detach()), step, config, "SAE")
+                history.add(step, float(dead.float().mean()), lr, loss=loss_value,
                             mse=float(mse.detach().mean()), l0=float(on.sum()) / (2 * z.shape[1]))
                 bar.update(1)
     return SAEMap(model.cpu(), norm_mean, norm_scale, config, source), {**history.data, **resampled}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -20,6 +21,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from mmlib.core.artifacts import (
+    META_FILE,
+    TENSORS_FILE,
     CorruptArtifactError,
     code_version,
     load_artifact,
@@ -28,7 +31,19 @@ from mmlib.core.artifacts import (
     stable_hash,
 )
 from mmlib.core.devices import effective_threads, resolve_device
-from mmlib.feature_maps.base import FORMAT, FeatureMap, Source, source_of
+from mmlib.core.errors import InputError
+from mmlib.feature_maps.base import (
+    CHECKSUM_KEY,
+    FORMAT,
+    ArgumentTypeError,
+    FeatureMap,
+    FeatureMapNotFoundError,
+    Source,
+    as_path,
+    check_pairs,
+    feature_map_checksum,
+    source_of,
+)
 from mmlib.feature_maps.ncl import NCLConfig, NCLMap, train_ncl
 from mmlib.feature_maps.raw import RawConfig, RawDims
 from mmlib.feature_maps.sae import SAEConfig, SAEMap, train_sae
@@ -53,54 +68,102 @@ KINDS: dict[str, Kind] = {
 
 
 def kind_of(kind: str) -> Kind:
-    """The registry entry of ``kind`` (ValueError naming the known kinds otherwise)."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown feature map kind {kind!r}: expected one of {sorted(KINDS)}")
+    """The registry entry of ``kind`` (:class:`InputError` naming the known kinds otherwise)."""
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise InputError(f"unknown feature map kind {kind!r}: expected one of {sorted(KINDS)}")
     return KINDS[kind]
 
 
-def _map_from_parts(tensors: Mapping[str, torch.Tensor], config: Mapping[str, Any], origin: str) -> FeatureMap:
-    if config.get("format") != FORMAT:
-        raise ValueError(f"{origin} is not a feature map written by mmlib.feature_maps (format "
-                         f"{config.get('format')!r}, expected {FORMAT!r})")
+def _check_format(config: Any, origin: str) -> str:
+    """The kind recorded in ``config``; :class:`InputError` if it is not a feature map's config or of unknown kind."""
+    if not isinstance(config, Mapping) or config.get("format") != FORMAT:
+        found = config.get("format") if isinstance(config, Mapping) else None
+        raise InputError(f"{origin} is not a feature map written by mmlib.feature_maps (format {found!r}, expected "
+                         f"{FORMAT!r}): pass a file written by FeatureMap.save or a folder of "
+                         "load_or_train_feature_map")
     kind = config.get("kind")
     if kind not in KINDS:
-        raise ValueError(f"{origin} holds a feature map of unknown kind {kind!r} (known: {sorted(KINDS)})")
-    fmap = KINDS[kind].map_class.from_state(tensors, config)
-    fmap.hparams = dict(config.get("hparams", {}))
-    fmap.source = Source(**config.get("source", {}))
+        raise InputError(f"{origin} holds a feature map of unknown kind {kind!r} (known: {sorted(KINDS)}): it was "
+                         "written by another version of mmlib; retrain it with this one")
+    return kind
+
+
+def _map_from_parts(tensors: Mapping[str, torch.Tensor], config: Mapping[str, Any], origin: str) -> FeatureMap:
+    kind = _check_format(config, origin)
+    try:
+        fmap = KINDS[kind].map_class.from_state(tensors, config)
+        fmap.hparams = dict(config.get("hparams", {}))
+        fmap.source = Source(**config.get("source", {}))
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:  # ConfigError / InputError are ValueErrors
+        raise CorruptArtifactError(f"{origin} records a {kind} feature map that cannot be rebuilt "
+                                   f"({type(err).__name__}: {err}): its tensors do not match its config; re-save the "
+                                   "map from its source or retrain it") from err
     return fmap
 
 
-def load_feature_map(path: str | Path) -> FeatureMap:
+def load_feature_map(path: str | Path, allow_unchecked: bool = False) -> FeatureMap:
     """Load a map written by :meth:`FeatureMap.save` (a file) or by :func:`load_or_train_feature_map`
     (an artifact folder), dispatching on its recorded kind.
 
+    A file's config and tensors are verified against the SHA-256 recorded in its header on save.
+
+    Parameters
+    ----------
+    path : str or Path
+    allow_unchecked : bool
+        Load a file that records no checksum (saved before checksums were recorded), with a warning, e.g. to
+        re-save it: ``load_feature_map(path, allow_unchecked=True).save(path)``. Refused by default.
+
     Raises
     ------
-    FileNotFoundError
-        if nothing is there.
-    ValueError
-        if the file is not a feature map or of an unknown kind.
+    FeatureMapNotFoundError
+        (a ``FileNotFoundError``) if nothing is there.
+    InputError
+        if ``path`` is a directory that is no artifact folder, or the file is not a feature map or of an unknown
+        kind.
     mmlib.core.artifacts.CorruptArtifactError
-        if the file cannot be read back intact.
+        if the file cannot be read back intact: not a safetensors file, truncated, edited after saving (checksum
+        mismatch), or without a checksum.
     """
-    path = Path(path)
+    path = as_path(path)
     if path.is_dir():
+        if not (path / META_FILE).exists() and not (path / TENSORS_FILE).exists():
+            raise InputError(f"{path} is a directory, not a feature map: pass the .safetensors file written by "
+                             "FeatureMap.save, or an artifact folder written by load_or_train_feature_map (it holds "
+                             f"{META_FILE} and {TENSORS_FILE})")
         art = load_artifact(path.parent.name, path.name, path.parent.parent)
         return _map_from_parts(art.tensors, art.meta.get("feature_map", {}), str(path))
+    if not path.exists():
+        raise FeatureMapNotFoundError(f"no feature map at {path}: check the path (save a map there with "
+                                      "FeatureMap.save)")
     if not path.is_file():
-        raise FileNotFoundError(f"no feature map at {path}")
+        raise InputError(f"{path} is not a regular file: pass the .safetensors file written by FeatureMap.save")
     try:
         with safe_open(str(path), framework="pt") as handle:
             header = handle.metadata() or {}
-    except (SafetensorError, OSError) as err:
-        raise CorruptArtifactError(f"{path} is not a readable safetensors file ({err})") from err
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CorruptArtifactError(f"{path} is not a readable safetensors file ({err}): it is truncated, damaged or "
+                                   "not a feature map; re-save the map from its source or retrain it") from err
+    tensors = read_tensors(path)
+    raw = header.get("config")
+    recorded = header.get(CHECKSUM_KEY)
+    if recorded is not None and (not isinstance(raw, str) or feature_map_checksum(raw, tensors) != recorded):
+        raise CorruptArtifactError(f"{path} does not match the checksum recorded when it was saved: its tensors or "
+                                   "its config changed on disk since; re-save the map from its source or retrain it")
     try:
-        config = json.loads(header.get("config", "{}"))
+        config = json.loads(raw) if isinstance(raw, str) else {}
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path} has an unreadable feature-map config ({err})") from err
-    return _map_from_parts(read_tensors(path), config, str(path))
+        raise CorruptArtifactError(f"{path} has an unreadable feature-map config ({err}): re-save the map from its "
+                                   "source or retrain it") from err
+    if recorded is None:
+        _check_format(config, str(path))
+        if not allow_unchecked:
+            raise CorruptArtifactError(f"{path} records no checksum: it was saved before mmlib recorded checksums, "
+                                       "or its header was edited. Retrain it, or, if you trust the file, re-save it "
+                                       "with load_feature_map(path, allow_unchecked=True).save(path)")
+        warnings.warn(f"{path} records no checksum and was loaded unverified; re-save it with FeatureMap.save",
+                      RuntimeWarning, stacklevel=2)
+    return _map_from_parts(tensors, config, str(path))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +195,7 @@ def _data_key(embeddings: Any) -> str:
         return str(key)
     src = source_of(embeddings)
     if src.embeddings_key is None:
-        raise TypeError("load_or_train_feature_map needs Embeddings or an (image, text) pair of tensors "
+        raise ArgumentTypeError("load_or_train_feature_map needs Embeddings or an (image, text) pair of tensors "
                         "(a stream has no fingerprint to key the artifact on)")
     return src.embeddings_key
 
@@ -178,7 +241,8 @@ def load_or_train_feature_map(kind: str, config: Any, embeddings: Any, root: Pat
     """
     entry = kind_of(kind)
     if not isinstance(config, entry.config_class):
-        raise TypeError(f"kind {kind!r} needs a {entry.config_class.__name__}, got {type(config).__name__}")
+        raise ArgumentTypeError(f"kind {kind!r} needs a {entry.config_class.__name__}, got {type(config).__name__}")
+    check_pairs(embeddings, what="embeddings")  # 2-D, aligned, finite: before keying or training on them
     key = feature_map_key(kind, config, embeddings, threads, device)
     train = entry.train
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from mmlib.core.errors import ConfigError, InputError, NonFiniteError
 from mmlib.data.planted import ATOM_CLASSES, PlantedConfig, atom_recovery, generate_planted
 from mmlib.feature_maps.sae import SAEConfig, train_sae
 
@@ -94,3 +95,48 @@ def test_sae_recovers_the_planted_atoms_at_the_right_sparsity():
         true_l0 = float((codes > 0).sum(1).float().mean())
         l0 = float((fmap.encode(z, modality) > 0).sum(1).float().mean())
         assert true_l0 <= l0 <= true_l0 + 2.5, (modality, l0, true_l0)
+
+
+# ------------------------------------------------------------------------------------------ bad inputs
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(d="64"), r"PlantedConfig\.d must be an integer"),
+    (dict(d=64.0), r"PlantedConfig\.d must be an integer"),
+    (dict(n_shared=True), r"PlantedConfig\.n_shared must be an integer"),
+    (dict(n_text=2.5), r"PlantedConfig\.n_text must be an integer"),
+    (dict(sparsity=float("nan")), r"PlantedConfig\.sparsity must be a finite number"),
+    (dict(noise=float("inf")), r"PlantedConfig\.noise must be a finite number"),
+    (dict(gap=-1.0), r"PlantedConfig\.gap must be in \[0, inf\)"),
+    (dict(jitter="0"), r"PlantedConfig\.jitter must be a number"),
+    (dict(coef_range=(0.5,)), r"PlantedConfig\.coef_range must be a \(low, high\) pair"),
+    (dict(coef_range=(0.5, 1.0, 2.0)), r"PlantedConfig\.coef_range must be a \(low, high\) pair"),
+    (dict(coef_range=("a", 1.0)), r"PlantedConfig\.coef_range must be a number"),
+    (dict(coef_range=(float("nan"), 1.0)), r"PlantedConfig\.coef_range must be a finite number"),
+    (dict(coef_range=(-1.0, 1.0)), r"PlantedConfig\.coef_range must be in \[0, inf\)"),
+    (dict(coef_range=0.5), r"PlantedConfig\.coef_range must be a tuple"),
+    (dict(seed=-1), r"PlantedConfig\.seed must be in"),
+])
+def test_config_rejects_wrong_types_and_non_finite_values(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        PlantedConfig(**kwargs)
+
+
+@pytest.mark.parametrize("n", [0, -5, 2.5, "100", True, None])
+def test_generate_rejects_bad_sizes(n):
+    with pytest.raises(InputError, match=r"generate_planted: n must be a positive integer"):
+        generate_planted(CONFIG, n)
+
+
+def test_generate_and_recovery_reject_bad_arguments():
+    with pytest.raises(InputError, match="config must be a PlantedConfig"):
+        generate_planted({"d": 8}, 10)
+    assert len(generate_planted(CONFIG, np.int64(3))) == 3
+    atoms = torch.eye(3)
+    bad = atoms.clone()
+    bad[1, 2] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"atom_recovery: decoder .*row 1, column 2"):
+        atom_recovery(bad, atoms)
+    with pytest.raises(NonFiniteError, match="atom_recovery: true"):
+        atom_recovery(atoms, bad)
+    with pytest.raises(InputError, match="must share d"):
+        atom_recovery(torch.eye(4), atoms)

@@ -10,9 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mmlib.core.errors import ConfigError, InputError
 from mmlib.data.protocol import PairDataset
 from mmlib.data.world import (
     Factor,
+    UnknownFactorError,
     WorldConfig,
     compose_caption,
     default_factors,
@@ -20,6 +22,8 @@ from mmlib.data.world import (
     generate_world,
     ideal_mds,
     prompt,
+    render_images,
+    sample_latents,
 )
 
 SMALL = WorldConfig(n_train=600, n_val=100, n_test=300, seed=3)
@@ -160,3 +164,96 @@ def test_fingerprint_tracks_config_and_code(monkeypatch):
     assert dataclasses.replace(SMALL, noise=0.0).fingerprint() != base
     monkeypatch.setattr(world_module, "code_version", lambda module: "edited-rendering-code")
     assert SMALL.fingerprint() != base  # a change to the generator's code invalidates cached models
+
+
+# ------------------------------------------------------------------------------------------ bad inputs
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(n_train="10"), r"WorldConfig\.n_train must be an integer"),
+    (dict(n_val=2.5), r"WorldConfig\.n_val must be an integer"),
+    (dict(n_test=True), r"WorldConfig\.n_test must be an integer"),
+    (dict(n_train=-1), r"WorldConfig\.n_train must be in \[0, inf\)"),
+    (dict(n_train=0, n_val=0, n_test=0), r"WorldConfig\.n_train, n_val and n_test .* must not all be 0"),
+    (dict(image_size=32.0), r"WorldConfig\.image_size must be an integer"),
+    (dict(image_size="64"), r"WorldConfig\.image_size must be an integer"),
+    (dict(seed=-1), r"WorldConfig\.seed must be in \[0, inf\)"),
+    (dict(seed=0.5), r"WorldConfig\.seed must be an integer"),
+    (dict(null="yes"), r"WorldConfig\.null must be True or False"),
+    (dict(spurious=float("nan")), r"WorldConfig\.spurious must be a finite number"),
+    (dict(noise=-0.1), r"WorldConfig\.noise must be in \[0, inf\), got -0\.1"),
+    (dict(noise=float("nan")), r"WorldConfig\.noise must be a finite number"),
+    (dict(noise=float("inf")), r"WorldConfig\.noise must be a finite number"),
+    (dict(noise="0.1"), r"WorldConfig\.noise must be a number"),
+    (dict(factors=default_factors()[:5]), r"needs a 'position' factor"),
+    (dict(factors=(*default_factors(), "smell")), r"WorldConfig\.factors\[11\] must be a Factor"),
+    (dict(factors=default_factors() + default_factors()[:1]), "factor names must be unique"),
+])
+def test_world_config_rejects_bad_fields(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        WorldConfig(**kwargs)
+
+
+def _replace_factor(name, **changes):
+    return tuple(dataclasses.replace(f, **changes) if f.name == name else f for f in default_factors())
+
+
+def _factor_with_values(name, n):
+    f = next(f for f in default_factors() if f.name == name)
+    words = tuple(f"v{i}" for i in range(n))
+    return dataclasses.replace(f, values=words, p_depict=(1.0,) * n, p_mention=(1.0,) * n,
+                               synonyms=tuple((w,) for w in words))
+
+
+def test_world_config_rejects_factors_the_renderer_cannot_draw():
+    factors = tuple(_factor_with_values("colour", 5) if f.name == "colour" else f for f in default_factors())
+    with pytest.raises(ConfigError, match=r"draws at most 4 values of 'colour', got 5"):
+        WorldConfig(factors=factors)
+    with pytest.raises(ConfigError, match=r"'shape' factor is drawn as part of the object.*got 'glyph'"):
+        WorldConfig(factors=_replace_factor("shape", kind="glyph"))
+    factors = tuple(_factor_with_values("background", 2) if f.name == "background" else f for f in default_factors())
+    assert WorldConfig(factors=factors).spurious == 0.0  # two backgrounds are fine without the tie
+    with pytest.raises(ConfigError, match=r"WorldConfig\.spurious=0\.5 ties the background to the shape"):
+        WorldConfig(factors=factors, spurious=0.5)
+    caption = Factor("caption", ("a", "b"), (0.5, 0.5), (1, 1), "glyph", "text-only", (("a",), ("b",)))
+    with pytest.raises(ConfigError, match="may not be called 'caption'"):
+        WorldConfig(factors=(*default_factors()[:-1], caption), image_size=64)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("x", ("a",), (1,), (1,), "glyph", "cross", (("a",),)), r"Factor\.values must hold at least 2"),
+    (("x", ("a", "a"), (1, 1), (1, 1), "glyph", "cross", (("a",), ("b",))), "distinct"),
+    (("x", ("a", "b"), (1,), (1, 1), "glyph", "cross", (("a",), ("b",))), r"Factor\.p_depict must hold one entry"),
+    (("x", ("a", "b"), (float("nan"), 1), (1, 1), "glyph", "cross", (("a",), ("b",))), r"Factor\.p_depict"),
+    (("x", ("a", "b"), (1, 1), (-0.1, 1), "glyph", "cross", (("a",), ("b",))), r"Factor\.p_mention .*probabilities"),
+    (("x", ("a", "b"), ("1", 1), (1, 1), "glyph", "cross", (("a",), ("b",))), r"Factor\.p_depict must be a tuple"),
+    (("x", ("a", "b"), (1, 1), (1, 1), "sticker", "cross", (("a",), ("b",))), r"Factor\.kind must be one of"),
+    (("", ("a", "b"), (1, 1), (1, 1), "glyph", "cross", (("a",), ("b",))), r"Factor\.name must be a non-empty"),
+    ((3, ("a", "b"), (1, 1), (1, 1), "glyph", "cross", (("a",), ("b",))), r"Factor\.name must be a string"),
+    (("x", ("a", "b"), (1, 1), (1, 1), "glyph", "cross", (("a",), ())), r"Factor\.synonyms of value 'b'"),
+    (("x", ("a", "b"), (1, 1), (1, 1), "glyph", "cross", ("a", "b")), r"Factor\.synonyms must be a tuple"),
+])
+def test_factor_rejects_bad_fields(args, message):
+    with pytest.raises(ConfigError, match=message):
+        Factor(*args)
+
+
+def test_factor_lists_are_stored_as_tuples():
+    f = Factor("x", ["a", "b"], [1, 1], [0.5, 0.5], "glyph", "cross", [["a"], ["b", "bee"]])
+    assert f.values == ("a", "b") and f.synonyms == (("a",), ("b", "bee")) and hash(f)
+
+
+def test_bad_arguments_of_the_generator():
+    with pytest.raises(InputError, match="config must be a WorldConfig"):
+        generate_world({"n_train": 10})
+    with pytest.raises(InputError, match="n must be an integer >= 0"):
+        sample_latents(SMALL, -1, np.random.default_rng(0))
+    small = WorldConfig(n_train=4, n_val=0, n_test=0)
+    latents = sample_latents(small, 4, np.random.default_rng(0))
+    with pytest.raises(InputError, match="batch must be an integer >= 1"):
+        render_images(small, latents, np.random.default_rng(0), batch=0)
+    w = generate_world(small)
+    with pytest.raises(InputError, match="unknown split 'dev'"):
+        w.indices("dev")
+    with pytest.raises(UnknownFactorError, match="known factors") as err:
+        w.factor("smell")
+    assert isinstance(err.value, KeyError) and str(err.value).startswith("unknown factor 'smell'")

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from mmlib.core.errors import ConfigError, InputError
+from mmlib.core.validation import at_least, between, check_finite, greater_than, validate_config
 from mmlib.feature_maps.base import FeatureMap, check_modality
 from mmlib.models.clip import ModelBundle
 
@@ -57,12 +59,14 @@ class PGDConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or not 0.0 <= self.eps <= 1.0:
-            raise ValueError(f"attack budget eps must lie in [0, 1] (pixel units; e.g. 4/255 = {4 / 255:.4f}), "
+            raise ConfigError(f"attack budget eps must lie in [0, 1] (pixel units; e.g. 4/255 = {4 / 255:.4f}), "
                              f"got {self.eps!r}")
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"PGD steps must be a positive integer, got {self.steps!r}")
+            raise ConfigError(f"PGD steps must be a positive integer, got {self.steps!r}")
+        validate_config(self)  # the types (step_size, random_start, seed) before comparing step_size
         if self.step_size is not None and not self.step_size > 0:
-            raise ValueError(f"PGD step_size must be positive (or None for 2.5 eps / steps), got {self.step_size!r}")
+            raise ConfigError(f"PGD step_size must be positive (or None for 2.5 eps / steps), got {self.step_size!r}")
+        validate_config(self, eps=between(0.0, 1.0), steps=at_least(1), step_size=greater_than(0.0))
 
     @property
     def alpha(self) -> float:
@@ -102,7 +106,7 @@ class ImageEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Embeddings ``(b, d)`` of pixels ``(b, 3, H, W)`` in ``[0, 1]``, differentiably."""
         if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected pixels of shape (b, 3, H, W), got {tuple(x.shape)}")
+            raise InputError(f"expected pixels of shape (b, 3, H, W), got {tuple(x.shape)}")
         if tuple(x.shape[-2:]) != self.image_size:
             x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False)
         z = self.visual((x - self.mean) / self.std)
@@ -121,7 +125,7 @@ def _normalize_transform(bundle: ModelBundle) -> tuple[tuple[float, ...], tuple[
     for t in getattr(bundle.preprocess, "transforms", [bundle.preprocess]):
         if hasattr(t, "mean") and hasattr(t, "std"):
             return tuple(float(v) for v in t.mean), tuple(float(v) for v in t.std)
-    raise ValueError(f"cannot find the mean/std normalisation in {bundle.name}'s preprocess ({bundle.preprocess}); "
+    raise InputError(f"cannot find the mean/std normalisation in {bundle.name}'s preprocess ({bundle.preprocess}); "
                      "pass a bundle whose preprocess ends with torchvision's Normalize")
 
 
@@ -135,7 +139,7 @@ def image_encoder(bundle: ModelBundle, adapter: nn.Module | None = None, visual:
     visual = model.visual if visual is None else visual
     size = getattr(model.visual, "image_size", None)
     if size is None:
-        raise ValueError(f"{bundle.name}'s image tower has no image_size attribute")
+        raise InputError(f"{bundle.name}'s image tower has no image_size attribute")
     size = (size, size) if isinstance(size, int) else tuple(size)
     mean, std = _normalize_transform(bundle)
     scale = float(model.logit_scale.detach().exp()) if getattr(model, "logit_scale", None) is not None else 100.0
@@ -156,10 +160,10 @@ def to_pixels(bundle: ModelBundle, images: np.ndarray | Sequence[Image.Image]) -
     """
     if isinstance(images, np.ndarray):
         if images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"expected uint8 images of shape (n, H, W, 3), got {images.shape}")
+            raise InputError(f"expected uint8 images of shape (n, H, W, 3), got {images.shape}")
         images = [Image.fromarray(np.ascontiguousarray(im), mode="RGB") for im in images]
     if len(images) == 0:
-        raise ValueError("no images given")
+        raise InputError("no images given")
     mean, std = _normalize_transform(bundle)
     x = torch.stack([bundle.preprocess(im) for im in images]).float()
     m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
@@ -200,9 +204,11 @@ def feature_activations(fmap: FeatureMap, z: torch.Tensor, modality: str = "imag
     gradients flowing through the transfer (an image tower on a GPU with a map on the CPU works).
     """
     check_modality(modality)
+    z = torch.as_tensor(z)
     if z.ndim != 2 or z.shape[1] != fmap.input_dim:
-        raise ValueError(f"embeddings of shape {tuple(z.shape)} for a feature map with d={fmap.input_dim} "
+        raise InputError(f"embeddings of shape {tuple(z.shape)} for a feature map with d={fmap.input_dim} "
                          f"(expected (n, {fmap.input_dim}))")
+    check_finite(z, "z")
     with _frozen(fmap):
         return fmap._encode(z.float().to(_map_device(fmap)), modality).to(z.device)
 
@@ -211,9 +217,13 @@ def zero_shot_logits(z: torch.Tensor, class_emb: torch.Tensor, scale: float = 10
     """Logits ``(n, k)``: ``scale`` times the cosine of images ``(n, d)`` with classes ``(k, d)``, or with the
     best prompt of each class for ``(k, p, d)`` (as :func:`mmlib.analysis.zero_shot.zero_shot_predict` scores them).
     """
+    z, class_emb = torch.as_tensor(z), torch.as_tensor(class_emb)
     if class_emb.ndim not in (2, 3) or class_emb.shape[-1] != z.shape[-1]:
-        raise ValueError(f"class embeddings of shape {tuple(class_emb.shape)} do not fit images of shape "
+        raise InputError(f"class embeddings of shape {tuple(class_emb.shape)} do not fit images of shape "
                          f"{tuple(z.shape)}: expected (k, {z.shape[-1]}) or (k, p, {z.shape[-1]})")
+    if not np.isfinite(scale):
+        raise InputError(f"scale must be a finite number, got {scale!r}")
+    check_finite(class_emb, "class_emb")
     sims = torch.einsum("nd,k...d->nk...", F.normalize(z.float(), dim=-1),
                         F.normalize(class_emb.float().to(z.device), dim=-1))
     return scale * (sims.amax(-1) if class_emb.ndim == 3 else sims)
@@ -222,11 +232,13 @@ def zero_shot_logits(z: torch.Tensor, class_emb: torch.Tensor, scale: float = 10
 def _check_pixels(x: torch.Tensor) -> torch.Tensor:
     x = torch.as_tensor(x)
     if x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(f"expected pixels of shape (n, 3, H, W), got {tuple(x.shape)}")
+        raise InputError(f"expected pixels of shape (n, 3, H, W), got {tuple(x.shape)}")
     if len(x) == 0:
-        raise ValueError("no images to attack (empty batch)")
+        raise InputError("no images to attack (empty batch)")
+    if x.is_floating_point():
+        check_finite(x, "x", hint="pass pixels in [0, 1] (see to_pixels)")
     if not x.is_floating_point() or float(x.min()) < 0.0 or float(x.max()) > 1.0:
-        raise ValueError("pixels must be floats in [0, 1] (before the model's normalisation; see to_pixels)")
+        raise InputError("pixels must be floats in [0, 1] (before the model's normalisation; see to_pixels)")
     return x.float()
 
 
@@ -283,12 +295,13 @@ def zero_shot_attack(encoder: ImageEncoder, x: torch.Tensor, labels: torch.Tenso
     labels : (n,) int class of each image
     class_emb : (k, d) or (k, p, d) class text embeddings (fixed)
     """
+    class_emb = check_finite(torch.as_tensor(class_emb), "class_emb")
     labels = torch.as_tensor(np.asarray(labels)).long()
     if len(labels) != len(x):
-        raise ValueError(f"{len(x)} images but {len(labels)} labels")
+        raise InputError(f"{len(x)} images but {len(labels)} labels")
     k = class_emb.shape[0]
     if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= k):
-        raise ValueError(f"labels must lie in [0, {k}) for {k} classes, got range "
+        raise InputError(f"labels must lie in [0, {k}) for {k} classes, got range "
                          f"[{int(labels.min())}, {int(labels.max())}]")
     scale = getattr(encoder, "logit_scale", 100.0)
 

@@ -33,6 +33,8 @@ from mmlib.case_studies.adversarial.attacks import (
 )
 from mmlib.core.artifacts import code_version, load_or_compute, stable_hash, tensor_fingerprint
 from mmlib.core.devices import effective_threads
+from mmlib.core.errors import ConfigError, InputError
+from mmlib.core.validation import at_least, between, check_finite, greater_than, one_of, validate_config
 from mmlib.feature_maps.base import FeatureMap
 from mmlib.models.clip import ModelBundle
 
@@ -56,14 +58,16 @@ def alignment_loss(h_adv: torch.Tensor, h_clean: torch.Tensor, mask: np.ndarray 
         for shapes that differ, a mask that is not a ``(K,)`` boolean, or an empty mask.
     """
     if h_adv.shape != h_clean.shape or h_adv.ndim != 2:
-        raise ValueError(f"activations must share one (n, K) shape, got {tuple(h_adv.shape)} and "
+        raise InputError(f"activations must share one (n, K) shape, got {tuple(h_adv.shape)} and "
                          f"{tuple(h_clean.shape)}")
     mask = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
     if mask.dtype != torch.bool or mask.shape != (h_adv.shape[1],):
-        raise ValueError(f"the feature selection must be a boolean mask of shape ({h_adv.shape[1]},), got dtype "
+        raise InputError(f"the feature selection must be a boolean mask of shape ({h_adv.shape[1]},), got dtype "
                          f"{mask.dtype} and shape {tuple(mask.shape)}")
     if not bool(mask.any()):
-        raise ValueError("the feature selection is empty: nothing to align")
+        raise InputError("the feature selection is empty: nothing to align")
+    check_finite(h_adv, "h_adv")
+    check_finite(h_clean, "h_clean")
     idx = torch.nonzero(mask.to(h_adv.device)).flatten()
     return ((h_adv.index_select(1, idx) - h_clean.index_select(1, idx)) ** 2).sum(1)
 
@@ -110,17 +114,21 @@ class DefenceConfig:
 
     def __post_init__(self) -> None:
         if self.adapter not in ADAPTERS:
-            raise ValueError(f"unknown adapter {self.adapter!r}; choose one of {ADAPTERS}")
+            raise ConfigError(f"unknown adapter {self.adapter!r}; choose one of {ADAPTERS}")
         if self.inner not in INNER_OBJECTIVES:
-            raise ValueError(f"unknown inner objective {self.inner!r}; choose one of {INNER_OBJECTIVES}")
+            raise ConfigError(f"unknown inner objective {self.inner!r}; choose one of {INNER_OBJECTIVES}")
         PGDConfig(eps=self.eps, steps=self.attack_steps)  # validates the budget and steps
+        validate_config(self)  # the types, so that the checks below can compare
         for name in ("steps", "batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+            raise ConfigError(f"lr must be positive, got {self.lr}")
         if not self.keep_weight >= 0:
-            raise ValueError(f"keep_weight must be non-negative, got {self.keep_weight}")
+            raise ConfigError(f"keep_weight must be non-negative, got {self.keep_weight}")
+        validate_config(self, adapter=one_of(*ADAPTERS), eps=between(0.0, 1.0), attack_steps=at_least(1),
+                        inner=one_of(*INNER_OBJECTIVES), keep_weight=at_least(0.0), steps=at_least(1),
+                        batch_size=at_least(1), lr=greater_than(0.0), weight_decay=at_least(0.0))
 
 
 class LinearAdapter(nn.Module):
@@ -140,7 +148,7 @@ class LinearAdapter(nn.Module):
 def _trainable_tower(visual: nn.Module, adapter: str) -> tuple[nn.Module, nn.Module | None, list[str]]:
     """A copy of the tower (or the tower itself) plus adapter, and the names of the trainable parameters."""
     if adapter == "last_block" and getattr(getattr(visual, "transformer", None), "resblocks", None) is None:
-        raise ValueError(f"adapter 'last_block' needs an open_clip VisionTransformer tower (transformer.resblocks), "
+        raise InputError(f"adapter 'last_block' needs an open_clip VisionTransformer tower (transformer.resblocks), "
                          f"not {type(visual).__name__}; use adapter='linear'")
     tower = copy.deepcopy(visual).requires_grad_(False)  # a frozen copy: the bundle's own model is never touched
     if adapter == "linear":
@@ -198,10 +206,10 @@ class TrainedAdapter:
 def _check_selection(mask: np.ndarray, fmap: FeatureMap) -> np.ndarray:
     mask = np.asarray(mask)
     if mask.dtype != bool or mask.shape != (fmap.n_features,):
-        raise ValueError(f"the feature selection must be a boolean mask of shape ({fmap.n_features},), got dtype "
+        raise InputError(f"the feature selection must be a boolean mask of shape ({fmap.n_features},), got dtype "
                          f"{mask.dtype} and shape {mask.shape}")
     if not mask.any():
-        raise ValueError("the feature selection is empty: nothing to align")
+        raise InputError("the feature selection is empty: nothing to align")
     return mask
 
 
@@ -298,7 +306,7 @@ def load_or_train_adapter(bundle: ModelBundle, fmap: FeatureMap, x_train: torch.
     enc, names = _build_encoder(bundle, config.adapter)
     missing = sorted(set(names) - set(art.tensors))
     if missing:
-        raise ValueError(f"stored adapter {key} lacks parameters {missing}")
+        raise InputError(f"stored adapter {key} lacks parameters {missing}")
     params = dict(enc.named_parameters())
     with torch.no_grad():
         for name in names:

@@ -26,6 +26,7 @@ from mmlib.analysis.categories import CLASSES, Categories, random_feature_mask
 from mmlib.analysis.zero_shot import zero_shot_predict
 from mmlib.case_studies.adversarial.attacks import ImageEncoder, PGDConfig, zero_shot_attack
 from mmlib.case_studies.adversarial.defence import TrainedAdapter
+from mmlib.core.errors import InputError
 from mmlib.core.stats import bootstrap_ci, proportion_ci
 
 __all__ = ["attack_correctness", "accuracy_under_attack", "SELECTIONS", "selection_masks", "first_complete_seed",
@@ -205,7 +206,7 @@ def accuracy_gap(target: np.ndarray, *others: np.ndarray, n_boot: int = 2000, se
     (gap, ci_low, ci_high)
     """
     if not others:
-        raise ValueError("accuracy_gap needs at least one model to compare with")
+        raise InputError("accuracy_gap needs at least one model to compare with")
 
     def stat(t: np.ndarray, *rest: np.ndarray) -> float:
         return float(t.mean() - max(o.mean() for o in rest))

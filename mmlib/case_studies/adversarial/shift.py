@@ -15,7 +15,9 @@ import pandas as pd
 import torch
 
 from mmlib.analysis.categories import check_group_masks, random_feature_mask
+from mmlib.core.errors import InputError
 from mmlib.core.stats import mean_bootstrap_ci
+from mmlib.core.validation import check_finite
 
 __all__ = ["feature_scale", "category_shift"]
 
@@ -24,7 +26,8 @@ def feature_scale(h: torch.Tensor, floor: float = 1e-6) -> torch.Tensor:
     """Per-feature scale ``(K,)``: the standard deviation of clean activations ``(n, K)``; features that never
     vary on these samples get ``inf`` (they then count as zero change).
     """
-    s = torch.as_tensor(h).float().std(0)
+    h = check_finite(torch.as_tensor(h), "h")
+    s = h.float().std(0)
     return torch.where(s > floor, s, torch.full_like(s, float("inf")))
 
 
@@ -58,10 +61,12 @@ def category_shift(h_clean: torch.Tensor, h_adv: torch.Tensor, groups: Mapping[s
     """
     h_clean, h_adv = torch.as_tensor(h_clean).float(), torch.as_tensor(h_adv).float()
     if h_clean.shape != h_adv.shape or h_clean.ndim != 2:
-        raise ValueError(f"clean {tuple(h_clean.shape)} and adversarial {tuple(h_adv.shape)} activations must be "
+        raise InputError(f"clean {tuple(h_clean.shape)} and adversarial {tuple(h_adv.shape)} activations must be "
                          "the same (n, K) shape")
     if normalise not in ("std", "relative"):
-        raise ValueError(f"unknown normalise {normalise!r}; choose 'std' or 'relative'")
+        raise InputError(f"unknown normalise {normalise!r}; choose 'std' or 'relative'")
+    check_finite(h_clean, "h_clean")
+    check_finite(h_adv, "h_adv")
     n_features = h_clean.shape[1]
     groups = check_group_masks(groups, n_features)
     alive = np.ones(n_features, bool) if alive is None else np.asarray(alive, bool)

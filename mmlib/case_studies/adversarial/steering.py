@@ -22,7 +22,9 @@ from torch import nn
 from mmlib.analysis.retrieval import retrieval_ranks
 from mmlib.case_studies.adversarial.attacks import PGDConfig, _check_pixels, feature_activations, pgd_attack
 from mmlib.case_studies.adversarial.defence import _check_selection
+from mmlib.core.errors import InputError
 from mmlib.core.stats import mean_bootstrap_ci
+from mmlib.core.validation import check_finite
 from mmlib.feature_maps.base import FeatureMap
 
 __all__ = ["steering_attack", "cross_modal_effect", "random_targets", "steering_measures", "selectivity",
@@ -52,12 +54,14 @@ def steering_attack(encoder: nn.Module, fmap: FeatureMap, x: torch.Tensor, targe
     mask = _check_selection(mask, fmap)
     target = torch.as_tensor(target).float()
     if target.shape != (len(x), fmap.n_features):
-        raise ValueError(f"target activations must be ({len(x)}, {fmap.n_features}), got {tuple(target.shape)}")
-    if penalty < 0:
-        raise ValueError(f"penalty must be non-negative, got {penalty}")
+        raise InputError(f"target activations must be ({len(x)}, {fmap.n_features}), got {tuple(target.shape)}")
+    check_finite(target, "target")
+    if not (np.isfinite(penalty) and penalty >= 0):
+        raise InputError(f"penalty must be a finite non-negative number, got {penalty}")
     scale = torch.ones(fmap.n_features) if scale is None else torch.as_tensor(scale).float()
     if scale.shape != (fmap.n_features,):
-        raise ValueError(f"scale must be ({fmap.n_features},), got {tuple(scale.shape)}")
+        raise InputError(f"scale must be ({fmap.n_features},), got {tuple(scale.shape)}")
+    _check_scale(scale)
     alive = np.ones(fmap.n_features, bool) if alive is None else np.asarray(alive, bool)
     sel = torch.from_numpy(mask)
     rest = torch.from_numpy(alive & ~mask)
@@ -94,13 +98,16 @@ def cross_modal_effect(image_clean: torch.Tensor, image_adv: torch.Tensor, text:
     own caption among the ``n`` images, with image ``i`` replaced by its perturbed version), and
     ``t2i_target_clean/adv`` (rank of image ``i`` for the target caption, in the same gallery).
     """
+    image_clean, image_adv, text = torch.as_tensor(image_clean), torch.as_tensor(image_adv), torch.as_tensor(text)
     n = len(image_clean)
+    for name, value in (("image_clean", image_clean), ("image_adv", image_adv), ("text", text)):
+        check_finite(value, name)
     if image_adv.shape != image_clean.shape or text.shape != image_clean.shape:
-        raise ValueError(f"clean {tuple(image_clean.shape)}, adversarial {tuple(image_adv.shape)} and caption "
+        raise InputError(f"clean {tuple(image_clean.shape)}, adversarial {tuple(image_adv.shape)} and caption "
                          f"{tuple(text.shape)} embeddings must share one (n, d) shape")
     target = np.asarray(target)
     if target.shape != (n,):
-        raise ValueError(f"expected one target per image ({n},), got {target.shape}")
+        raise InputError(f"expected one target per image ({n},), got {target.shape}")
     own = np.arange(n)
     img_c, img_a = F.normalize(image_clean.float(), dim=-1), F.normalize(image_adv.float(), dim=-1)
     txt = F.normalize(text.float(), dim=-1)
@@ -130,7 +137,7 @@ def random_targets(n: int, seed: int = 0) -> np.ndarray:
     Returns ``(n,)`` int: ``(i + u_i) mod n`` with ``u_i`` uniform on ``1 .. n-1`` (``np.random.default_rng(seed)``).
     """
     if n < 2:
-        raise ValueError(f"need at least 2 pairs to pick another one, got {n}")
+        raise InputError(f"need at least 2 pairs to pick another one, got {n}")
     rng = np.random.default_rng(seed)
     return (np.arange(n) + rng.integers(1, n, size=n)) % n
 
@@ -173,10 +180,17 @@ def selectivity(h_clean: torch.Tensor, h_adv: torch.Tensor, scale: torch.Tensor,
         ``mean_{k in mask} |dh_k| / s_k - mean_{k alive, not in mask} |dh_k| / s_k`` (> 0: the perturbation moved
         the selected features more than the others); NaN when no alive feature lies outside the selection.
     """
-    change = ((torch.as_tensor(h_adv) - torch.as_tensor(h_clean)).abs() / torch.as_tensor(scale)).numpy()
+    h_clean, h_adv, scale = torch.as_tensor(h_clean), torch.as_tensor(h_adv), torch.as_tensor(scale)
+    if h_clean.shape != h_adv.shape or h_clean.ndim != 2 or scale.shape != h_clean.shape[1:]:
+        raise InputError(f"h_clean {tuple(h_clean.shape)} and h_adv {tuple(h_adv.shape)} must share one (n, K) shape "
+                         f"and scale {tuple(scale.shape)} be (K,)")
+    for name, value in (("h_clean", h_clean), ("h_adv", h_adv)):
+        check_finite(value, name)
+    _check_scale(scale)
+    change = ((h_adv - h_clean).abs() / scale).numpy()
     mask, alive = np.asarray(mask, bool), np.asarray(alive, bool)
     if mask.shape != (change.shape[1],) or alive.shape != mask.shape:
-        raise ValueError(f"mask {mask.shape} and alive {alive.shape} must be ({change.shape[1]},)")
+        raise InputError(f"mask {mask.shape} and alive {alive.shape} must be ({change.shape[1]},)")
     outside = alive & ~mask
     return change[:, mask].mean(1) - (change[:, outside].mean(1) if outside.any() else np.nan)
 
@@ -207,4 +221,20 @@ def measure_summary(per_image: Mapping[tuple[str, str], Mapping[str, np.ndarray]
 
 def best_caption(z: torch.Tensor, text: torch.Tensor) -> np.ndarray:
     """Index ``(n,)`` of the caption ``(m, d)`` with the highest cosine to each image embedding ``(n, d)``."""
+    z, text = torch.as_tensor(z), torch.as_tensor(text)
+    if z.ndim != 2 or text.ndim != 2 or z.shape[1] != text.shape[1]:
+        raise InputError(f"z {tuple(z.shape)} and text {tuple(text.shape)} must be (n, d) and (m, d)")
+    check_finite(z, "z")
+    check_finite(text, "text")
     return (F.normalize(z.float(), dim=-1) @ F.normalize(text.float(), dim=-1).T).argmax(1).numpy()
+
+
+def _check_scale(scale: torch.Tensor) -> None:
+    """``scale (K,)`` must be positive and not NaN; ``+inf`` is allowed (a feature that never varies, see
+    :func:`~mmlib.case_studies.adversarial.shift.feature_scale`).
+    """
+    bad = torch.isnan(scale) | (scale <= 0)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise InputError(f"scale must be positive (or inf for a feature that never varies; see feature_scale), but "
+                         f"holds {int(bad.sum())} bad value(s) (first: {float(scale[i])} at index {i})")

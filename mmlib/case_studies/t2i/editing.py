@@ -40,6 +40,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from mmlib.core.errors import ConfigError, InputError, UnsupportedModelError
+from mmlib.core.validation import at_least, between, check_finite, one_of, validate_config
 from mmlib.feature_maps.base import FeatureMapLike, check_modality
 
 __all__ = ["Generator", "EditConfig", "EditResult", "edit_features", "edit_embedding", "edit_sweep", "scale_sweep"]
@@ -61,14 +63,14 @@ class _Probes(Protocol):
 
 def _check_alpha(alpha: float) -> float:
     if not (isinstance(alpha, (int, float, np.floating)) and 0.0 <= float(alpha) <= 1.0):
-        raise ValueError(f"alpha (intervention strength) must lie in [0, 1], got {alpha!r}")
+        raise InputError(f"alpha (intervention strength) must lie in [0, 1], got {alpha!r}")
     return float(alpha)
 
 
 def _check_mask(mask: np.ndarray | torch.Tensor, n_features: int) -> torch.Tensor:
     mask = np.asarray(mask)
     if mask.dtype != bool or mask.shape != (n_features,):
-        raise ValueError(f"the feature group must be a boolean mask of shape ({n_features},), "
+        raise InputError(f"the feature group must be a boolean mask of shape ({n_features},), "
                          f"got dtype {mask.dtype} and shape {mask.shape}")
     return torch.from_numpy(mask)
 
@@ -96,15 +98,17 @@ def edit_features(h_ref: torch.Tensor, h_prompt: torch.Tensor, mask: np.ndarray 
     """
     alpha = _check_alpha(alpha)
     if not (scale >= 0 and math.isfinite(scale)):
-        raise ValueError(f"scale must be a finite number >= 0, got {scale!r}")
+        raise InputError(f"scale must be a finite number >= 0, got {scale!r}")
     h_ref, h_prompt = torch.as_tensor(h_ref).float(), torch.as_tensor(h_prompt).float()
     if h_ref.ndim != 2:
-        raise ValueError(f"reference activations must be (n, K), got shape {tuple(h_ref.shape)}")
+        raise InputError(f"reference activations must be (n, K), got shape {tuple(h_ref.shape)}")
     if h_prompt.ndim == 1:
         h_prompt = h_prompt.expand_as(h_ref)
     if h_prompt.shape != h_ref.shape:
-        raise ValueError(f"prompt activations {tuple(h_prompt.shape)} do not match the references' "
+        raise InputError(f"prompt activations {tuple(h_prompt.shape)} do not match the references' "
                          f"{tuple(h_ref.shape)}")
+    check_finite(h_ref, "h_ref")
+    check_finite(h_prompt, "h_prompt")
     s = _check_mask(mask, h_ref.shape[1])
     target = (1 - alpha) * h_ref + alpha * scale * h_prompt
     return torch.where(s[None, :], target, h_ref)
@@ -135,11 +139,14 @@ def edit_embedding(feature_map: FeatureMapLike, z_ref: torch.Tensor, z_prompt: t
         for a map without a decoder (NCL, raw ``|z|``): the edit cannot be brought back to an embedding.
     """
     if not feature_map.has_decoder:
-        raise NotImplementedError(f"{getattr(feature_map, 'name', type(feature_map).__name__)} has no decoder: "
+        raise UnsupportedModelError(f"{getattr(feature_map, 'name', type(feature_map).__name__)} has no decoder: "
                                   "editing needs a map that decodes features to embeddings (an SAE)")
     check_modality(prompt_modality)
     z_ref = torch.as_tensor(z_ref).float()
     z_prompt = torch.as_tensor(z_prompt).float()
+    z_ref, z_prompt = torch.as_tensor(z_ref), torch.as_tensor(z_prompt)
+    check_finite(z_ref, "z_ref")
+    check_finite(z_prompt, "z_prompt")
     if z_prompt.ndim == 1:
         z_prompt = z_prompt[None]
     h_ref = feature_map.encode(z_ref, "image")
@@ -175,15 +182,24 @@ class EditConfig:
     guidance: float = 2.0
 
     def __post_init__(self) -> None:
+        validate_config(self)  # the types first, so that the checks below can compare
         if not self.alphas:
-            raise ValueError("give at least one intervention strength alpha")
+            raise ConfigError("give at least one intervention strength alpha")
         for a in self.alphas:
-            _check_alpha(a)
+            try:
+                _check_alpha(a)
+            except InputError as err:
+                raise ConfigError(f"EditConfig.alphas: {err}") from None
         if not (self.scale >= 0 and math.isfinite(self.scale)):
-            raise ValueError(f"scale must be a finite number >= 0, got {self.scale!r}")
-        check_modality(self.prompt_modality)
+            raise ConfigError(f"scale must be a finite number >= 0, got {self.scale!r}")
+        try:
+            check_modality(self.prompt_modality)
+        except ValueError as err:
+            raise ConfigError(f"EditConfig.prompt_modality: {err}") from None
         if self.steps < 1 or self.guidance < 0:
-            raise ValueError(f"steps must be >= 1 and guidance >= 0, got {self.steps} and {self.guidance}")
+            raise ConfigError(f"steps must be >= 1 and guidance >= 0, got {self.steps} and {self.guidance}")
+        validate_config(self, alphas=between(0.0, 1.0), scale=at_least(0.0), prompt_modality=one_of("text", "image"),
+                        steps=at_least(1), guidance=at_least(0.0))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -238,23 +254,23 @@ def edit_sweep(generator: Generator, probes: _Probes, feature_map: FeatureMapLik
     z_prompt = torch.as_tensor(z_prompt).float()
     n = len(z_ref)
     if n == 0:
-        raise ValueError("no references to edit: the group of references is empty")
+        raise InputError("no references to edit: the group of references is empty")
     if z_prompt.shape != z_ref.shape:
-        raise ValueError(f"one prompt embedding per reference: got {tuple(z_prompt.shape)} for {tuple(z_ref.shape)}")
+        raise InputError(f"one prompt embedding per reference: got {tuple(z_prompt.shape)} for {tuple(z_ref.shape)}")
     if not groups:
-        raise ValueError("no feature groups to edit")
+        raise InputError("no feature groups to edit")
     target = np.asarray(target)
     if target.shape != (n,):
-        raise ValueError(f"target must have shape ({n},), got {target.shape}")
+        raise InputError(f"target must have shape ({n},), got {target.shape}")
     if factor not in reference:
-        raise ValueError(f"reference values of the edited factor {factor!r} are needed (given: {sorted(reference)})")
+        raise InputError(f"reference values of the edited factor {factor!r} are needed (given: {sorted(reference)})")
     keep = [f for f in reference if f != factor]
     for f, v in reference.items():
         if np.asarray(v).shape != (n,):
-            raise ValueError(f"reference values of {f!r} must have shape ({n},), got {np.asarray(v).shape}")
+            raise InputError(f"reference values of {f!r} must have shape ({n},), got {np.asarray(v).shape}")
     seeds = np.arange(n) if noise_seeds is None else np.asarray(noise_seeds)
     if seeds.shape != (n,):
-        raise ValueError(f"noise_seeds must have shape ({n},), got {seeds.shape}")
+        raise InputError(f"noise_seeds must have shape ({n},), got {seeds.shape}")
     for mask in groups.values():
         _check_mask(mask, feature_map.n_features)
 
@@ -314,7 +330,7 @@ def scale_sweep(generator: Generator, probes: _Probes, feature_map: FeatureMapLi
         column.
     """
     if not scales:
-        raise ValueError("give at least one scale")
+        raise InputError("give at least one scale")
     tables = []
     for sc in scales:
         result = edit_sweep(generator, probes, feature_map, z_ref, z_prompt, groups, factor, target, reference,

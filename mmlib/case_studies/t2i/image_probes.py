@@ -31,7 +31,9 @@ from tqdm import tqdm
 from mmlib.case_studies.t2i.tiny_decoder import to_resolution
 from mmlib.core.artifacts import code_version, load_or_compute, stable_hash, tensor_fingerprint, to_jsonable
 from mmlib.core.devices import torch_threads
+from mmlib.core.errors import ConfigError, InputError
 from mmlib.core.stats import proportion_ci
+from mmlib.core.validation import at_least, greater_than, validate_config
 
 __all__ = ["IMAGE_FACTORS", "ProbeConfig", "FactorProbes", "TrainedProbes", "train_probes", "load_or_train_probes",
            "probe_table"]
@@ -74,17 +76,20 @@ class ProbeConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        validate_config(self)  # the types first, so that the checks below can compare
         if not self.factors:
-            raise ValueError("a probe needs at least one factor")
+            raise ConfigError("a probe needs at least one factor")
         if len(set(self.factors)) != len(self.factors):
-            raise ValueError(f"factors must be unique, got {self.factors}")
+            raise ConfigError(f"factors must be unique, got {self.factors}")
         if not self.channels or min(self.channels) < 1:
-            raise ValueError(f"channels must be positive integers, got {self.channels}")
+            raise ConfigError(f"channels must be positive integers, got {self.channels}")
         for name in ("resolution", "epochs", "batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+            raise ConfigError(f"lr must be a finite number > 0, got {self.lr}")
+        validate_config(self, resolution=at_least(1), channels=at_least(1), epochs=at_least(1), batch_size=at_least(1),
+                        lr=greater_than(0.0), noise=at_least(0.0))
 
 
 class _CNN(nn.Module):
@@ -116,7 +121,7 @@ class FactorProbes:
     def __init__(self, config: ProbeConfig, n_classes: Mapping[str, int], net: _CNN | None = None) -> None:
         missing = [f for f in config.factors if f not in n_classes]
         if missing:
-            raise ValueError(f"no number of values for factor(s) {missing}")
+            raise InputError(f"no number of values for factor(s) {missing}")
         self.config, self.n_classes = config, {f: int(n_classes[f]) for f in config.factors}
         if net is None:
             with torch.random.fork_rng(devices=[]):
@@ -128,7 +133,7 @@ class FactorProbes:
         factors = list(self.config.factors if factors is None else factors)
         unknown = [f for f in factors if f not in self.config.factors]
         if unknown:
-            raise ValueError(f"unknown factor(s) {unknown}; these probes read {list(self.config.factors)}")
+            raise InputError(f"unknown factor(s) {unknown}; these probes read {list(self.config.factors)}")
         return factors
 
     @torch.inference_mode()
@@ -167,11 +172,11 @@ class FactorProbes:
 def _check_labels(images: np.ndarray, labels: Mapping[str, np.ndarray], config: ProbeConfig) -> dict[str, np.ndarray]:
     missing = [f for f in config.factors if f not in labels]
     if missing:
-        raise ValueError(f"no labels for factor(s) {missing} (given: {sorted(labels)})")
+        raise InputError(f"no labels for factor(s) {missing} (given: {sorted(labels)})")
     out = {f: np.asarray(labels[f]).astype(np.int64) for f in config.factors}
     for f, y in out.items():
         if y.shape != (len(images),):
-            raise ValueError(f"labels of {f!r} have shape {y.shape}, expected ({len(images)},)")
+            raise InputError(f"labels of {f!r} have shape {y.shape}, expected ({len(images)},)")
     return out
 
 
@@ -284,15 +289,15 @@ def probe_table(probes: FactorProbes, images: np.ndarray, labels: Mapping[str, n
     """
     factors = probes._check_factors(factors)
     if len(images) == 0:
-        raise ValueError("no images to read: the group is empty")
+        raise InputError("no images to read: the group is empty")
     pred = probes.predict(images, factors)
     rows = []
     for f in factors:
         if f not in labels:
-            raise ValueError(f"no labels for factor {f!r} (given: {sorted(labels)})")
+            raise InputError(f"no labels for factor {f!r} (given: {sorted(labels)})")
         y = np.asarray(labels[f])
         if y.shape != (len(images),):
-            raise ValueError(f"labels of {f!r} have shape {y.shape}, expected ({len(images)},)")
+            raise InputError(f"labels of {f!r} have shape {y.shape}, expected ({len(images)},)")
         k = int((pred[f] == y).sum())
         low, high = proportion_ci(k, len(y), confidence)
         rows.append(dict(factor=f, n=len(y), accuracy=k / len(y), ci_low=low, ci_high=high,

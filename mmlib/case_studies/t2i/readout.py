@@ -24,6 +24,7 @@ import torch
 
 from mmlib.analysis.categories import CLASSES, Categories
 from mmlib.case_studies.t2i.image_probes import IMAGE_FACTORS
+from mmlib.core.errors import InputError
 from mmlib.core.stats import finite_mean, format_ci, mean_bootstrap_ci
 from mmlib.data.world import World
 from mmlib.feature_maps.base import FeatureMapLike
@@ -108,9 +109,9 @@ def other_values(values: np.ndarray | Sequence[int], n_values: int, rng: np.rand
     """
     values = np.asarray(values, dtype=int)
     if n_values < 2:
-        raise ValueError(f"a factor needs at least 2 values to draw another one, got {n_values}")
+        raise InputError(f"a factor needs at least 2 values to draw another one, got {n_values}")
     if values.size and (values.min() < 0 or values.max() >= n_values):
-        raise ValueError(f"values must lie in [0, {n_values}), got {values.min()}..{values.max()}")
+        raise InputError(f"values must lie in [0, {n_values}), got {values.min()}..{values.max()}")
     return (values + rng.integers(1, n_values, len(values))) % n_values
 
 
@@ -164,7 +165,7 @@ def fidelity_table(real: pd.DataFrame, fidelity: pd.DataFrame, shuffled: pd.Data
     """
     r, f, s = _by_factor(real), _by_factor(fidelity), _by_factor(shuffled)
     if set(r.index) != set(f.index) or set(r.index) != set(s.index):
-        raise ValueError(f"the probe tables read different factors: {list(r.index)}, {list(f.index)}, "
+        raise InputError(f"the probe tables read different factors: {list(r.index)}, {list(f.index)}, "
                          f"{list(s.index)}")
     return pd.DataFrame({"factor": r.index, "chance": r.chance.to_numpy(),
                          "probe on real test images": [accuracy_text(r.loc[x]) for x in r.index],
@@ -191,7 +192,7 @@ def reproduced_factors(fidelity: pd.DataFrame, shuffled: pd.DataFrame) -> pd.Ser
     f, s = _by_factor(fidelity), _by_factor(shuffled)
     missing = [x for x in f.index if x not in s.index]
     if missing:
-        raise ValueError(f"no shuffled reading of {missing}")
+        raise InputError(f"no shuffled reading of {missing}")
     threshold = np.fmax(f.chance.to_numpy(dtype=float), s.ci_high.reindex(f.index).to_numpy(dtype=float))
     return pd.Series(f.ci_low.to_numpy(dtype=float) > threshold, index=f.index, name="reproduced")
 
@@ -330,7 +331,7 @@ def mean_ci(values: np.ndarray | Sequence[float], minus: np.ndarray | Sequence[f
     if minus is not None:
         minus = np.asarray(minus, dtype=float)
         if minus.shape != d.shape:
-            raise ValueError(f"paired values need the same shape, got {d.shape} and {minus.shape}")
+            raise InputError(f"paired values need the same shape, got {d.shape} and {minus.shape}")
         d = d - minus
     low, high = mean_bootstrap_ci(d, n_boot=n_boot, seed=seed)
     return {"mean": finite_mean(d), "ci_low": low, "ci_high": high}

@@ -48,6 +48,8 @@ from tqdm import tqdm
 
 from mmlib.core.artifacts import code_version, load_or_compute, stable_hash, tensor_fingerprint, to_jsonable
 from mmlib.core.devices import torch_threads
+from mmlib.core.errors import ConfigError, InputError
+from mmlib.core.validation import at_least, between, greater_than, one_of, validate_config
 
 __all__ = ["CONDITIONINGS", "DecoderConfig", "EmbeddingDecoder", "TrainedDecoder", "to_resolution", "to_uint8",
            "train_decoder", "decoder_key", "load_or_train_decoder"]
@@ -117,24 +119,31 @@ class DecoderConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        validate_config(self)  # the types first, so that the checks below can compare
         if self.conditioning not in CONDITIONINGS:
-            raise ValueError(f"unknown conditioning {self.conditioning!r}; choose one of {CONDITIONINGS}")
+            raise ConfigError(f"unknown conditioning {self.conditioning!r}; choose one of {CONDITIONINGS}")
         if self.cond_norm not in COND_NORMS:
-            raise ValueError(f"unknown cond_norm {self.cond_norm!r}; choose one of {COND_NORMS}")
+            raise ConfigError(f"unknown cond_norm {self.cond_norm!r}; choose one of {COND_NORMS}")
         if not self.channels or any(c < 1 or c % self.norm_groups for c in self.channels):
-            raise ValueError(f"channels {self.channels} must be non-empty multiples of norm_groups={self.norm_groups}")
+            raise ConfigError(f"channels {self.channels} must be non-empty multiples of norm_groups={self.norm_groups}")
         if self.resolution < 4 or self.resolution % (2 ** (len(self.channels) - 1)):
-            raise ValueError(f"resolution {self.resolution} must be >= 4 and a multiple of "
+            raise ConfigError(f"resolution {self.resolution} must be >= 4 and a multiple of "
                              f"2 ** (levels - 1) = {2 ** (len(self.channels) - 1)}")
         if not 0.0 <= self.cond_drop < 1.0:
-            raise ValueError(f"cond_drop must lie in [0, 1), got {self.cond_drop}")
+            raise ConfigError(f"cond_drop must lie in [0, 1), got {self.cond_drop}")
         for name in ("layers_per_block", "timesteps", "steps", "batch_size", "log_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+            raise ConfigError(f"lr must be a finite number > 0, got {self.lr}")
         if self.warmup < 0 or self.weight_decay < 0:
-            raise ValueError("warmup and weight_decay must be >= 0")
+            raise ConfigError("warmup and weight_decay must be >= 0")
+        validate_config(self, resolution=at_least(4), channels=at_least(1), layers_per_block=at_least(1),
+                        norm_groups=at_least(1), conditioning=one_of(*CONDITIONINGS), cond_norm=one_of(*COND_NORMS),
+                        cond_drop=between(0.0, 1.0, high_open=True), timesteps=at_least(1), steps=at_least(1),
+                        batch_size=at_least(1), lr=greater_than(0.0), warmup=at_least(0),
+                        weight_decay=at_least(0.0), log_every=at_least(1))
+
 
     def unet_kwargs(self, embed_dim: int) -> dict[str, Any]:
         """Keyword arguments of ``diffusers.UNet2DConditionModel`` for embeddings of dimension ``embed_dim``."""
@@ -171,9 +180,9 @@ def to_resolution(images: np.ndarray | torch.Tensor, resolution: int) -> torch.T
     """
     x = torch.as_tensor(np.asarray(images))
     if x.ndim != 4 or x.shape[-1] != 3 or x.shape[1] != x.shape[2]:
-        raise ValueError(f"images must be (n, S, S, 3) RGB arrays, got shape {tuple(x.shape)}")
+        raise InputError(f"images must be (n, S, S, 3) RGB arrays, got shape {tuple(x.shape)}")
     if resolution > x.shape[1]:
-        raise ValueError(f"cannot downsample {x.shape[1]} px images to {resolution} px")
+        raise InputError(f"cannot downsample {x.shape[1]} px images to {resolution} px")
     x = x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
     return F.interpolate(x, size=(resolution, resolution), mode="area") if resolution != x.shape[-1] else x
 
@@ -202,7 +211,7 @@ class EmbeddingDecoder:
     def __init__(self, config: DecoderConfig, embed_dim: int, unet: Any | None = None) -> None:
         from diffusers import UNet2DConditionModel
         if embed_dim < 1:
-            raise ValueError(f"embed_dim must be positive, got {embed_dim}")
+            raise InputError(f"embed_dim must be positive, got {embed_dim}")
         self.config, self.embed_dim = config, int(embed_dim)
         self.cond_mean, self.cond_std = torch.zeros(self.embed_dim), torch.ones(self.embed_dim)
         if unet is None:
@@ -227,14 +236,14 @@ class EmbeddingDecoder:
         """
         z = torch.as_tensor(z)
         if z.ndim != 2:
-            raise ValueError(f"conditioning embeddings must be a 2-D (n, d) tensor, got shape {tuple(z.shape)}")
+            raise InputError(f"conditioning embeddings must be a 2-D (n, d) tensor, got shape {tuple(z.shape)}")
         if z.shape[1] != self.embed_dim:
-            raise ValueError(f"conditioning embeddings have dimension {z.shape[1]} but this decoder was built for "
+            raise InputError(f"conditioning embeddings have dimension {z.shape[1]} but this decoder was built for "
                              f"d={self.embed_dim} (expected {self.embed_dim}, got {z.shape[1]}): embed with the "
                              "model the decoder was trained on")
         z = z.float()
         if not bool(torch.isfinite(z).all()):
-            raise ValueError("conditioning embeddings contain NaN or Inf")
+            raise InputError("conditioning embeddings contain NaN or Inf")
         return z
 
     def fit_conditioning(self, z: torch.Tensor) -> None:
@@ -261,7 +270,7 @@ class EmbeddingDecoder:
         """A fresh ``DDIMScheduler`` (``"ddim"``) or ``DDPMScheduler`` (``"ddpm"``) with the training schedule."""
         from diffusers import DDIMScheduler, DDPMScheduler
         if kind not in ("ddim", "ddpm"):
-            raise ValueError(f"unknown scheduler {kind!r}; choose 'ddim' or 'ddpm'")
+            raise InputError(f"unknown scheduler {kind!r}; choose 'ddim' or 'ddpm'")
         ddpm = DDPMScheduler(**self.config.scheduler_kwargs())
         return ddpm if kind == "ddpm" else DDIMScheduler.from_config(ddpm.config)
 
@@ -308,17 +317,17 @@ class EmbeddingDecoder:
         """
         z = self.check_conditioning(z)
         if steps < 1 or steps > self.config.timesteps:
-            raise ValueError(f"steps must lie in [1, {self.config.timesteps}], got {steps}")
+            raise InputError(f"steps must lie in [1, {self.config.timesteps}], got {steps}")
         if not (guidance >= 0 and math.isfinite(guidance)):
-            raise ValueError(f"guidance must be a finite number >= 0, got {guidance}")
+            raise InputError(f"guidance must be a finite number >= 0, got {guidance}")
         r = self.config.resolution
         if noise is None:
             if seeds is not None and len(seeds) != len(z):
-                raise ValueError(f"{len(seeds)} noise seeds for {len(z)} embeddings")
+                raise InputError(f"{len(seeds)} noise seeds for {len(z)} embeddings")
             noise = self.initial_noise(len(z), seed) if seeds is None else self.noise_for_seeds(seeds)
         noise = torch.as_tensor(noise).float()
         if tuple(noise.shape) != (len(z), 3, r, r):
-            raise ValueError(f"noise must have shape {(len(z), 3, r, r)}, got {tuple(noise.shape)}")
+            raise InputError(f"noise must have shape {(len(z), 3, r, r)}, got {tuple(noise.shape)}")
         self.unet.eval()
         out = []
         for start in tqdm(range(0, len(z), batch_size), desc="sampling", disable=not progress):
@@ -398,9 +407,9 @@ def train_decoder(images: np.ndarray, embeddings: torch.Tensor | np.ndarray, con
     decoder = EmbeddingDecoder(config, int(torch.as_tensor(embeddings).shape[-1]))
     z_all = decoder.check_conditioning(embeddings)
     if len(z_all) != len(x_all):
-        raise ValueError(f"{len(x_all)} images but {len(z_all)} embeddings")
+        raise InputError(f"{len(x_all)} images but {len(z_all)} embeddings")
     if len(x_all) < 2:
-        raise ValueError("need at least 2 images to train the decoder")
+        raise InputError("need at least 2 images to train the decoder")
     with torch_threads(threads):
         decoder.fit_conditioning(z_all)
         return _train(decoder, x_all, decoder.condition(z_all), progress)

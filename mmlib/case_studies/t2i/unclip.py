@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmlib.core.errors import InputError
 from mmlib.models.clip import WeightsUnavailableError
 
 __all__ = ["UNCLIP_MODEL", "UNCLIP_CLIP", "load_unclip_pipeline", "unclip_embed_dim", "unclip_generate",
@@ -89,17 +90,17 @@ def unclip_generate(pipe: Any, image_embeds: torch.Tensor | np.ndarray, prompt: 
     z = torch.as_tensor(image_embeds)
     d = unclip_embed_dim(pipe)
     if z.ndim != 2:
-        raise ValueError(f"image_embeds must be a 2-D (n, d) tensor, got shape {tuple(z.shape)}")
+        raise InputError(f"image_embeds must be a 2-D (n, d) tensor, got shape {tuple(z.shape)}")
     if z.shape[1] != d:
-        raise ValueError(f"image_embeds have dimension {z.shape[1]} but the pipeline is conditioned on d={d} "
+        raise InputError(f"image_embeds have dimension {z.shape[1]} but the pipeline is conditioned on d={d} "
                          f"(expected {d}, got {z.shape[1]}): embed with the pipeline's CLIP model ({UNCLIP_CLIP})")
     if not bool(torch.isfinite(z.float()).all()):
-        raise ValueError("image_embeds contain NaN or Inf")
+        raise InputError("image_embeds contain NaN or Inf")
     if steps < 1 or not (guidance >= 0 and math.isfinite(guidance)):
-        raise ValueError(f"steps must be >= 1 and guidance a finite number >= 0, got {steps} and {guidance}")
+        raise InputError(f"steps must be >= 1 and guidance a finite number >= 0, got {steps} and {guidance}")
     seeds = np.arange(len(z)) if seeds is None else np.asarray(seeds)
     if seeds.shape != (len(z),):
-        raise ValueError(f"{len(seeds)} seeds for {len(z)} embeddings")
+        raise InputError(f"{len(seeds)} seeds for {len(z)} embeddings")
     param = next(pipe.unet.parameters())
     out = []
     for start in range(0, len(z), batch_size):
@@ -131,7 +132,7 @@ class UnCLIPDecoder:
         """Validate embeddings ``(n, d)`` (same errors as :func:`unclip_generate`)."""
         z = torch.as_tensor(z)
         if z.ndim != 2 or z.shape[1] != self.embed_dim:
-            raise ValueError(f"conditioning embeddings must be (n, {self.embed_dim}), got shape {tuple(z.shape)} "
+            raise InputError(f"conditioning embeddings must be (n, {self.embed_dim}), got shape {tuple(z.shape)} "
                              f"(expected d={self.embed_dim}, got {z.shape[-1] if z.ndim else 'a scalar'})")
         return z.float()
 

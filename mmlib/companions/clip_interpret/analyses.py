@@ -19,6 +19,8 @@ import torch.nn.functional as F
 
 from mmlib.companions.clip_interpret.decomposition import Head, ImageDecomposition
 from mmlib.companions.clip_interpret.textspan import TextPool
+from mmlib.core.errors import InputError
+from mmlib.core.validation import check_finite
 
 __all__ = ["head_embeddings", "nearest_neighbors", "property_nearest_neighbors", "head_image_neighbors",
            "head_text_neighbors", "head_heatmap", "contrastive_heatmap", "upsample_heatmap",
@@ -30,7 +32,7 @@ def _as_heads(heads: Head | Sequence[Head]) -> list[Head]:
         return [(int(heads[0]), int(heads[1]))]  # type: ignore[index]
     out = [(int(la), int(h)) for la, h in heads]  # type: ignore[misc]
     if not out:
-        raise ValueError("no heads given")
+        raise InputError("no heads given")
     return out
 
 
@@ -50,6 +52,11 @@ def nearest_neighbors(query: torch.Tensor, database: torch.Tensor, k: int = 5,
     indices, scores : Tensor
         ``(q, k)`` each, best first.
     """
+    query, database = torch.as_tensor(query), torch.as_tensor(database)
+    if query.ndim != 2 or database.ndim != 2 or query.shape[1] != database.shape[1]:
+        raise InputError(f"query {tuple(query.shape)} and database {tuple(database.shape)} must be (q, d) and (n, d)")
+    check_finite(query, "query")
+    check_finite(database, "database")
     scores = F.normalize(query.float(), dim=-1) @ F.normalize(database.float(), dim=-1).T
     if exclude is not None:
         exclude = torch.as_tensor(np.asarray(exclude), dtype=torch.long)
@@ -87,6 +94,7 @@ def head_image_neighbors(database: ImageDecomposition, layer: int, head: int, qu
 def head_text_neighbors(database: ImageDecomposition, layer: int, head: int, text_emb: torch.Tensor, k: int = 5
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-head nearest neighbours of texts ``(q, d)``: the images whose head contribution is closest to each."""
+    text_emb = check_finite(torch.as_tensor(text_emb), "text_emb")
     text_emb = text_emb.unsqueeze(0) if text_emb.dim() == 1 else text_emb
     return nearest_neighbors(text_emb, database.head(layer, head), k)
 
@@ -109,6 +117,9 @@ def head_heatmap(decomposition: ImageDecomposition, heads: Head | Sequence[Head]
     Tensor
         ``(n, g_h, g_w)`` (the class token's own share is left out).
     """
+    text_emb = check_finite(torch.as_tensor(text_emb), "text_emb")
+    if text_emb.numel() != decomposition.dim:
+        raise InputError(f"text_emb must be one embedding ({decomposition.dim},), got shape {tuple(text_emb.shape)}")
     text = F.normalize(text_emb.float().reshape(-1), dim=0)
     total = sum(decomposition.head_tokens(la, h) for la, h in _as_heads(heads))  # (n, T, d)
     scores = total[:, 1:] @ text                                                # type: ignore[index]
@@ -148,9 +159,9 @@ def head_feature_projections(decomposition: ImageDecomposition, directions: torc
     Tensor
         ``(K, L, H)``.
     """
-    dirs = directions.float()
-    if dirs.shape[1] != decomposition.dim:
-        raise ValueError(f"directions have d={dirs.shape[1]} but the decomposition d={decomposition.dim}")
+    dirs = check_finite(torch.as_tensor(directions), "directions").float()
+    if dirs.ndim != 2 or dirs.shape[1] != decomposition.dim:
+        raise InputError(f"directions have d={dirs.shape[1]} but the decomposition d={decomposition.dim}")
     if normalize:
         dirs = F.normalize(dirs, dim=-1)
     n = len(decomposition)
@@ -158,7 +169,7 @@ def head_feature_projections(decomposition: ImageDecomposition, directions: torc
         weights = torch.full((n, dirs.shape[0]), 1.0 / n)
     else:
         if activations.shape != (n, dirs.shape[0]):
-            raise ValueError(f"activations must be (n, K) = ({n}, {dirs.shape[0]}), got {tuple(activations.shape)}")
+            raise InputError(f"activations must be (n, K) = ({n}, {dirs.shape[0]}), got {tuple(activations.shape)}")
         act = activations.float().clamp_min(0)
         weights = act / act.sum(0, keepdim=True).clamp_min(1e-12)
     proj = torch.einsum("nlhd,kd->nlhk", decomposition.heads, dirs)           # (n, L, H, K)
@@ -175,8 +186,9 @@ def attribution_by_category(projections: torch.Tensor, categories: Sequence[str]
         features) and ``share`` (mean over features of the head's projection divided by the sum of absolute
         projections over all heads).
     """
+    projections = check_finite(torch.as_tensor(projections), "projections")
     if len(categories) != projections.shape[0]:
-        raise ValueError(f"{len(categories)} categories for {projections.shape[0]} features")
+        raise InputError(f"{len(categories)} categories for {projections.shape[0]} features")
     k, n_layers, n_heads = projections.shape
     flat = projections.reshape(k, -1)
     share = flat / flat.abs().sum(1, keepdim=True).clamp_min(1e-12)
@@ -218,7 +230,7 @@ def dominant_property(table: pd.DataFrame) -> str:
     """
     labelled = table.dropna(subset=["property"])
     if labelled.empty:
-        raise ValueError("no head is labelled with a property")
+        raise InputError("no head is labelled with a property")
     return str(labelled.sort_values("consistency", ascending=False)["property"].value_counts().index[0])
 
 
@@ -234,7 +246,7 @@ def value_queries(pool: TextPool, prop: str, n_values: int) -> list[int]:
     for v in range(n_values):
         hits = [i for i in range(len(pool)) if pool.properties[i] == prop and pool.values[i] == v]
         if not hits:
-            raise ValueError(f"no text in the pool names value {v} of {prop!r}")
+            raise InputError(f"no text in the pool names value {v} of {prop!r}")
         out.append(hits[0])
     return out
 
@@ -304,7 +316,7 @@ def segmentation_maps(decomposition: ImageDecomposition, heads: Head | Sequence[
     """
     n = len(decomposition)
     if len(own) != n or len(other) != n:
-        raise ValueError(f"one pair of texts per image: {n} images, {len(own)} and {len(other)} texts")
+        raise InputError(f"one pair of texts per image: {n} images, {len(own)} and {len(other)} texts")
     topic = torch.stack([head_heatmap(decomposition.select([j]), heads, own[j])[0] for j in range(n)])
     contrast = torch.stack([contrastive_heatmap(decomposition.select([j]), heads, own[j], other[j])[0]
                             for j in range(n)])

@@ -27,6 +27,8 @@ from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from PIL import Image
 from torch import nn
 
+from mmlib.core.errors import InputError, MmlibError, OutOfRangeError, UnsupportedModelError
+from mmlib.core.validation import check_finite
 from mmlib.data.world import World
 from mmlib.models.clip import ModelBundle, TinyClipArch
 from mmlib.models.training import images_to_tensor
@@ -37,7 +39,7 @@ __all__ = ["Head", "NotAViTError", "vision_transformer", "preprocess_images", "I
 #: A head, as ``(layer, head)``.
 Head = tuple[int, int]
 
-class NotAViTError(TypeError):
+class NotAViTError(MmlibError, TypeError):
     """The image tower is not an open_clip VisionTransformer (e.g. a ModifiedResNet or a timm tower)."""
 
 
@@ -61,25 +63,25 @@ def vision_transformer(model: ModelBundle | nn.Module) -> VisionTransformer:
             f"a {kind} (e.g. RN50's ModifiedResNet has no attention heads writing to a residual stream). "
             "Use a ViT model such as 'ViT-B-32'.")
     if visual.attn_pool is not None:
-        raise NotImplementedError("ViTs with attentional pooling (CoCa-style) are not supported")
+        raise UnsupportedModelError("ViTs with attentional pooling (CoCa-style) are not supported")
     if visual.pool_type != "tok":
-        raise NotImplementedError(f"only class-token pooling is supported, not pool_type={visual.pool_type!r}")
+        raise UnsupportedModelError(f"only class-token pooling is supported, not pool_type={visual.pool_type!r}")
     for i, block in enumerate(visual.transformer.resblocks):
         if not isinstance(block, ResidualAttentionBlock) or not isinstance(block.attn, nn.MultiheadAttention):
-            raise NotImplementedError(f"block {i} is a {type(block).__name__}; only open_clip's "
+            raise UnsupportedModelError(f"block {i} is a {type(block).__name__}; only open_clip's "
                                       "ResidualAttentionBlock with nn.MultiheadAttention is supported")
         attn = block.attn
         if not attn._qkv_same_embed_dim or attn.bias_k is not None or attn.add_zero_attn:
-            raise NotImplementedError(f"block {i}: unsupported nn.MultiheadAttention options")
+            raise UnsupportedModelError(f"block {i}: unsupported nn.MultiheadAttention options")
     if not isinstance(visual.ln_post, nn.LayerNorm):
-        raise NotImplementedError(f"ln_post is a {type(visual.ln_post).__name__}, not a LayerNorm")
+        raise UnsupportedModelError(f"ln_post is a {type(visual.ln_post).__name__}, not a LayerNorm")
     return visual
 
 
 def preprocess_images(bundle: ModelBundle, images: Sequence[Image.Image]) -> torch.Tensor:
     """Stack ``bundle.preprocess`` of PIL images: ``(n, 3, H, W)``."""
     if len(images) == 0:
-        raise ValueError("no images")
+        raise InputError("no images")
     return torch.stack([bundle.preprocess(im) for im in images])
 
 
@@ -175,7 +177,7 @@ class ImageDecomposition:
         """One head's per-token contributions ``(n, T, d)`` (its layer must be in ``token_layers``)."""
         layer = layer_index(layer, self.n_layers)
         if self.tokens is None or layer not in self.token_layers:
-            raise ValueError(f"no per-token contributions for layer {layer}: decompose with "
+            raise InputError(f"no per-token contributions for layer {layer}: decompose with "
                              f"token_layers including {layer} (kept: {list(self.token_layers)})")
         return self.tokens[:, self.token_layers.index(layer), head]
 
@@ -200,7 +202,7 @@ class ImageDecomposition:
 def layer_index(layer: int, n_layers: int) -> int:
     """The non-negative index of ``layer`` (negative indices count from the end); IndexError when out of range."""
     if not -n_layers <= layer < n_layers:
-        raise IndexError(f"layer {layer} out of range for {n_layers} layers")
+        raise OutOfRangeError(f"layer {layer} out of range for {n_layers} layers")
     return layer % n_layers
 
 
@@ -305,6 +307,11 @@ def decompose_images(model: ModelBundle | nn.Module, images: torch.Tensor, token
         float32 on the CPU.
     """
     visual = vision_transformer(model)
+    images = torch.as_tensor(images)
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise InputError(f"images must be preprocessed pixels (n, 3, H, W), got shape {tuple(images.shape)}; "
+                         "use preprocess_images")
+    check_finite(images, "images", hint="use preprocess_images on the PIL images")
     n_layers = len(visual.transformer.resblocks)
     keep = tuple(sorted({layer_index(layer, n_layers) for layer in token_layers}))
     param = next(visual.parameters())
@@ -329,7 +336,7 @@ def decompose_images(model: ModelBundle | nn.Module, images: torch.Tensor, token
     finally:
         visual.train(was_training)
     if not chunks:
-        raise ValueError("no images to decompose")
+        raise InputError("no images to decompose")
     merged = {name: torch.cat(parts) for name, parts in chunks.items()}
     grid = tuple(int(g) for g in visual.grid_size)
     n_tokens = merged["tokens"].shape[3] if "tokens" in merged else None
@@ -363,7 +370,7 @@ def decomposition_error(model: ModelBundle | nn.Module, images: torch.Tensor, de
     """
     module = model.model if isinstance(model, ModelBundle) else model
     if len(images) != len(decomposition):
-        raise ValueError(f"{len(images)} images but a decomposition of {len(decomposition)}")
+        raise InputError(f"{len(images)} images but a decomposition of {len(decomposition)}")
     param = next(module.parameters())
     with torch.inference_mode():
         direct = torch.cat([module.encode_image(images[i:i + batch_size].to(param.device, param.dtype)).float().cpu()

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 import tqdm
 
 from mmlib.companions.clip_interpret.decomposition import Head, ImageDecomposition, layer_index
+from mmlib.core.errors import InputError
+from mmlib.core.validation import check_finite
 from mmlib.data.world import Factor, compose_caption, default_factors
 
 __all__ = ["TextPool", "world_descriptions", "TextSpanResult", "textspan", "textspan_heads", "head_properties",
@@ -46,9 +48,9 @@ class TextPool:
 
     def __post_init__(self) -> None:
         if not self.texts:
-            raise ValueError("the text pool is empty")
+            raise InputError("the text pool is empty")
         if not len(self.texts) == len(self.properties) == len(self.values):
-            raise ValueError("one property and one value per text")
+            raise InputError("one property and one value per text")
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -119,10 +121,16 @@ def textspan(outputs: torch.Tensor, text_emb: torch.Tensor, k: int = 5, rank: in
     explained : list of float
         Cumulative share of the centred outputs' variance explained after each pick.
     """
+    outputs, text_emb = torch.as_tensor(outputs), torch.as_tensor(text_emb)
+    if outputs.ndim != 2 or text_emb.ndim != 2:
+        raise InputError(f"outputs {tuple(outputs.shape)} and text_emb {tuple(text_emb.shape)} must be (n, d) and "
+                         "(m, d)")
+    check_finite(outputs, "outputs")
+    check_finite(text_emb, "text_emb")
     data = outputs.double()
     texts = F.normalize(text_emb.double(), dim=-1)
     if data.shape[1] != texts.shape[1]:
-        raise ValueError(f"outputs have d={data.shape[1]} but texts d={texts.shape[1]}")
+        raise InputError(f"outputs have d={data.shape[1]} but texts d={texts.shape[1]}")
     if rank is not None:
         _, _, vh = torch.linalg.svd(data, full_matrices=False)
         basis = vh[:rank]
@@ -164,7 +172,7 @@ def textspan_heads(decomposition: ImageDecomposition, text_emb: torch.Tensor, te
     """
     pool = texts.texts if isinstance(texts, TextPool) else tuple(texts)
     if len(pool) != len(text_emb):
-        raise ValueError(f"{len(pool)} texts but {len(text_emb)} text embeddings")
+        raise InputError(f"{len(pool)} texts but {len(text_emb)} text embeddings")
     layers = range(decomposition.n_layers) if layers is None else [layer_index(la, decomposition.n_layers)
                                                                      for la in layers]
     heads = [(la, h) for la in layers for h in range(decomposition.n_heads)]
@@ -259,7 +267,7 @@ def random_assignment_baseline(results: Sequence[TextSpanResult], pool: TextPool
         ``labelled_heads`` and ``heads``.
     """
     if n_draws < 1:
-        raise ValueError(f"n_draws must be positive, got {n_draws}")
+        raise InputError(f"n_draws must be positive, got {n_draws}")
     rng = np.random.default_rng(seed)
     rows = []
     for _ in range(n_draws):

@@ -35,6 +35,9 @@ import pandas as pd
 import torch
 import tqdm
 
+from mmlib.core.errors import ConfigError, InputError
+from mmlib.core.validation import at_least, between, check_finite, greater_than, validate_config
+
 __all__ = ["AdmmConfig", "AdmmResult", "nonneg_lasso_admm", "nonneg_lasso_sklearn", "lasso_objective",
            "compare_with_sklearn"]
 
@@ -89,17 +92,22 @@ class AdmmConfig:
     chunk_size: int = 128
 
     def __post_init__(self) -> None:
+        validate_config(self)  # the types first, so that the checks below can compare
         if self.rho is not None and self.rho <= 0:
-            raise ValueError(f"rho must be positive (or None), got {self.rho}")
+            raise ConfigError(f"rho must be positive (or None), got {self.rho}")
         if self.balance <= 1.0:
-            raise ValueError(f"balance must exceed 1, got {self.balance}")
+            raise ConfigError(f"balance must exceed 1, got {self.balance}")
         if not 1.0 <= self.relaxation < 2.0:
-            raise ValueError(f"relaxation must lie in [1, 2), got {self.relaxation}")
+            raise ConfigError(f"relaxation must lie in [1, 2), got {self.relaxation}")
         for name in ("max_iter", "check_every", "max_rounds", "chunk_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.working_set is not None and self.working_set < 1:
-            raise ValueError(f"working_set must be a positive integer or None, got {self.working_set}")
+            raise ConfigError(f"working_set must be a positive integer or None, got {self.working_set}")
+        validate_config(self, rho=greater_than(0.0), relaxation=between(1.0, 2.0, high_open=True),
+                        max_iter=at_least(1), eps_abs=at_least(0.0), eps_rel=at_least(0.0), check_every=at_least(1),
+                        balance=greater_than(1.0), working_set=at_least(1), kkt_tol=at_least(0.0),
+                        max_rounds=at_least(1), chunk_size=at_least(1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -359,10 +367,16 @@ def nonneg_lasso_admm(dictionary: torch.Tensor, targets: torch.Tensor, l1_penalt
         ``weights`` ``(n, K)`` on the targets' device.
     """
     if dictionary.dim() != 2 or targets.dim() != 2 or dictionary.shape[1] != targets.shape[1]:
-        raise ValueError(f"need dictionary (K, d) and targets (n, d), got {tuple(dictionary.shape)} and "
+        raise InputError(f"need dictionary (K, d) and targets (n, d), got {tuple(dictionary.shape)} and "
                          f"{tuple(targets.shape)}")
+    check_finite(dictionary, "dictionary")
+    check_finite(targets, "targets")
+    if not isinstance(config, AdmmConfig):
+        raise InputError(f"config must be an AdmmConfig, got {type(config).__name__}")
+    if isinstance(l1_penalty, bool) or not np.isfinite(l1_penalty):
+        raise InputError(f"l1_penalty must be a finite number >= 0, got {l1_penalty!r}")
     if l1_penalty < 0:
-        raise ValueError(f"l1_penalty must be >= 0, got {l1_penalty}")
+        raise InputError(f"l1_penalty must be >= 0, got {l1_penalty}")
     started = time.perf_counter()
     out_device = targets.device
     v_all = targets.to(device=dictionary.device, dtype=dictionary.dtype)

@@ -24,7 +24,9 @@ from mmlib.analysis.zero_shot import zero_shot_accuracy
 from mmlib.companions.splice.admm import AdmmConfig, nonneg_lasso_admm
 from mmlib.companions.splice.model import Splice
 from mmlib.companions.splice.vocabulary import ConceptVocabulary
+from mmlib.core.errors import InputError
 from mmlib.core.stats import proportion_ci
+from mmlib.core.validation import check_finite
 from mmlib.data.world import _SPURIOUS_BACKGROUND, World, WorldConfig, generate_world
 from mmlib.models.clip import ModelBundle
 from mmlib.models.embed import EmbedConfig, embed_dataset
@@ -90,7 +92,7 @@ def top_concepts(weights: torch.Tensor, vocabulary: ConceptVocabulary, k: int = 
     if w.dim() == 1:
         w = w.unsqueeze(0)
     if w.shape[1] != len(vocabulary):
-        raise ValueError(f"weights have {w.shape[1]} columns for a vocabulary of {len(vocabulary)}")
+        raise InputError(f"weights have {w.shape[1]} columns for a vocabulary of {len(vocabulary)}")
     values, index = w.topk(min(k, w.shape[1]), dim=1)
     rows = []
     for i in range(w.shape[0]):
@@ -107,7 +109,7 @@ def remove_concepts(weights: torch.Tensor, vocabulary: ConceptVocabulary, concep
     """A copy of ``weights (n, K)`` with the named concepts and every concept of the named factors set to 0."""
     index = vocabulary.indices(concepts, factors)
     if len(index) == 0:
-        raise ValueError("nothing to remove: name at least one concept or factor")
+        raise InputError("nothing to remove: name at least one concept or factor")
     out = weights.clone()
     out[:, torch.from_numpy(index)] = 0
     return out
@@ -157,7 +159,7 @@ def class_concept_weights(weights: torch.Tensor, labels: torch.Tensor | np.ndarr
     """Mean concept weight per class: a ``(classes, K)`` DataFrame (index: class names, columns: concepts)."""
     labels = np.asarray(labels)
     if len(labels) != weights.shape[0]:
-        raise ValueError(f"{weights.shape[0]} decompositions but {len(labels)} labels")
+        raise InputError(f"{weights.shape[0]} decompositions but {len(labels)} labels")
     classes = np.unique(labels)
     w = weights.float().cpu().numpy()
     table = np.stack([w[labels == c].mean(0) for c in classes])
@@ -428,6 +430,7 @@ def name_features(splice: Splice, directions: torch.Tensor, l1_penalty: float, c
         decomposition), ``top_factor`` (factor of the top concept, ``"(none)"`` if unknown), ``top_role`` (with
         ``roles``) and ``l0``.
     """
+    directions = check_finite(torch.as_tensor(directions), "directions")
     units = F.normalize(directions.float(), dim=-1)
     weights = nonneg_lasso_admm(splice.dictionary, units, l1_penalty, config or splice.admm).weights
     voc = splice.vocabulary

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from mmlib.companions.splice.admm import AdmmConfig, AdmmResult, nonneg_lasso_admm
 from mmlib.companions.splice.vocabulary import ConceptVocabulary, check_vocabulary
+from mmlib.core.errors import ConfigError, InputError
+from mmlib.core.validation import check_finite
 from mmlib.models.clip import ModelBundle
 from mmlib.models.prompts import encode_texts
 
@@ -29,15 +32,18 @@ __all__ = ["modality_mean", "center_embeddings", "SpliceDecomposition", "Splice"
 def modality_mean(embeddings: torch.Tensor) -> torch.Tensor:
     """The mean ``(d,)`` of the L2-normalised rows of ``embeddings (n, d)`` (SpLiCE's centring offset)."""
     if len(embeddings) == 0:
-        raise ValueError("cannot take the mean of zero embeddings")
+        raise InputError("cannot take the mean of zero embeddings")
+    check_finite(embeddings, "embeddings")
     return F.normalize(embeddings.float(), dim=-1).mean(0)
 
 
 def center_embeddings(embeddings: torch.Tensor, mean: torch.Tensor | None) -> torch.Tensor:
     """``normalize(normalize(x) - mean)`` per row (or just ``normalize(x)`` when ``mean`` is None); ``(n, d)``."""
+    check_finite(embeddings, "embeddings")
     x = F.normalize(embeddings.float(), dim=-1)
     if mean is None:
         return x
+    check_finite(mean, "mean")
     return F.normalize(x - mean.to(x), dim=-1)
 
 
@@ -103,9 +109,20 @@ class Splice:
 
     def __post_init__(self) -> None:
         if self.dictionary.shape[0] != len(self.vocabulary):
-            raise ValueError(f"{self.dictionary.shape[0]} dictionary rows for {len(self.vocabulary)} concepts")
-        if self.l1_penalty < 0:
-            raise ValueError(f"l1_penalty must be >= 0, got {self.l1_penalty}")
+            raise InputError(f"{self.dictionary.shape[0]} dictionary rows for {len(self.vocabulary)} concepts")
+        check_finite(self.dictionary, "Splice.dictionary", hint="re-embed the vocabulary")
+        for name in ("image_mean", "concept_mean"):
+            value = getattr(self, name)
+            if value is not None:
+                check_finite(value, f"Splice.{name}")
+                if tuple(value.shape) != (self.dictionary.shape[1],):
+                    raise InputError(f"Splice.{name} has shape {tuple(value.shape)}, expected "
+                                     f"({self.dictionary.shape[1]},)")
+        if isinstance(self.l1_penalty, bool) or not isinstance(self.l1_penalty, (int, float)) or \
+                not np.isfinite(self.l1_penalty) or self.l1_penalty < 0:
+            raise ConfigError(f"Splice.l1_penalty must be a finite number >= 0, got {self.l1_penalty!r}")
+        if not isinstance(self.admm, AdmmConfig):
+            raise ConfigError(f"Splice.admm must be an AdmmConfig, got {type(self.admm).__name__}")
 
     @property
     def center(self) -> bool:
@@ -118,8 +135,12 @@ class Splice:
 
     def prepare(self, image_emb: torch.Tensor) -> torch.Tensor:
         """The targets ``(n, d)`` of the decomposition: normalised, centred with ``image_mean``, renormalised."""
+        image_emb = torch.as_tensor(image_emb)
+        if image_emb.ndim != 2:
+            raise InputError(f"image_emb must be embeddings (n, d), got shape {tuple(image_emb.shape)}")
+        check_finite(image_emb, "image_emb")
         if image_emb.shape[-1] != self.dictionary.shape[1]:
-            raise ValueError(f"embeddings have d={image_emb.shape[-1]} but the dictionary d="
+            raise InputError(f"embeddings have d={image_emb.shape[-1]} but the dictionary d="
                              f"{self.dictionary.shape[1]} (another model?)")
         return center_embeddings(image_emb, self.image_mean)
 
@@ -140,6 +161,11 @@ class Splice:
 
         An all-zero weight vector recomposes to the image mean's direction (or to zero without centring).
         """
+        weights = torch.as_tensor(weights)
+        if weights.ndim != 2 or weights.shape[1] != self.dictionary.shape[0]:
+            raise InputError(f"weights must be (n, {self.dictionary.shape[0]}) (one per concept), got "
+                             f"{tuple(weights.shape)}")
+        check_finite(weights, "weights")
         fitted = F.normalize(weights.float().cpu() @ self.dictionary.float().cpu(), dim=-1)
         if self.image_mean is None:
             return fitted
@@ -178,10 +204,14 @@ def build_splice(bundle: ModelBundle, vocabulary: ConceptVocabulary, image_refer
         with ``center=True`` but neither ``image_reference`` nor ``image_mean``.
     """
     if "{}" not in template:
-        raise ValueError(f"template must contain '{{}}', got {template!r}")
+        raise InputError(f"template must contain '{{}}', got {template!r}")
     check_vocabulary(vocabulary, bundle.tokenizer, template)
     if center and image_reference is None and image_mean is None:
-        raise ValueError("center=True needs image_reference (image embeddings to average) or image_mean")
+        raise InputError("center=True needs image_reference (image embeddings to average) or image_mean")
+    if image_reference is not None:
+        check_finite(image_reference, "image_reference")
+    if image_mean is not None:
+        check_finite(image_mean, "image_mean")
     concepts = F.normalize(encode_texts(bundle, [template.format(c) for c in vocabulary.concepts], batch_size),
                            dim=-1)
     concept_mean = None
@@ -191,6 +221,6 @@ def build_splice(bundle: ModelBundle, vocabulary: ConceptVocabulary, image_refer
         concepts = F.normalize(concepts - concept_mean, dim=-1)
         mean = image_mean.float().cpu() if image_mean is not None else modality_mean(image_reference.cpu())
         if mean.shape != (concepts.shape[1],):
-            raise ValueError(f"image mean has shape {tuple(mean.shape)}, expected ({concepts.shape[1]},)")
+            raise InputError(f"image mean has shape {tuple(mean.shape)}, expected ({concepts.shape[1]},)")
     return Splice(vocabulary=vocabulary, dictionary=concepts, image_mean=mean, concept_mean=concept_mean,
                   l1_penalty=float(l1_penalty), admm=admm, model=bundle.identity)

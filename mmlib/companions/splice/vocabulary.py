@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mmlib.core.errors import ArgumentTypeError, InputError, InputNotFoundError, MissingKeyError
 from mmlib.data.world import CAPTION_PREFIXES, OBJECT_NOUNS, Factor, default_factors, phrase
 from mmlib.models.embed import context_length
 
@@ -24,7 +25,7 @@ __all__ = ["VocabularyError", "ConceptVocabulary", "world_vocabulary", "read_voc
 
 _STOPWORDS = frozenset({"a", "an", "the", "of", "on", "in", "by", "to", "that", "is"})
 
-class VocabularyError(ValueError):
+class VocabularyError(InputError):
     """A concept vocabulary is unusable: empty, with duplicates, blank entries or over-long concepts."""
 
 
@@ -88,14 +89,14 @@ class ConceptVocabulary:
         except ValueError:
             close = difflib.get_close_matches(concept, self.concepts, n=5, cutoff=0.6)
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
-            raise KeyError(f"concept {concept!r} is not in the vocabulary.{hint}") from None
+            raise MissingKeyError(f"concept {concept!r} is not in the vocabulary.{hint}") from None
 
     def indices(self, concepts: Sequence[str] = (), factors: Sequence[str] = ()) -> np.ndarray:
         """Sorted positions of the named ``concepts`` and of every concept of the named ``factors``."""
         known = {f for f in self.factors if f is not None}
         unknown = [f for f in factors if f not in known]
         if unknown:
-            raise KeyError(f"no concept of factor(s) {unknown}; factors in this vocabulary: {sorted(known)}")
+            raise MissingKeyError(f"no concept of factor(s) {unknown}; factors in this vocabulary: {sorted(known)}")
         picked = {self.index(c) for c in concepts}
         picked |= {i for i, f in enumerate(self.factors) if f is not None and f in set(factors)}
         return np.array(sorted(picked), dtype=np.int64)
@@ -175,7 +176,7 @@ def read_vocabulary(path: str | Path, size: int | None = None, separator: str | 
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"vocabulary file {path} does not exist (one concept per line expected)")
+        raise InputNotFoundError(f"vocabulary file {path} does not exist (one concept per line expected)")
     concepts = []
     for line in path.read_text(encoding="utf-8").splitlines():
         text = line.strip()
@@ -186,7 +187,7 @@ def read_vocabulary(path: str | Path, size: int | None = None, separator: str | 
         concepts.append(text)
     if size is not None:
         if size < 1:
-            raise ValueError(f"size must be positive, got {size}")
+            raise InputError(f"size must be positive, got {size}")
         concepts = concepts[-size:]
     return ConceptVocabulary(tuple(concepts), source=str(path))
 
@@ -199,7 +200,7 @@ def _token_lengths(tokenizer, texts: Sequence[str]) -> list[int]:
     inner = getattr(tokenizer, "tokenizer", None)  # open_clip's HFTokenizer wraps a Hugging Face tokenizer
     if inner is not None and callable(inner):
         return [len(inner(t)["input_ids"]) for t in texts]
-    raise TypeError(f"cannot count tokens with a {type(tokenizer).__name__}: it has neither .encode nor "
+    raise ArgumentTypeError(f"cannot count tokens with a {type(tokenizer).__name__}: it has neither .encode nor "
                     ".tokenizer")
 
 
