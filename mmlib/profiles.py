@@ -14,15 +14,17 @@ from __future__ import annotations
 import dataclasses
 import difflib
 
+from mmlib.core.errors import ConfigError, InputError
+from mmlib.core.validation import at_least, one_of, validate_config
 from mmlib.data.world import WorldConfig
 from mmlib.feature_maps.ncl import NCLConfig
 from mmlib.feature_maps.raw import RawConfig
 from mmlib.feature_maps.sae import SAEConfig
-from mmlib.models.clip import TinyClipArch
+from mmlib.models.clip import TinyClipArch, UnknownModelError, check_model_name
 from mmlib.models.training import TrainConfig
 
 
-class UnknownProfileError(ValueError):
+class UnknownProfileError(InputError):
     """The profile name is neither ``tiny`` nor ``paper``."""
 
 
@@ -69,6 +71,42 @@ class Profile:
     ncl: NCLConfig = NCLConfig(K=512)
     map_seeds: tuple[int, ...] = (0, 1, 2)
 
+    def __post_init__(self) -> None:
+        validate_config(self, name=one_of(*PROFILES), embed_batch_size=at_least(1), map_seeds=at_least(0))
+        nested = (("world", WorldConfig, False), ("arch", TinyClipArch, True), ("clip_train", TrainConfig, True),
+                  ("declip_train", TrainConfig, True), ("raw", RawConfig, False), ("sae", SAEConfig, False),
+                  ("ncl", NCLConfig, False))
+        for field, cls, optional in nested:
+            value = getattr(self, field)
+            if not (isinstance(value, cls) or (optional and value is None)):
+                raise ConfigError(f"Profile.{field} must be a {cls.__name__}{' or None' if optional else ''}, got "
+                                  f"{value!r}.")
+        for field in ("open_clip_model", "pretrained", "pairs"):
+            value = getattr(self, field)
+            if value is not None and not value.strip():
+                raise ConfigError(f"Profile.{field} must be None or a non-empty string, got {value!r}.")
+        if not self.device.strip() or (self.device != "auto" and not _is_torch_device(self.device)):
+            raise ConfigError(f"Profile.device must be 'auto' or a torch device such as 'cpu' or 'cuda:0', got "
+                              f"{self.device!r}.")
+        if not self.map_seeds or len(set(self.map_seeds)) != len(self.map_seeds):
+            raise ConfigError(f"Profile.map_seeds must be one or more distinct seeds, got {self.map_seeds!r}.")
+        if self.name == "tiny":
+            missing = [f for f in ("arch", "clip_train", "declip_train") if getattr(self, f) is None]
+            if missing:
+                raise ConfigError(f"Profile.{missing[0]} must be set for the 'tiny' profile (it trains its own "
+                                  "models), got None.")
+            if self.arch.image_size != self.world.image_size:
+                raise ConfigError(f"Profile.arch.image_size ({self.arch.image_size}) must equal Profile.world."
+                                  f"image_size ({self.world.image_size}): the tiny models are trained on the world.")
+        if self.name == "paper":
+            if self.open_clip_model is None:
+                raise ConfigError("Profile.open_clip_model must be set for the 'paper' profile (e.g. 'ViT-B-32'), "
+                                  "got None.")
+            try:
+                check_model_name(self.open_clip_model)
+            except UnknownModelError as err:
+                raise ConfigError(f"Profile.open_clip_model: {err}") from None
+
     def feature_map_configs(self, seed: int = 0) -> dict[str, tuple[str, object]]:
         """Map name -> ``(kind, config)`` of the three feature maps, the trainable ones with ``seed``."""
         return {"raw": ("raw", self.raw), "SAE": ("sae", dataclasses.replace(self.sae, seed=seed)),
@@ -105,6 +143,15 @@ def _paper() -> Profile:
 PROFILES = {"tiny": _tiny, "paper": _paper}
 
 
+def _is_torch_device(device: str) -> bool:
+    import torch
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    return True
+
+
 def get_profile(name: str, **overrides) -> Profile:
     """The profile called ``name`` (``"tiny"`` or ``"paper"``), with optional field overrides.
 
@@ -112,10 +159,19 @@ def get_profile(name: str, **overrides) -> Profile:
     ------
     UnknownProfileError
         for any other name (with the closest valid name).
+    ConfigError
+        for an override that is not a field of :class:`Profile`, or a value that :class:`Profile` rejects.
     """
-    if name not in PROFILES:
+    if not isinstance(name, str) or name not in PROFILES:
         close = difflib.get_close_matches(str(name), list(PROFILES), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise UnknownProfileError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}.{hint}")
+    fields = [f.name for f in dataclasses.fields(Profile)]
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], fields, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown Profile field(s) {unknown} in the overrides of get_profile({name!r}); the fields "
+                          f"are {fields}.{hint}")
     profile = PROFILES[name]()
     return dataclasses.replace(profile, **overrides) if overrides else profile

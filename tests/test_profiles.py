@@ -12,3 +12,45 @@ def test_unknown_profile():
         get_profile("tiney")
     assert get_profile("tiny").null_world.null
     assert get_profile("paper").open_clip_model == "ViT-B-32"
+
+
+# ------------------------------------------------------------------------------- bad inputs (issue 15)
+
+import dataclasses  # noqa: E402
+
+from mmlib.core.errors import ConfigError, InputError  # noqa: E402
+from mmlib.data.world import WorldConfig  # noqa: E402
+
+
+def test_unknown_profile_is_an_input_error():
+    assert issubclass(UnknownProfileError, InputError)
+    with pytest.raises(UnknownProfileError, match="unknown profile None"):
+        get_profile(None)
+
+
+@pytest.mark.parametrize("name, overrides, message", [
+    ("tiny", dict(embed_batch_size=0), r"Profile\.embed_batch_size must be in \[1"),
+    ("tiny", dict(embed_batch_size=2.0), "embed_batch_size must be an integer"),
+    ("tiny", dict(map_seeds=()), "map_seeds must be one or more distinct"),
+    ("tiny", dict(map_seeds=(0, 0)), "map_seeds must be one or more distinct"),
+    ("tiny", dict(map_seeds=(0, -1)), "map_seeds"), ("tiny", dict(map_seeds=(0, "1")), "map_seeds"),
+    ("tiny", dict(device="gpu"), "Profile.device must be 'auto' or a torch device"),
+    ("tiny", dict(arch=None), r"Profile\.arch must be set for the 'tiny' profile"),
+    ("tiny", dict(world=WorldConfig(image_size=64)), r"arch\.image_size \(32\) must equal"),
+    ("tiny", dict(clip_train={"steps": 3}), "Profile.clip_train must be a TrainConfig or None"),
+    ("tiny", dict(world=None), "Profile.world must be a WorldConfig"),
+    ("tiny", dict(pairs="  "), "Profile.pairs must be None or a non-empty string"),
+    ("paper", dict(open_clip_model="ViT-B-33"), r"Profile\.open_clip_model: unknown open_clip model 'ViT-B-33'"),
+    ("paper", dict(open_clip_model=None), "must be set for the 'paper' profile"),
+    ("tiny", dict(embed_batchsize=8), r"unknown Profile field\(s\) \['embed_batchsize'\].*'embed_batch_size'"),
+])
+def test_profile_rejects_bad_overrides(name, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        get_profile(name, **overrides)
+
+
+def test_valid_overrides_still_work():
+    profile = get_profile("tiny", device="cpu", map_seeds=(0, 1), embed_batch_size=16)
+    assert profile.device == "cpu" and dataclasses.replace(profile, device="auto").device == "auto"
+    with pytest.raises(ConfigError, match="Profile.name must be one of 'tiny', 'paper'"):
+        dataclasses.replace(profile, name="huge")

@@ -11,10 +11,10 @@ import difflib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from mmlib.core.artifacts import file_sha256, stable_hash
-from mmlib.data.protocol import DatasetError, check_index, open_rgb
+from mmlib.data.protocol import DatasetError, as_path, check_file, check_folder, check_index, load_image, read_text
 
 #: CelebA's evaluation partitions (``list_eval_partition.txt``: 0 train, 1 validation, 2 test).
 CELEBA_PARTITIONS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
@@ -64,29 +64,34 @@ class CelebAFaces:
     Raises
     ------
     DatasetError
-        for a missing folder or file, a malformed line (its line number is given), an unknown attribute (with
-        the closest names), an unknown partition, or no image left; ``image(i)`` names an unreadable file.
+        for a missing folder or file (or a file where a folder is expected, and vice versa), a file that is not
+        UTF-8 or a malformed line (its line number is given), an image name that is not a plain file name, an
+        unknown attribute (with the closest names), an unknown partition, a parameter of the wrong type or value,
+        or no image left; ``image(i)`` names an unreadable file (or one too large to decode safely).
     """
 
     def __init__(self, root: str | Path, attribute: str = "Male", values: tuple[str, str] = ("woman", "man"),
                  partition: str | None = None, caption: str = "a photo of a person", limit: int | None = None,
                  attr_file: str = "list_attr_celeba.txt", image_dir: str = "img_align_celeba") -> None:
-        self.root = Path(root).expanduser().resolve()
-        if not self.root.is_dir():
-            raise DatasetError(f"CelebA folder {self.root} does not exist; pass the folder that holds "
-                               f"{attr_file} and {image_dir}/.")
+        for name, value in (("attribute", attribute), ("caption", caption), ("attr_file", attr_file),
+                            ("image_dir", image_dir)):
+            if not isinstance(value, str) or not value.strip():
+                raise DatasetError(f"CelebAFaces: {name} must be a non-empty string, got {value!r}.")
+        self.root = as_path(root, "CelebAFaces: root").resolve()
+        check_folder(self.root, "CelebA folder", f"pass the folder that holds {attr_file} and {image_dir}/")
         self.attr_path = self.root / attr_file
         self.image_root = self.root / image_dir
-        for path, what in ((self.attr_path, "attribute table"), (self.image_root, "image folder")):
-            if not path.exists():
-                raise DatasetError(f"CelebA {what} {path} does not exist; the folder {self.root} must hold "
-                                   f"{attr_file} and {image_dir}/ as CelebA distributes them.")
-        if len(values) != 2 or len(set(values)) != 2:
-            raise DatasetError(f"values must name the two values of {attribute!r} (for -1, then +1), got {values}")
+        layout = f"the folder {self.root} must hold {attr_file} and {image_dir}/ as CelebA distributes them"
+        check_file(self.attr_path, "CelebA attribute table", layout)
+        check_folder(self.image_root, "CelebA image folder", layout)
+        if (not isinstance(values, (tuple, list)) or len(values) != 2 or len(set(values)) != 2
+                or not all(isinstance(v, str) and v.strip() for v in values)):
+            raise DatasetError(f"values must name the two values of {attribute!r} (for -1, then +1) as two "
+                               f"different non-empty strings, got {values!r}")
         if partition is not None and partition not in CELEBA_PARTITIONS:
             raise DatasetError(f"unknown partition {partition!r}; choose one of {list(CELEBA_PARTITIONS)} or None")
-        if limit is not None and limit < 1:
-            raise DatasetError(f"limit must be a positive number of images, got {limit}")
+        if limit is not None and (not isinstance(limit, (int, np.integer)) or isinstance(limit, bool) or limit < 1):
+            raise DatasetError(f"limit must be a positive number of images (an integer) or None, got {limit!r}")
         self.attribute, self.values = attribute, tuple(values)
         self.partition, self.caption_template = partition, caption
         names, files, column, lines = self._parse_attributes(attribute)
@@ -108,8 +113,7 @@ class CelebAFaces:
 
     def _parse_attributes(self, attribute: str) -> tuple[list[str], list[str], np.ndarray, list[int]]:
         path = self.attr_path
-        with open(path, encoding="utf-8") as handle:
-            lines = handle.read().splitlines()
+        lines = read_text(path).splitlines()
         if len(lines) < 2:
             raise DatasetError(f"{path} has {len(lines)} line(s); CelebA's attribute table starts with the image "
                                "count (line 1) and the attribute names (line 2).")
@@ -117,9 +121,15 @@ class CelebAFaces:
             declared = int(lines[0].strip())
         except ValueError:
             raise DatasetError(f"{path}, line 1: expected the number of images, got {lines[0][:60]!r}.") from None
+        if declared < 0:
+            raise DatasetError(f"{path}, line 1: the number of images must not be negative, got {declared}.")
         names = lines[1].split()
         if not names:
             raise DatasetError(f"{path}, line 2: expected the attribute names, found an empty line.")
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise DatasetError(f"{path}, line 2: attribute name(s) {repeated} appear more than once; each column "
+                               "needs a unique name.")
         if attribute not in names:
             close = difflib.get_close_matches(attribute, names, n=3)
             hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
@@ -141,7 +151,10 @@ class CelebAFaces:
                 raise DatasetError(f"{path}, line {number}: value {bad!r} for {fields[0]}; "
                                    "attribute values are 1 or -1.")
             if fields[0] in seen:
-                raise DatasetError(f"{path}, line {number}: {fields[0]} is listed twice.")
+                raise DatasetError(f"{path}, line {number}: {fields[0]} is listed twice; remove the duplicate line.")
+            if "/" in fields[0] or "\\" in fields[0] or fields[0] in (".", ".."):
+                raise DatasetError(f"{path}, line {number}: {fields[0]!r} is not a plain file name; list the images "
+                                   f"of {self.image_root} by name (e.g. 000001.jpg).")
             seen.add(fields[0])
             files.append(fields[0])
             column.append(int(fields[1 + col]))
@@ -152,18 +165,23 @@ class CelebAFaces:
         return names, files, np.asarray(column, dtype=np.int64), numbers
 
     def _partition_mask(self, path: Path, files: list[str], wanted: int) -> np.ndarray:
+        if path.is_dir():
+            raise DatasetError(f"partition {self.partition!r} needs the file {path}, but it is a directory; replace "
+                               "it with CelebA's list_eval_partition.txt or pass partition=None.")
         if not path.is_file():
             raise DatasetError(f"partition {self.partition!r} needs {path} (CelebA's list_eval_partition.txt); "
                                "add it or pass partition=None.")
         part: dict[str, int] = {}
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                fields = line.split()
-                if not fields:
-                    continue
-                if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
-                    raise DatasetError(f"{path}, line {number}: expected 'FILE 0|1|2', got {line.strip()[:60]!r}.")
-                part[fields[0]] = int(fields[1])
+        for number, line in enumerate(read_text(path).splitlines(), start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
+                raise DatasetError(f"{path}, line {number}: expected 'FILE 0|1|2', got {line.strip()[:60]!r}.")
+            if fields[0] in part and part[fields[0]] != int(fields[1]):
+                raise DatasetError(f"{path}, line {number}: {fields[0]} is listed again with another partition "
+                                   f"({fields[1]}, before {part[fields[0]]}); keep one line per image.")
+            part[fields[0]] = int(fields[1])
         missing = [f for f in files if f not in part]
         if missing:
             raise DatasetError(f"{path} has no partition for {len(missing)} image(s) of the attribute table "
@@ -197,12 +215,12 @@ class CelebAFaces:
         """
         path = self.image_root / self.filename(index)
         where = f"line {self._lines[index]} of {self.attr_path}"
+        if path.is_dir():
+            raise DatasetError(f"image {path} ({where}) is a directory, not an image file; replace it with the "
+                               "image.")
         if not path.is_file():
             raise DatasetError(f"image {path} ({where}) does not exist; is {self.image_root} complete?")
-        try:
-            return open_rgb(path)
-        except (OSError, UnidentifiedImageError, ValueError) as err:
-            raise DatasetError(f"image {path} ({where}) is unreadable ({err}); replace or remove it.") from err
+        return load_image(path, f"image {path} ({where})", "replace or remove it")
 
     def caption(self, index: int) -> str:
         """The caption of the ``index``-th image (``caption`` with ``{value}`` filled in)."""

@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from mmlib.analysis.zero_shot import zero_shot_accuracy
+from mmlib.core.errors import InputError
 from mmlib.core.stats import proportion_ci
+from mmlib.core.validation import check_finite
 from mmlib.data.world import Factor, WorldSplit, compose_caption
 from mmlib.models.clip import ModelBundle
 
@@ -25,8 +27,15 @@ from mmlib.models.clip import ModelBundle
 @torch.inference_mode()
 def encode_texts(bundle: ModelBundle, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
     """Text embeddings ``(k, d)`` (unnormalised) of ``texts``."""
+    if isinstance(texts, str):
+        raise InputError(f"texts must be a list of strings, got one string {texts[:40]!r}; wrap it in a list.")
     if len(texts) == 0:
-        raise ValueError("no texts to encode")
+        raise InputError("texts is empty: no texts to encode; pass at least one string.")
+    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+    if bad is not None:
+        raise InputError(f"texts[{bad}] must be a string, got {texts[bad]!r} ({type(texts[bad]).__name__}).")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}.")
     device = next(bundle.model.parameters()).device
     chunks = [bundle.model.encode_text(bundle.tokenizer(list(texts[i:i + batch_size])).to(device)).float().cpu()
               for i in range(0, len(texts), batch_size)]
@@ -73,7 +82,7 @@ def class_embeddings(encode: Callable[[list[str]], torch.Tensor], factor: Factor
         those prompts (CLIP's prompt ensembling); ``"single"``: ``(k, d)``, the class named alone.
     """
     if reading not in PROMPT_READINGS:
-        raise ValueError(f"unknown prompt reading {reading!r}; choose one of {PROMPT_READINGS}")
+        raise InputError(f"unknown prompt reading {reading!r}; choose one of {PROMPT_READINGS}")
     context = () if reading == "single" else prompt_context(factors, factor)
     sets = class_prompt_sets(factor, context, template)
     k, p = len(sets), len(sets[0])
@@ -94,8 +103,25 @@ def zero_shot_report(bundle: ModelBundle, image_emb: torch.Tensor, split: WorldS
     factors : names; default all factors that are depicted somewhere in the split.
     readings : prompt readings (see :func:`class_embeddings`), one row per factor and reading.
     """
+    image_emb = torch.as_tensor(image_emb)
+    if image_emb.ndim != 2:
+        raise InputError(f"image_emb must be a (n, d) matrix, got shape {tuple(image_emb.shape)}.")
     if len(image_emb) != len(split):
-        raise ValueError(f"{len(image_emb)} image embeddings for a split of {len(split)} pairs")
+        raise InputError(f"image_emb has {len(image_emb)} rows for a split of {len(split)} pairs; embed the same "
+                         "split, in its order.")
+    check_finite(image_emb, "image_emb", hint="re-embed the images; NaN rows cannot be scored")
+    if isinstance(readings, str):
+        readings = (readings,)
+    unknown = [r for r in readings if r not in PROMPT_READINGS]
+    if unknown or not readings:
+        raise InputError(f"readings must name one or more of {PROMPT_READINGS}, got {list(readings)!r}.")
+    if factors is not None:
+        if isinstance(factors, str):
+            factors = (factors,)
+        names = [f.name for f in split.world.factors]
+        missing = [f for f in factors if f not in names]
+        if missing:
+            raise InputError(f"factors: unknown factor(s) {missing}; the world's factors are {names}.")
     rows = []
     for f in split.world.factors:
         if factors is not None and f.name not in factors:
@@ -119,8 +145,13 @@ def caption_scale(captions: torch.Tensor) -> float:
     """
     captions = torch.as_tensor(captions)
     if captions.ndim != 2 or len(captions) == 0:
-        raise ValueError(f"expected caption embeddings (n, d) with n >= 1, got shape {tuple(captions.shape)}")
-    return float(captions.float().norm(dim=1).mean())
+        raise InputError(f"captions: expected caption embeddings (n, d) with n >= 1, got shape "
+                         f"{tuple(captions.shape)}")
+    check_finite(captions, "captions", hint="re-embed the captions")
+    scale = float(captions.float().norm(dim=1).mean())
+    if scale == 0:
+        raise InputError("captions are all zero vectors: their mean norm is 0, no scale to fit class embeddings to.")
+    return scale
 
 
 def caption_scaled(class_emb: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
@@ -131,4 +162,5 @@ def caption_scaled(class_emb: torch.Tensor, captions: torch.Tensor) -> torch.Ten
     was fitted to caption embeddings at their own scale (an SAE fed unit vectors sees almost no signal), so prompts
     that go through a map must first be put on that scale.
     """
-    return F.normalize(torch.as_tensor(class_emb).float(), dim=-1) * caption_scale(captions)
+    class_emb = check_finite(torch.as_tensor(class_emb), "class_emb", hint="re-embed the class prompts")
+    return F.normalize(class_emb.float(), dim=-1) * caption_scale(captions)

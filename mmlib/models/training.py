@@ -33,6 +33,8 @@ from tqdm import tqdm
 from mmlib.analysis.zero_shot import zero_shot_accuracy
 from mmlib.core.artifacts import artifact_path, code_version, load_or_compute, stable_hash, to_jsonable
 from mmlib.core.devices import effective_threads, torch_threads
+from mmlib.core.errors import ConfigError, CorruptArtifactError, InputError
+from mmlib.core.validation import at_least, between, greater_than, validate_config
 from mmlib.data.world import World
 from mmlib.models.clip import ModelBundle, TinyClipArch, build_tiny_clip, tiny_bundle
 from mmlib.models.prompts import class_embeddings
@@ -86,15 +88,14 @@ class TrainConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        if self.steps <= 0 or self.batch_size < 2:
-            raise ValueError("steps must be positive and batch_size at least 2")
+        validate_config(self, steps=at_least(1), batch_size=at_least(2), lr=greater_than(0),
+                        weight_decay=at_least(0), warmup=at_least(0), seed=at_least(0),
+                        image_ssl_weight=at_least(0), text_mlm_weight=at_least(0),
+                        mask_prob=between(0, 1, low_open=True, high_open=True), shift=at_least(0),
+                        ssl_temperature=greater_than(0), threads=at_least(1))
         if self.declip and (self.batch_size < 4 or self.batch_size % 2):
-            raise ValueError(f"the DeCLIP-like batch holds two views per pair: batch_size must be even and at "
-                             f"least 4, got {self.batch_size}")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
-            raise ValueError(f"threads must be a positive integer or None, got {self.threads!r}")
-        if not 0 < self.mask_prob < 1:
-            raise ValueError(f"mask_prob must lie in (0, 1), got {self.mask_prob}")
+            raise ConfigError(f"TrainConfig.batch_size: the DeCLIP-like batch holds two views per pair: batch_size "
+                              f"must be even and at least 4, got {self.batch_size}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,18 +181,36 @@ def train_tiny_clip(world: World, arch: TinyClipArch = TinyClipArch(), cfg: Trai
     ``eval_step``, ``val_zs_<factor>`` (validation zero-shot accuracy, joint prompt reading) and
     ``val_zs1_<factor>`` (the class named alone) every ``eval_every`` steps.
     """
+    _check_train_inputs(world, arch, cfg, eval_factors, eval_every)
     with torch_threads(cfg.threads):
         return _train(world, arch, cfg, progress, eval_factors, eval_every)
 
 
+def _check_train_inputs(world, arch, cfg, eval_factors=(), eval_every=1) -> None:
+    if not isinstance(world, World):
+        raise InputError(f"world must be a mmlib.data.world.World (generate_world(...)), got {type(world).__name__}.")
+    if not isinstance(arch, TinyClipArch):
+        raise InputError(f"arch must be a TinyClipArch, got {type(arch).__name__}.")
+    if not isinstance(cfg, TrainConfig):
+        raise InputError(f"cfg must be a TrainConfig, got {type(cfg).__name__}.")
+    if isinstance(eval_factors, str) or not all(isinstance(f, str) for f in eval_factors):
+        raise InputError(f"eval_factors must be a tuple of factor names, got {eval_factors!r}.")
+    names = [f.name for f in world.factors]
+    unknown = [f for f in eval_factors if f not in names]
+    if unknown:
+        raise InputError(f"eval_factors: unknown factor(s) {unknown}; the world's factors are {names}.")
+    if not isinstance(eval_every, int) or isinstance(eval_every, bool) or eval_every < 1:
+        raise InputError(f"eval_every must be a positive number of steps, got {eval_every!r}.")
+
+
 def _train(world, arch, cfg, progress, eval_factors, eval_every):
     if world.config.image_size != arch.image_size:
-        raise ValueError(f"world images are {world.config.image_size} px but the model expects "
+        raise InputError(f"world images are {world.config.image_size} px but the model expects "
                          f"{arch.image_size} px: use the same image_size in WorldConfig and TinyClipArch")
     train_idx, val_idx = world.indices("train"), world.indices("val")
     if len(train_idx) < (cfg.batch_size // 2 if cfg.declip else cfg.batch_size):
-        raise ValueError(f"train split has {len(train_idx)} pairs, fewer than one batch "
-                         f"({cfg.batch_size} images)")
+        raise InputError(f"train split has {len(train_idx)} pairs, fewer than one batch "
+                         f"({cfg.batch_size} images): raise WorldConfig.n_train or lower TrainConfig.batch_size")
     tokenizer = open_clip.get_tokenizer("ViT-B-32", context_length=arch.context_length)
     images = images_to_tensor(world.images[train_idx], arch)
     tokens = tokenizer([world.captions[i] for i in train_idx])
@@ -290,6 +309,9 @@ def load_or_train(world: World, arch: TinyClipArch = TinyClipArch(), cfg: TrainC
     The artifact ``tiny_clip/<key>`` holds the weights (safetensors), and ``meta.json`` the architecture,
     the training config, the history and the training time.
     """
+    _check_train_inputs(world, arch, cfg)
+    if name is not None and (not isinstance(name, str) or not name):
+        raise InputError(f"load_or_train: name must be a non-empty string or None, got {name!r}.")
     key = model_key(world, arch, cfg)
     name = name or ("declip-like" if cfg.declip else "clip")
 
@@ -303,7 +325,12 @@ def load_or_train(world: World, arch: TinyClipArch = TinyClipArch(), cfg: TrainC
 
     artifact = load_or_compute("tiny_clip", key, compute, root=root)
     model = build_tiny_clip(arch, seed=cfg.seed)
-    model.load_state_dict(artifact.tensors)
+    try:
+        model.load_state_dict(artifact.tensors)
+    except RuntimeError as err:
+        where = artifact_path("tiny_clip", key, root)
+        raise CorruptArtifactError(f"the stored weights in {where} do not fit the architecture they are keyed by "
+                                   f"({str(err).splitlines()[0]}); delete the folder to retrain.") from None
     bundle = tiny_bundle(model, arch, name=name)
     return TrainedModel(bundle=bundle, arch=arch, train=cfg, history=artifact.meta["history"],
                         seconds=float(artifact.meta["seconds"]), path=artifact_path("tiny_clip", key, root))

@@ -121,3 +121,78 @@ def test_celeba_missing_or_unreadable_image_names_file_and_line(make_celeba):
         faces.image(2)
     with pytest.raises(IndexError):
         faces.caption(4)
+
+
+# ------------------------------------------------------------------------------- bad inputs (issue 15)
+
+def test_celeba_root_that_is_a_file_or_table_that_is_a_folder(make_celeba, tmp_path):
+    root = make_celeba(4)
+    with pytest.raises(DatasetError, match="is a file, not a folder"):
+        CelebAFaces(root / "list_attr_celeba.txt")
+    (root / "list_attr_celeba.txt").unlink()
+    (root / "list_attr_celeba.txt").mkdir()
+    with pytest.raises(DatasetError, match=r"list_attr_celeba\.txt is a directory"):
+        CelebAFaces(root)
+
+
+def test_celeba_image_dir_that_is_a_file(make_celeba):
+    root = make_celeba(4)
+    with pytest.raises(DatasetError, match=r"image folder .*list_eval_partition\.txt is a file"):
+        CelebAFaces(root, image_dir="list_eval_partition.txt")
+
+
+@pytest.mark.parametrize("name", ["list_attr_celeba.txt", "list_eval_partition.txt"])
+def test_celeba_not_utf8_names_file_and_line(make_celeba, name):
+    root = make_celeba(4)
+    path = root / name
+    lines = path.read_bytes().split(b"\n")
+    lines[3] = lines[3].replace(b".jpg", b"\xe9.jpg", 1)
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(DatasetError, match=rf"{name}, line 4, column \d+: byte 0xe9 is not valid UTF-8; re-encode"):
+        CelebAFaces(root, partition="test")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda lines: ["-2"] + lines[1:], "must not be negative"),
+    (lambda lines: lines[:1] + [lines[1] + " Male"] + lines[2:], r"\['Male'\] appear more than once"),
+    (lambda lines: lines[:2] + [lines[2].replace("000001.jpg", "../000001.jpg")] + lines[3:], "not a plain file"),
+])
+def test_celeba_more_malformed_tables(make_celeba, edit, message):
+    root = make_celeba(4)
+    table = root / "list_attr_celeba.txt"
+    table.write_text("\n".join(edit(table.read_text().splitlines())) + "\n")
+    with pytest.raises(DatasetError, match=message):
+        CelebAFaces(root)
+
+
+def test_celeba_conflicting_partition_lines(make_celeba):
+    root = make_celeba(4)
+    part = root / "list_eval_partition.txt"
+    part.write_text(part.read_text() + "000001.jpg 2\n")
+    with pytest.raises(DatasetError, match="listed again with another partition"):
+        CelebAFaces(root, partition="test")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(values="mf"), "values must name"), (dict(values=("a", "")), "values must name"),
+    (dict(values=("a", 1)), "values must name"), (dict(limit=2.5), "limit must be"), (dict(limit="3"), "limit must"),
+    (dict(limit=True), "limit must be"), (dict(attribute=None), "attribute must be"),
+    (dict(caption="  "), "caption must be"), (dict(root=None), "root must be a path"),
+])
+def test_celeba_bad_parameters(make_celeba, kwargs, message):
+    kwargs = {"root": make_celeba(4), **kwargs}
+    with pytest.raises(DatasetError, match=message):
+        CelebAFaces(**kwargs)
+
+
+def test_celeba_image_that_is_a_directory_or_a_bomb(make_celeba, monkeypatch):
+    from PIL import Image as PILImage
+    root = make_celeba(4)
+    (root / "img_align_celeba" / "000002.jpg").unlink()
+    (root / "img_align_celeba" / "000002.jpg").mkdir()
+    faces = CelebAFaces(root)
+    with pytest.raises(DatasetError, match=r"000002\.jpg \(line 4 of .*\) is a directory"):
+        faces.image(1)
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)  # the 24x24 fixture images become "bombs"
+    with pytest.raises(DatasetError, match=r"000001\.jpg \(line 3 of .*\) is too large to decode safely"):
+        faces.image(0)

@@ -242,3 +242,216 @@ def test_wds_unreadable_image_names_shard_and_key(tmp_path, pattern_image):
 # ------------------------------------------------------------------------------------------------ CelebA
 
 
+# ------------------------------------------------------------------------------- bad inputs (issue 15)
+
+import tarfile  # noqa: E402
+
+from mmlib.core.errors import MmlibError  # noqa: E402
+from mmlib.data.corpora import open_pairs  # noqa: E402
+from mmlib.data.protocol import validate_caption  # noqa: E402
+
+
+@pytest.mark.parametrize("raw, message", [
+    ("", "empty 'cap'"), ("   \n\t ", "empty 'cap'"), (b"  ", "empty 'cap'"),
+    (b"caf\xe9", "not valid UTF-8"), ("a\x00b", "U\\+0000"), ("bell\x07", "U\\+0007"), ("x\x7f", "U\\+007F"),
+])
+def test_validate_caption_rejects_every_class(raw, message):
+    with pytest.raises(DatasetError, match=f"^somewhere: .*{message}"):
+        validate_caption(raw, "somewhere", "cap")
+
+
+def test_validate_caption_keeps_valid_text():
+    assert validate_caption("  two\nlines\tand tab ", "w") == "two\nlines\tand tab"
+    assert validate_caption("café ☕".encode(), "w") == "café ☕"
+
+
+@pytest.mark.parametrize("caption, message", [('"   "', "empty 'title'"), ('"bad\x01char"', "U\\+0001")])
+def test_csv_rejects_blank_or_control_caption_with_shared_rule(tmp_path, caption, message):
+    path = write(tmp_path / "x.csv", f"filepath,title\na.png,ok\nb.png,{caption}\n")
+    with pytest.raises(DatasetError, match=rf"x\.csv, line 3: .*{message}"):
+        CsvPairs(path)
+
+
+def test_csv_not_utf8_names_file_and_line(tmp_path):
+    path = tmp_path / "latin.csv"
+    path.write_bytes("filepath,title\na.png,fine\nb.png,caf\xe9 au lait\n".encode("latin-1"))
+    with pytest.raises(DatasetError, match=r"latin\.csv, line 3, column 10: byte 0xe9 is not valid UTF-8; re-encode"):
+        CsvPairs(path)
+
+
+def test_csv_directory_is_not_missing(tmp_path):
+    (tmp_path / "d.csv").mkdir()
+    with pytest.raises(DatasetError, match=r"d\.csv is a directory"):
+        CsvPairs(tmp_path / "d.csv")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(path=None), "path must be a path"), (dict(path=""), "empty path"),
+    (dict(delimiter=";;"), "delimiter must be one character"), (dict(delimiter='"'), "delimiter must be one"),
+    (dict(image_key="title"), "both 'title'"), (dict(caption_key=""), "caption_key must be"),
+    (dict(image_root="nowhere"), "image_root .*nowhere does not exist"),
+])
+def test_csv_bad_arguments(make_csv_corpus, kwargs, message):
+    kwargs = {"path": make_csv_corpus(2), **kwargs}
+    with pytest.raises(DatasetError, match=message):
+        CsvPairs(**kwargs)
+
+
+def test_csv_image_root_that_is_a_file(make_csv_corpus):
+    path = make_csv_corpus(2)
+    with pytest.raises(DatasetError, match="is a file, not a folder"):
+        CsvPairs(path, image_root=path)
+
+
+def test_csv_duplicate_column(tmp_path):
+    with pytest.raises(DatasetError, match="names column 'title' 2 times"):
+        CsvPairs(write(tmp_path / "x.csv", "filepath,title,title\na.png,one,two\n"))
+
+
+def test_csv_image_that_is_a_directory(make_csv_corpus):
+    path = make_csv_corpus(2)
+    image = path.parent / "images" / "00001.png"
+    image.unlink()
+    image.mkdir()
+    with pytest.raises(DatasetError, match=r"00001\.png is a directory.*row 1"):
+        CsvPairs(path).image(1)
+
+
+@pytest.mark.parametrize("index", ["1", 1.0, True, -1])
+def test_bad_index_is_a_dataset_error(make_csv_corpus, index):
+    ds = CsvPairs(make_csv_corpus(2))
+    with pytest.raises(DatasetError, match="index"):
+        ds.caption(index)
+    with pytest.raises(IndexError):
+        ds.image(index)
+
+
+@pytest.fixture
+def bomb(monkeypatch):
+    """Lower PIL's pixel limit so that a 20x20 image is a 'decompression bomb' (error) or near one (warning)."""
+    from PIL import Image as PILImage
+
+    def set_limit(pixels):
+        monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", pixels)
+    return set_limit
+
+
+@pytest.mark.parametrize("limit", [100, 300])  # 400 px: > 2x100 -> DecompressionBombError; > 300 -> the warning
+def test_csv_decompression_bomb_names_the_file(make_csv_corpus, bomb, limit):
+    ds = CsvPairs(make_csv_corpus(2))
+    bomb(limit)
+    with pytest.raises(DatasetError, match=r"00001\.png of row 1 \(line 3 .*\) is too large to decode safely"):
+        ds.image(1)
+
+
+def test_wds_decompression_bomb_names_shard_and_key(make_wds_shards, bomb):
+    ds = WebDatasetPairs(make_wds_shards((2,)))
+    bomb(300)
+    with pytest.raises(DatasetError, match=r"key '000000001' in shard .*00000\.tar is too large"):
+        ds.image(1)
+
+
+@pytest.mark.parametrize("caption, message", [(b"", "empty"), (b"  \n ", "empty"), (b"\xff\xfe", "not valid UTF-8"),
+                                              (b"a\x1bb", "U\\+001B")])
+def test_wds_rejects_captions_as_csv_does(tmp_path, pattern_image, caption, message):
+    path = tmp_path / "s.tar"
+    with webdataset.TarWriter(str(path)) as sink:
+        sink.write({"__key__": "good", "png": pattern_image(0), "txt": "fine"})
+        sink.write({"__key__": "bad", "png": pattern_image(1), "txt": caption})
+    with pytest.raises(DatasetError, match=rf"shard .*s\.tar, key 'bad': .*{message}"):
+        WebDatasetPairs(path)
+
+
+def _members(path: Path) -> list[tarfile.TarInfo]:
+    with tarfile.open(path) as tar:
+        return tar.getmembers()
+
+
+def _cut_points(path: Path) -> dict[str, int]:
+    members = _members(path)
+    second_png = next(m for m in members if m.name == "000000001.png")
+    last = members[-1]
+    return {"in_header": second_png.offset + 100, "in_data": second_png.offset_data + 10,
+            "at_boundary": second_png.offset, "in_last_data": last.offset_data + 1}
+
+
+@pytest.mark.parametrize("cut", ["in_header", "in_data", "at_boundary", "in_last_data"])
+def test_wds_truncated_shard_is_an_error_naming_shard_and_offset(make_wds_shards, cut):
+    path = make_wds_shards((3,))[0]
+    at = _cut_points(path)[cut]
+    path.write_bytes(path.read_bytes()[:at])
+    with pytest.raises(DatasetError, match=r"00000\.tar is truncated at byte \d+: .*on_truncated='skip'") as err:
+        WebDatasetPairs(path)
+    assert "lacking" not in str(err.value)
+
+
+# members are written {key}.json, {key}.png, {key}.txt: each cut leaves the sample being written incomplete
+@pytest.mark.parametrize("cut, kept", [("in_header", 1), ("in_data", 1), ("at_boundary", 1), ("in_last_data", 2)])
+def test_wds_truncated_shard_skipped_on_request_is_counted(make_wds_shards, cut, kept):
+    paths = make_wds_shards((3, 2))
+    at = _cut_points(paths[0])[cut]
+    paths[0].write_bytes(paths[0].read_bytes()[:at])
+    with pytest.warns(UserWarning, match=r"1 truncated shard\(s\) \(first: .*00000\.tar at byte \d+\)") as record:
+        ds = WebDatasetPairs(paths, on_truncated="skip")
+    assert not any("lacking" in str(w.message) for w in record)  # not blamed on a missing caption
+    assert len(ds) == kept + 2 and ds.n_skipped == 0
+    assert ds.truncated == [(str(paths[0]), ds.truncated[0][1])]
+    assert ds.n_truncated == 1
+    for i in range(len(ds)):
+        ds.image(i)
+        assert ds.caption(i).startswith("caption")
+
+
+def test_wds_member_past_end_of_file(make_wds_shards):
+    """A member header whose size points beyond the end of the file (the data is missing)."""
+    path = make_wds_shards((2,))[0]
+    last = _members(path)[-1]
+    path.write_bytes(path.read_bytes()[:last.offset_data])  # the header survives, its data does not
+    with pytest.raises(DatasetError, match=rf"truncated at byte {last.offset_data}: member '{last.name}'"):
+        WebDatasetPairs(path)
+
+
+def test_wds_corrupt_header_in_the_middle(make_wds_shards):
+    path = make_wds_shards((3,))[0]
+    second = next(m for m in _members(path) if m.name == "000000001.png")
+    data = bytearray(path.read_bytes())
+    data[second.offset:second.offset + 512] = b"\x13" * 512
+    path.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match=rf"unreadable tar header at byte {second.offset}"):
+        WebDatasetPairs(path, on_truncated="skip")
+
+
+@pytest.mark.parametrize("shards, message", [
+    (None, "shards must be a path"), ("", "empty string"), ([], "no shard given"), ([3], r"shards\[0\] must be"),
+])
+def test_wds_bad_shard_arguments(shards, message):
+    with pytest.raises(DatasetError, match=message):
+        WebDatasetPairs(shards)
+
+
+def test_wds_directory_and_duplicate_shards(make_wds_shards, tmp_path):
+    paths = make_wds_shards((1,))
+    (tmp_path / "dir.tar").mkdir()
+    with pytest.raises(DatasetError, match=r"dir\.tar is a directory, not a \.tar file"):
+        WebDatasetPairs([paths[0], tmp_path / "dir.tar"])
+    with pytest.raises(DatasetError, match="given twice"):
+        WebDatasetPairs([paths[0], paths[0]])
+    with pytest.raises(DatasetError, match="on_truncated must be"):
+        WebDatasetPairs(paths, on_truncated="ignore")
+
+
+def test_open_pairs_routes_and_rejects(make_csv_corpus, make_wds_shards, tmp_path):
+    assert isinstance(open_pairs(make_csv_corpus(2)), CsvPairs)
+    assert isinstance(open_pairs(str(make_wds_shards((1,))[0])), WebDatasetPairs)
+    with pytest.raises(DatasetError, match="is a directory; pass a CSV/TSV file or webdataset shards"):
+        open_pairs(tmp_path)
+    with pytest.raises(DatasetError, match=r"neither a CSV/TSV file .* nor webdataset shards"):
+        open_pairs(tmp_path / "pairs.json")
+    with pytest.raises(DatasetError, match="pairs must be a path"):
+        open_pairs(3)
+
+
+def test_dataset_error_is_an_mmlib_input_error():
+    from mmlib.core.errors import InputError
+    assert issubclass(DatasetError, InputError) and issubclass(DatasetError, MmlibError)
+    assert issubclass(DatasetError, ValueError)

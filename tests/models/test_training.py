@@ -83,3 +83,36 @@ def test_training_rejects_mismatched_image_size(artifact_root):
     world = generate_world(dataclasses.replace(WORLD, image_size=64, n_train=64))
     with pytest.raises(ValueError, match="image_size"):
         load_or_train(world, ARCH, TrainConfig(steps=2, batch_size=8), progress=False)
+
+
+# ------------------------------------------------------------------------------- bad inputs (issue 15)
+
+from mmlib.core.errors import ConfigError, InputError  # noqa: E402
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(steps=0), r"TrainConfig\.steps must be in \[1"), (dict(batch_size=1), "batch_size"),
+    (dict(lr=0.0), r"TrainConfig\.lr must be in \(0"), (dict(lr=float("nan")), "lr must be a finite"),
+    (dict(weight_decay=-0.1), "weight_decay"), (dict(warmup=-1), "warmup"), (dict(seed=-3), "seed"),
+    (dict(image_ssl_weight=-1.0), "image_ssl_weight"), (dict(mask_prob=1.0), "mask_prob"),
+    (dict(mask_prob=0.0), "mask_prob"), (dict(shift=-1), "shift"), (dict(ssl_temperature=0.0), "ssl_temperature"),
+    (dict(threads=0), "threads"), (dict(threads=2.0), "threads must be an integer or None"),
+    (dict(declip="yes"), "declip must be True or False"), (dict(steps="600"), "steps must be an integer"),
+])
+def test_train_config_rejects_bad_fields(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**changes)
+
+
+def test_train_inputs_are_checked_before_training(artifact_root):
+    world = generate_world(dataclasses.replace(WORLD, n_train=32, n_val=8, n_test=8))
+    cfg = TrainConfig(steps=1, batch_size=8, warmup=1)
+    with pytest.raises(InputError, match=r"unknown factor\(s\) \['shapes'\]"):
+        train_tiny_clip(world, ARCH, cfg, progress=False, eval_factors=("shapes",))
+    with pytest.raises(InputError, match="eval_every must be a positive"):
+        train_tiny_clip(world, ARCH, cfg, progress=False, eval_every=0)
+    with pytest.raises(InputError, match="cfg must be a TrainConfig"):
+        load_or_train(world, ARCH, {"steps": 1}, progress=False)
+    with pytest.raises(InputError, match="world must be"):
+        load_or_train("world", ARCH, cfg, progress=False)
+    assert not artifact_root.exists() or not any(artifact_root.rglob("*.safetensors"))

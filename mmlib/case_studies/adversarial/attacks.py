@@ -59,13 +59,14 @@ class PGDConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or not 0.0 <= self.eps <= 1.0:
-            raise ConfigError(f"attack budget eps must lie in [0, 1] (pixel units; e.g. 4/255 = {4 / 255:.4f}), "
-                             f"got {self.eps!r}")
+            raise ConfigError(f"PGDConfig.eps must lie in [0, 1] (the attack budget in pixel units; e.g. 4/255 = "
+                              f"{4 / 255:.4f}), got {self.eps!r}")
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ConfigError(f"PGD steps must be a positive integer, got {self.steps!r}")
+            raise ConfigError(f"PGDConfig.steps must be a positive integer, got {self.steps!r}")
         validate_config(self)  # the types (step_size, random_start, seed) before comparing step_size
         if self.step_size is not None and not self.step_size > 0:
-            raise ConfigError(f"PGD step_size must be positive (or None for 2.5 eps / steps), got {self.step_size!r}")
+            raise ConfigError(f"PGDConfig.step_size must be positive (or None for 2.5 eps / steps), "
+                              f"got {self.step_size!r}")
         validate_config(self, eps=between(0.0, 1.0), steps=at_least(1), step_size=greater_than(0.0))
 
     @property

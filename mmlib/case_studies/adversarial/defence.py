@@ -117,7 +117,11 @@ class DefenceConfig:
             raise ConfigError(f"unknown adapter {self.adapter!r}; choose one of {ADAPTERS}")
         if self.inner not in INNER_OBJECTIVES:
             raise ConfigError(f"unknown inner objective {self.inner!r}; choose one of {INNER_OBJECTIVES}")
-        PGDConfig(eps=self.eps, steps=self.attack_steps)  # validates the budget and steps
+        try:  # the budget and steps, as an attack would check them
+            PGDConfig(eps=self.eps, steps=self.attack_steps)
+        except ConfigError as err:
+            raise ConfigError(str(err).replace("PGDConfig.steps", "DefenceConfig.attack_steps")
+                              .replace("PGDConfig.eps", "DefenceConfig.eps")) from None
         validate_config(self)  # the types, so that the checks below can compare
         for name in ("steps", "batch_size"):
             if getattr(self, name) < 1:
