@@ -21,6 +21,8 @@ rank        layer            what it holds
 6           ``profiles``     the ``tiny`` and ``paper`` profiles as typed, frozen configs
 7           ``reporting``    chapter set-up, the claims registry and verdicts, numbers bound to the prose, plots
 8           ``pipeline``     the chapters' shared steps: world -> models -> embeddings -> maps -> MDS -> categories
+9           ``cli``          the ``mmlib`` command line: ``embed``, ``verify``, ``clean``
+10          ``__main__``     ``python -m mmlib`` (runs :mod:`mmlib.cli`)
 ==========  ===============  ==============================================================================
 """
 
@@ -47,4 +49,6 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("profiles",),
     ("reporting",),
     ("pipeline",),
+    ("cli",),
+    ("__main__",),
 )
