@@ -208,3 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except embed.handled_errors() as err:
         print(f"error: {embed.one_line(err)}", file=sys.stderr, flush=True)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: nothing partial was stored; rerun the same command to resume", file=sys.stderr,
+              flush=True)
+        return 130

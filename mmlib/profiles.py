@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 
+from mmlib.core.devices import parse_device
 from mmlib.core.errors import ConfigError, InputError
 from mmlib.core.validation import at_least, one_of, validate_config
 from mmlib.data.world import WorldConfig
@@ -85,9 +86,7 @@ class Profile:
             value = getattr(self, field)
             if value is not None and not value.strip():
                 raise ConfigError(f"Profile.{field} must be None or a non-empty string, got {value!r}.")
-        if not self.device.strip() or (self.device != "auto" and not _is_torch_device(self.device)):
-            raise ConfigError(f"Profile.device must be 'auto' or a torch device such as 'cpu' or 'cuda:0', got "
-                              f"{self.device!r}.")
+        parse_device(self.device, "Profile.device")
         if not self.map_seeds or len(set(self.map_seeds)) != len(self.map_seeds):
             raise ConfigError(f"Profile.map_seeds must be one or more distinct seeds, got {self.map_seeds!r}.")
         if self.name == "tiny":
@@ -141,15 +140,6 @@ def _paper() -> Profile:
 
 
 PROFILES = {"tiny": _tiny, "paper": _paper}
-
-
-def _is_torch_device(device: str) -> bool:
-    import torch
-    try:
-        torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        return False
-    return True
 
 
 def get_profile(name: str, **overrides) -> Profile:

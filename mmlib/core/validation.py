@@ -13,17 +13,19 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import os
 import typing
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from mmlib.core.errors import ConfigError, InputError, NonFiniteError
+from mmlib.core.errors import ArgumentTypeError, ConfigError, InputError, NonFiniteError
 
-__all__ = ["Range", "at_least", "between", "check_finite", "check_nonnegative", "greater_than", "one_of",
-           "validate_config"]
+__all__ = ["Range", "as_path", "at_least", "between", "check_finite", "check_nonnegative", "greater_than", "is_int",
+           "one_of", "validate_config"]
 
 
 # ----------------------------------------------------------------------------------------------- tensors
@@ -99,6 +101,24 @@ def check_nonnegative(x: Any, name: str, hint: str = "pass non-negative feature 
     return x
 
 
+# ------------------------------------------------------------------------------------------------- paths
+
+def as_path(value: Any, name: str, error: type[InputError] = ArgumentTypeError) -> Path:
+    """``value`` as an expanded :class:`~pathlib.Path` if it is a non-empty ``str`` or path-like.
+
+    Raises
+    ------
+    InputError
+        of class ``error`` (a reader passes its own, e.g. ``DatasetError``), naming ``name``: for a value that is
+        not a path, or an empty one.
+    """
+    if not isinstance(value, (str, os.PathLike)):
+        raise error(f"{name} must be a path (str or pathlib.Path), got {value!r} ({type(value).__name__}).")
+    if not str(value).strip():
+        raise error(f"{name} is an empty path; pass the path of the file or folder.")
+    return Path(value).expanduser()
+
+
 # ----------------------------------------------------------------------------------------------- configs
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +175,8 @@ def one_of(*values: Any) -> _OneOf:
     return _OneOf(tuple(values))
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """Whether ``value`` is an integer (Python or numpy), not a bool."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
@@ -167,7 +188,7 @@ def _type_problem(value: Any, hint: Any) -> str | None:
     """What is wrong with ``value`` as an instance of the annotation ``hint`` (``None``: nothing, or unchecked)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is int:
-        return None if _is_int(value) else "an integer"
+        return None if is_int(value) else "an integer"
     if hint is float:
         if not _is_real(value):
             return "a number"

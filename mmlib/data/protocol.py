@@ -18,7 +18,6 @@ The readers share one rule per kind of input, so that a bad input gives the same
 from __future__ import annotations
 
 import io
-import os
 import re
 import struct
 import warnings
@@ -28,6 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from mmlib.core import validation
 from mmlib.core.errors import InputError
 
 
@@ -136,12 +136,8 @@ def validate_caption(text: str | bytes, where: str, field: str = "caption") -> s
 
 
 def as_path(value: Any, name: str) -> Path:
-    """``value`` as an expanded ``Path`` if it is a non-empty ``str`` or path-like (:class:`DatasetError` otherwise)."""
-    if not isinstance(value, (str, os.PathLike)):
-        raise DatasetError(f"{name} must be a path (str or pathlib.Path), got {value!r} ({type(value).__name__}).")
-    if not str(value).strip():
-        raise DatasetError(f"{name} is an empty path; pass the path of the file or folder.")
-    return Path(value).expanduser()
+    """:func:`mmlib.core.validation.as_path` raising :class:`DatasetError` (a reader's path arguments)."""
+    return validation.as_path(value, name, error=DatasetError)
 
 
 def check_file(path: Path, what: str, hint: str) -> Path:

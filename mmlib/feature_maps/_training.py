@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from mmlib.core.errors import InputError
-from mmlib.core.validation import Range, at_least, between, greater_than
-from mmlib.feature_maps.base import ArgumentTypeError, Source, _is_int, check_embeddings, check_pairs, source_of
+from mmlib.core.validation import Range, at_least, between, greater_than, is_int
+from mmlib.feature_maps.base import ArgumentTypeError, Source, check_embeddings, check_pairs, source_of
 
 #: Training data: Embeddings (``.image``, ``.text``), an ``(image (n, d), text (n, d))`` pair of tensors or
 #: arrays, a callable returning an iterable of such pairs (chunks), or a re-iterable of chunks (a list).
@@ -42,7 +42,7 @@ def pair_chunks(data: PairData, chunk_size: int = 65536) -> Callable[[], Iterato
     ArgumentTypeError
         if ``data`` is none of the accepted forms (also a ``TypeError``).
     """
-    if not _is_int(chunk_size) or chunk_size < 1:
+    if not is_int(chunk_size) or chunk_size < 1:
         raise InputError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     if hasattr(data, "image") and hasattr(data, "text"):
         image, text = check_pairs(data)

@@ -25,7 +25,6 @@ import abc
 import dataclasses
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
@@ -41,7 +40,7 @@ from mmlib.core.artifacts import (
     write_tensors_atomic,
 )
 from mmlib.core.errors import ArgumentTypeError, InputError, InputNotFoundError, NonFiniteError, UnsupportedModelError
-from mmlib.core.validation import check_finite
+from mmlib.core.validation import as_path, check_finite, is_int
 
 Modality = Literal["image", "text"]
 #: The two modalities, in the order used by every stacked tensor ``(2, ...)`` of this package.
@@ -59,17 +58,6 @@ class SourceMismatchError(InputError):
 
 class FeatureMapNotFoundError(InputNotFoundError):
     """No feature map file or artifact folder at the given path (also a ``FileNotFoundError``)."""
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def as_path(path: Any, what: str = "path") -> Path:
-    """``path`` as a :class:`~pathlib.Path` (:class:`ArgumentTypeError` naming ``what`` for anything else)."""
-    if isinstance(path, (str, os.PathLike)) and str(path):
-        return Path(path)
-    raise ArgumentTypeError(f"{what} must be a file path (str or Path), got {path!r} ({type(path).__name__}).")
 
 
 def feature_map_checksum(config_json: str, tensors: Mapping[str, torch.Tensor]) -> str:
@@ -283,7 +271,7 @@ class FeatureMap(abc.ABC):
     def __init__(self, input_dim: int, n_features: int, hparams: Mapping[str, Any] | None = None,
                  source: Source | None = None) -> None:
         for name, value in (("input_dim", input_dim), ("n_features", n_features)):
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise InputError(f"{type(self).__name__}: {name} must be a positive integer, got {value!r}")
         if source is not None and not isinstance(source, Source):
             raise ArgumentTypeError(f"{type(self).__name__}: source must be a Source or None, got "
@@ -355,7 +343,7 @@ class FeatureMap(abc.ABC):
         NonFiniteError
             for NaN/Inf entries (naming ``data.image`` or ``data.text`` and the first bad row of the whole data).
         """
-        if not _is_int(batch_size) or batch_size < 1:
+        if not is_int(batch_size) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         image, text = check_pairs(data, self.input_dim)
 
@@ -400,7 +388,7 @@ class FeatureMap(abc.ABC):
         NonFiniteError
             if a tensor of the map holds NaN or Inf (a diverged training run).
         """
-        path = as_path(path)
+        path = as_path(path, "path")
         if path.is_dir():
             raise InputError(f"{path} is a directory: pass a file name for the feature map, e.g. "
                              f"{path / (self.kind + '.safetensors')}")

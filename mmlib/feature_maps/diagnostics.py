@@ -19,8 +19,8 @@ from mmlib.analysis.embsim import best_purity, top_samples
 from mmlib.analysis.retrieval import retrieval_recall
 from mmlib.analysis.zero_shot import zero_shot_accuracy
 from mmlib.core.errors import InputError
-from mmlib.core.validation import check_finite
-from mmlib.feature_maps.base import FeatureMap, _is_int
+from mmlib.core.validation import check_finite, is_int
+from mmlib.feature_maps.base import FeatureMap
 
 __all__ = ["mse", "fvu", "l0", "dead_fraction", "mean_cosine", "effective_rank",
            "reconstruction_report", "downstream_retention", "top_m_purity"]
@@ -185,7 +185,7 @@ def top_m_purity(acts: torch.Tensor | np.ndarray, labels: Mapping[str, np.ndarra
         (share of that factor's most common value over all samples: the purity of an uninformative top-m).
     """
     a = _acts(acts, "acts")
-    if not _is_int(m) or m < 1:
+    if not is_int(m) or m < 1:
         raise InputError(f"m (top samples per feature) must be a positive integer, got {m!r}")
     for name, values in labels.items():
         if len(values) != len(a):

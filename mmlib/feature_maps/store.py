@@ -125,7 +125,7 @@ def load_feature_map(path: str | Path, allow_unchecked: bool = False) -> Feature
         if the file cannot be read back intact: not a safetensors file, truncated, edited after saving (checksum
         mismatch), or without a checksum.
     """
-    path = as_path(path)
+    path = as_path(path, "path")
     if path.is_dir():
         if not (path / META_FILE).exists() and not (path / TENSORS_FILE).exists():
             raise InputError(f"{path} is a directory, not a feature map: pass the .safetensors file written by "

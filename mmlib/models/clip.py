@@ -25,6 +25,7 @@ from PIL import Image
 from torch import nn
 
 from mmlib.core.artifacts import file_sha256, read_tensors, stable_hash, tensor_fingerprint, write_tensors_atomic
+from mmlib.core.devices import resolve_device
 from mmlib.core.errors import ConfigError, CorruptArtifactError, InputError, MmlibError
 from mmlib.core.validation import at_least, check_finite, validate_config
 
@@ -105,24 +106,6 @@ def _summary(err: BaseException, n_lines: int = 1) -> str:
     return text[:300] + (" ..." if len(text) > 300 else "")
 
 
-def check_device(device: str | torch.device) -> torch.device:
-    """``device`` as a ``torch.device`` if it names one that exists here (:class:`InputError` otherwise)."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise InputError(f"device {device!r} is not a torch device; pass 'cpu', 'cuda', 'cuda:0' or 'mps'.") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} asks for CUDA, which is not available on this machine; pass "
-                         "device='cpu'.")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise InputError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s); pass "
-                         "an index below that.")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise InputError(f"device {device!r} asks for MPS, which is not available on this machine; pass "
-                         "device='cpu'.")
-    return dev
-
-
 def _check_checkpoint_file(path: Path) -> None:
     if path.is_dir():
         raise CheckpointError(f"pretrained {str(path)!r} is a directory; a checkpoint FILE is expected: {_SAFE_FORMATS}"
@@ -183,7 +166,7 @@ def load_open_clip(name: str, pretrained: str | None = "openai", device: str | t
     if pretrained is not None and (not isinstance(pretrained, str) or not pretrained.strip()):
         raise InputError(f"pretrained must be a tag such as 'openai', the path of a checkpoint file, or None for "
                          f"random weights; got {pretrained!r}.")
-    check_device(device)
+    resolve_device(device)
     tags = open_clip.list_pretrained_tags_by_model(name)
     checkpoint: Path | None = None
     if pretrained and pretrained not in tags:

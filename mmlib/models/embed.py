@@ -63,7 +63,7 @@ from mmlib.core.artifacts import (
     tensor_fingerprint,
     write_tensors_atomic,
 )
-from mmlib.core.devices import resolve_device
+from mmlib.core.devices import parse_device, resolve_device
 from mmlib.core.errors import ConfigError, InputError, MmlibError, NonFiniteError
 from mmlib.core.validation import at_least, validate_config
 from mmlib.data.embeddings import Embeddings
@@ -78,30 +78,10 @@ PARTS_KIND = "embeddings.parts"
 #: Pairs per shard when ``EmbedConfig.shard_size`` is not given (rounded up to a multiple of the batch size).
 DEFAULT_SHARD_PAIRS = 4096
 #: Device types an extraction runs on.
-DEVICE_TYPES = ("cpu", "cuda", "mps")
 
 
 class TowersUnsupportedError(InputError, NotImplementedError):
     """``towers=True`` was asked of a model whose towers cannot be split at the projection."""
-
-
-def check_device(device: object, name: str = "EmbedConfig.device") -> str:
-    """``device`` if it is ``"auto"`` or a torch device string of type cpu, cuda or mps (:class:`ConfigError`
-    naming ``name`` otherwise); availability is checked when the extraction starts.
-    """
-    if not isinstance(device, str):
-        raise ConfigError(f"{name} must be a string ('auto', 'cpu', 'cuda', 'cuda:1' or 'mps'), got {device!r} "
-                          f"({type(device).__name__}).")
-    if device == "auto":
-        return device
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError) as err:
-        raise ConfigError(f"{name} must be 'auto' or a torch device such as 'cpu', 'cuda', 'cuda:1' or 'mps', "
-                          f"got {device!r} ({err}).") from err
-    if parsed.type not in DEVICE_TYPES:
-        raise ConfigError(f"{name} must be 'auto' or a device of type {', '.join(DEVICE_TYPES)}, got {device!r}.")
-    return device
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +120,7 @@ class EmbedConfig:
 
     def __post_init__(self) -> None:
         validate_config(self, batch_size=at_least(1), shard_size=at_least(1), num_workers=at_least(0))
-        check_device(self.device)
+        parse_device(self.device, "EmbedConfig.device")
         for name in ("batch_size", "shard_size", "num_workers"):  # numpy integers -> int (the DataLoader wants int)
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, int(getattr(self, name)))
@@ -357,23 +337,6 @@ def tensor_names(towers: bool) -> tuple[str, ...]:
 
 # ------------------------------------------------------------------------------------------------ distributed
 
-def _available_device(device: str) -> torch.device:
-    """``resolve_device(device)`` after checking that such a device exists here (:class:`ConfigError` otherwise)."""
-    dev = resolve_device(device)
-    advice = "use device='auto' (--device auto) or 'cpu'"
-    if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ConfigError(f"EmbedConfig.device is {device!r} but torch sees no CUDA device; {advice}.")
-        if dev.index is not None and dev.index >= count:
-            raise ConfigError(f"EmbedConfig.device is {device!r} but torch sees only {count} CUDA device(s) "
-                              f"(cuda:0..cuda:{count - 1}); {advice}.")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
-                                  and torch.backends.mps.is_available()):
-        raise ConfigError(f"EmbedConfig.device is {device!r} but MPS is not available here; {advice}.")
-    return dev
-
-
 @dataclasses.dataclass(frozen=True)
 class _Ranks:
     """The place of this process in a (possibly single-process) torchrun job."""
@@ -388,7 +351,7 @@ class _Ranks:
 
         An initialised process group is left initialised for later calls (the CLI destroys it at exit).
         """
-        dev = _available_device(device)
+        dev = resolve_device(device, "EmbedConfig.device")
         raw = os.environ.get("WORLD_SIZE", "1")
         try:
             world_size = int(raw)
@@ -783,7 +746,7 @@ def _count(minimum: int) -> Callable[[str], int]:
 
 def _device_option(text: str) -> str:
     try:
-        return check_device(text, "the device")
+        return parse_device(text, "the device")
     except ConfigError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
 
@@ -842,7 +805,7 @@ def run(args: argparse.Namespace) -> int:
                          "config.json); pass such a folder, or use --open-clip.")
     config = EmbedConfig(batch_size=args.batch_size, shard_size=args.shard_size, towers=args.towers,
                          device=args.device, num_workers=args.num_workers)
-    _available_device(config.device)
+    resolve_device(config.device, "EmbedConfig.device")
     root = ensure_artifact_root(args.root)  # before loading anything: a bad root fails at once
     from mmlib.data.corpora import CsvPairs, WebDatasetPairs
     from mmlib.models.clip import load_open_clip, load_tiny_clip
@@ -867,10 +830,10 @@ def run(args: argparse.Namespace) -> int:
 
 def handled_errors() -> tuple[type[BaseException], ...]:
     """The errors a command line reports as one ``error:`` line with exit status 2: every
-    :class:`~mmlib.core.errors.MmlibError`, and the project's older error classes that may not derive from it.
+    :class:`~mmlib.core.errors.MmlibError` (the project's errors all derive from it; anything else is a bug and
+    keeps its traceback).
     """
-    from mmlib.models.clip import UnknownModelError, WeightsUnavailableError
-    return MmlibError, DatasetError, UnknownModelError, WeightsUnavailableError
+    return (MmlibError,)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -261,7 +261,7 @@ def test_directories_missing_and_foreign_files(tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(CorruptArtifactError, match="empty.safetensors"):
         load_feature_map(empty)
-    with pytest.raises(ArgumentTypeError, match="path must be a file path"):
+    with pytest.raises(ArgumentTypeError, match="path must be a path"):
         load_feature_map(3)
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -117,13 +117,13 @@ def test_pretrained_must_be_a_tag_path_or_none(pretrained):
 
 @pytest.mark.parametrize("device", ["gpu", "cuda:x", 3.5])
 def test_bad_device(device):
-    with pytest.raises(InputError, match="not a torch device"):
+    with pytest.raises(InputError, match="device must be .auto. or a torch device|device must be a string"):
         load_open_clip("ViT-B-32", None, device=device)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_device_without_cuda():
-    with pytest.raises(InputError, match="CUDA, which is not available"):
+    with pytest.raises(InputError, match="torch sees no CUDA device"):
         load_open_clip("ViT-B-32", None, device="cuda")
 
 
