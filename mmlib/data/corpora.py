@@ -276,6 +276,10 @@ class _ShardIndex:
     cut_keys: tuple[str, ...] = ()  # keys whose members may lie beyond the cut
 
 
+#: What tarfile says when a file ends before a header is complete (a cut shard, not a garbled one).
+_CUT_MESSAGES = ("unexpected end of data", "truncated header", "empty header")
+
+
 def _index_shard(s: int, shard: Path) -> _ShardIndex:
     """Index shard number ``s``: every file member's offset and size, the ``.txt`` bytes, and where it breaks off.
 
@@ -323,6 +327,10 @@ def _index_shard(s: int, shard: Path) -> _ShardIndex:
                     index.truncated_at = offset
                     index.problem = "it ends after a member without tar's end-of-archive block"
                     index.cut_keys = (last_key,) if last_key else ()
+                elif tail.count(0) == len(tail) < _BLOCK:  # every member is whole, the end marker is cut
+                    index.truncated_at = offset + len(tail)
+                    index.problem = (f"it ends inside tar's end-of-archive block ({len(tail)} of {_BLOCK} zero "
+                                     "bytes): the file was cut after its last member")
                 elif tail.count(0) != len(tail):
                     if len(tail) == _BLOCK:
                         raise DatasetError(f"shard {shard}: unreadable tar header at byte {offset} (the shard is "
@@ -330,6 +338,25 @@ def _index_shard(s: int, shard: Path) -> _ShardIndex:
                     index.truncated_at = offset
                     index.problem = f"it ends inside a tar header ({len(tail)} of {_BLOCK} bytes)"
                     index.cut_keys = (last_key,) if last_key else ()
+    except tarfile.ReadError as err:
+        with open(shard, "rb") as handle:
+            magic = handle.read(2)
+        if magic == b"\x1f\x8b":
+            raise DatasetError(f"shard {shard} is gzip-compressed; decompress it (gunzip) to an uncompressed .tar, "
+                               "which can be read at random offsets.") from err
+        if size == 0:
+            raise DatasetError(f"shard {shard} is empty (0 bytes); re-download it.") from err
+        if str(err) not in _CUT_MESSAGES:  # not a cut: garbage
+            raise DatasetError(f"shard {shard} is not a readable uncompressed tar file ({err}); re-download it, or "
+                               "decompress it if it is compressed.") from err
+        if not index.rows:  # cut inside the first member's header(s): nothing to keep
+            raise DatasetError(f"shard {shard} is truncated at byte {size}: it ends inside the header of its first "
+                               "member; re-download it.") from err
+        # the file ends before the next header: inside a (PAX) header, or in the last member's padding
+        index.truncated_at = size
+        index.problem = (f"it ends after the member whose header is at byte {offset}, inside the next header or "
+                         "the padding before it")
+        index.cut_keys = (last_key,) if last_key else ()
     except (tarfile.TarError, OSError) as err:
         where = f" near byte {offset}" if offset else ""
         raise DatasetError(f"shard {shard} is not a readable uncompressed tar file ({err}{where}); "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import re
+import tarfile
 import warnings
 from pathlib import Path
 
@@ -12,8 +13,9 @@ import pytest
 import webdataset
 from PIL import Image
 
-from mmlib.data.corpora import CsvPairs, WebDatasetPairs
-from mmlib.data.protocol import DatasetError, PairDataset
+from mmlib.core.errors import MmlibError
+from mmlib.data.corpora import CsvPairs, WebDatasetPairs, open_pairs
+from mmlib.data.protocol import DatasetError, PairDataset, validate_caption
 
 
 def write(path: Path, text: str) -> Path:
@@ -211,11 +213,15 @@ def test_wds_shards_without_pairs(make_wds_shards):
         WebDatasetPairs(paths)
 
 
-@pytest.mark.parametrize("content", [b"", b"garbage" * 100, gzip.compress(b"x" * 2048)])
-def test_wds_unreadable_shard(tmp_path, content):
+@pytest.mark.parametrize(("content", "message"), [
+    (b"", r"bad\.tar is empty \(0 bytes\)"),
+    (b"garbage" * 100, r"bad\.tar is not a readable uncompressed tar"),
+    (gzip.compress(b"x" * 2048), r"bad\.tar is gzip-compressed; decompress it"),
+])
+def test_wds_unreadable_shard(tmp_path, content, message):
     path = tmp_path / "bad.tar"
     path.write_bytes(content)
-    with pytest.raises(DatasetError, match=r"bad\.tar is not a readable uncompressed tar"):
+    with pytest.raises(DatasetError, match=message):
         WebDatasetPairs([path])
 
 
@@ -243,12 +249,6 @@ def test_wds_unreadable_image_names_shard_and_key(tmp_path, pattern_image):
 
 
 # ------------------------------------------------------------------------------- bad inputs (issue 15)
-
-import tarfile  # noqa: E402
-
-from mmlib.core.errors import MmlibError  # noqa: E402
-from mmlib.data.corpora import open_pairs  # noqa: E402
-from mmlib.data.protocol import validate_caption  # noqa: E402
 
 
 @pytest.mark.parametrize("raw, message", [
@@ -455,3 +455,24 @@ def test_dataset_error_is_an_mmlib_input_error():
     from mmlib.core.errors import InputError
     assert issubclass(DatasetError, InputError) and issubclass(DatasetError, MmlibError)
     assert issubclass(DatasetError, ValueError)
+
+
+def test_wds_every_cut_is_refused_or_loses_nothing(make_wds_shards):
+    """Cut a shard at every 64th byte: each cut is an error naming the shard and where it breaks, unless the
+    cut falls after the first full zero block of tar's end-of-archive marker (nothing is lost there).
+    """
+    path = make_wds_shards((3,))[0]
+    data = path.read_bytes()
+    with tarfile.open(path) as tar:
+        members = tar.getmembers()
+    end_of_data = members[-1].offset_data + -(-members[-1].size // 512) * 512
+    for at in range(1, len(data), 64):
+        path.write_bytes(data[:at])
+        if at >= end_of_data + 512:
+            assert len(WebDatasetPairs(path)) == 3
+            continue
+        with pytest.raises(DatasetError) as err:
+            WebDatasetPairs(path)
+        message = str(err.value)
+        assert str(path) in message, message
+        assert re.search(r"truncated at byte \d+|only \d+ bytes|unreadable tar header at byte \d+", message), message

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from mmlib.core.errors import ArgumentTypeError, InputError, InputNotFoundError, MissingKeyError
+from mmlib.core.validation import as_path, is_int
 from mmlib.data.world import CAPTION_PREFIXES, OBJECT_NOUNS, Factor, default_factors, phrase
 from mmlib.models.embed import context_length
 
@@ -172,13 +173,32 @@ def read_vocabulary(path: str | Path, size: int | None = None, separator: str | 
 
     Raises
     ------
-    FileNotFoundError, VocabularyError
+    InputNotFoundError
+        if the file does not exist (also a ``FileNotFoundError``).
+    VocabularyError
+        if it is a folder, not UTF-8, or yields no concept; if ``size`` is not a positive integer.
     """
-    path = Path(path)
+    if size is not None and (not is_int(size) or size < 1):
+        raise VocabularyError(f"size (the number of concepts kept) must be a positive integer or None, got {size!r}")
+    if separator is not None and (not isinstance(separator, str) or not separator):
+        raise VocabularyError(f"separator must be a non-empty string or None, got {separator!r}")
+    path = as_path(path, "the vocabulary file", error=VocabularyError)
+    hint = "pass a UTF-8 text file with one concept per line"
+    if not path.exists():
+        raise InputNotFoundError(f"vocabulary file {path} does not exist; {hint}.")
     if not path.is_file():
-        raise InputNotFoundError(f"vocabulary file {path} does not exist (one concept per line expected)")
+        raise VocabularyError(f"vocabulary file {path} is {'a directory' if path.is_dir() else 'not a regular file'}, "
+                              f"not a file; {hint}.")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[:err.start].count(b"\n") + 1
+        raise VocabularyError(f"vocabulary file {path}, line {line}: byte 0x{err.object[err.start]:02x} is not valid "
+                              "UTF-8; re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`).") from None
+    except OSError as err:
+        raise VocabularyError(f"cannot read vocabulary file {path} ({err.strerror or err}); {hint}.") from err
     concepts = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         text = line.strip()
         if not text or text.startswith("#"):
             continue
@@ -186,8 +206,6 @@ def read_vocabulary(path: str | Path, size: int | None = None, separator: str | 
             text = text.split(separator)[0].strip()
         concepts.append(text)
     if size is not None:
-        if size < 1:
-            raise InputError(f"size must be positive, got {size}")
         concepts = concepts[-size:]
     return ConceptVocabulary(tuple(concepts), source=str(path))
 

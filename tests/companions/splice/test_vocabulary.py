@@ -61,3 +61,29 @@ def test_read_vocabulary(tmp_path: Path):
         read_vocabulary(path)
     with pytest.raises(FileNotFoundError):
         read_vocabulary(tmp_path / "missing.txt")
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"cat\n\xe9l\xe9phant\n", r"line 2: byte 0xe9 is not valid UTF-8"),
+    (b"\n# only a comment\n\n", "is empty"),
+])
+def test_read_vocabulary_bad_files_name_the_file(tmp_path: Path, content, message):
+    path = tmp_path / "vocab.txt"
+    path.write_bytes(content)
+    with pytest.raises(VocabularyError, match=message) as err:
+        read_vocabulary(path)
+    assert str(path) in str(err.value)
+
+
+def test_read_vocabulary_folder_and_bad_arguments(tmp_path: Path):
+    with pytest.raises(VocabularyError, match="is a directory, not a file"):
+        read_vocabulary(tmp_path)
+    path = tmp_path / "v.txt"
+    path.write_text("cat\ndog\n")
+    for size in (0, 2.5, "3", True):
+        with pytest.raises(VocabularyError, match="size"):
+            read_vocabulary(path, size=size)
+    with pytest.raises(VocabularyError, match="separator"):
+        read_vocabulary(path, separator="")
+    with pytest.raises(VocabularyError, match="must be a path"):
+        read_vocabulary(None)
