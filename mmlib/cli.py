@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from mmlib.core.artifacts import (
     load_artifact,
     remove_stale_temporaries,
 )
+from mmlib.core.console import OneLineErrorParser, one_line, run_command
 from mmlib.core.errors import ArtifactRootError, InputError
 from mmlib.core.paths import artifacts_dir
 from mmlib.models import embed
@@ -99,7 +99,7 @@ def verify(root: Path | None = None, kinds: Sequence[str] | None = None, verbose
                 load_artifact(folder.name, entry.name, path)
             except CorruptArtifactError as err:
                 bad += 1
-                print(f"CORRUPT {name}: {embed.one_line(err)}")
+                print(f"CORRUPT {name}: {one_line(err)}")
             except OSError as err:
                 bad += 1
                 print(f"UNREADABLE {name}: {err}; check its permissions.")
@@ -162,7 +162,7 @@ def clean(root: Path | None = None, parts: bool = False) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``mmlib`` parser with its subcommands (errors: one ``error:`` line, exit status 2)."""
-    parser = embed.OneLineErrorParser(
+    parser = OneLineErrorParser(
         prog="mmlib", description="The mmlib command line: extract CLIP embeddings into the artifact store, "
                                   "verify the stored artifacts, clean what interrupted runs left behind.")
     parser.add_argument("--version", action="version", version=f"mmlib {__version__}")
@@ -201,14 +201,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     Any :class:`~mmlib.core.errors.MmlibError` (and any argparse error) becomes one line ``error: <message>`` on
     stderr and exit status 2.
     """
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.handler(args))
-    except embed.handled_errors() as err:
-        print(f"error: {embed.one_line(err)}", file=sys.stderr, flush=True)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: nothing partial was stored; rerun the same command to resume", file=sys.stderr,
-              flush=True)
-        return 130
+    return run_command(lambda args: args.handler(args), build_parser().parse_args(argv))

@@ -16,6 +16,7 @@ import mmlib.models.embed as embed
 from mmlib import cli
 from mmlib.core import artifacts
 from mmlib.core.artifacts import load_artifact, save_artifact
+from mmlib.core.console import one_line
 from mmlib.core.paths import REPO_ROOT
 from mmlib.models.clip import build_tiny_clip, save_tiny_clip
 
@@ -157,8 +158,8 @@ def test_python_m_mmlib_reports_an_mmlib_error_without_a_traceback(saved_tiny_mo
 def test_one_line_keeps_the_message_of_a_worker_error():
     wrapped = ("Caught InputError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
                "  File \"x.py\", line 1, in f\nmmlib.core.errors.InputError: dataset.caption(3) returned a int")
-    assert embed.one_line(wrapped) == "dataset.caption(3) returned a int"
-    assert embed.one_line("two\nlines  here") == "two lines here"
+    assert one_line(wrapped) == "dataset.caption(3) returned a int"
+    assert one_line("two\nlines  here") == "two lines here"
 
 
 # ------------------------------------------------------------------------------------------ verify and clean

@@ -40,7 +40,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import open_clip
 import torch
@@ -63,14 +63,15 @@ from mmlib.core.artifacts import (
     tensor_fingerprint,
     write_tensors_atomic,
 )
+from mmlib.core.console import OneLineErrorParser, run_command, show_progress
 from mmlib.core.devices import parse_device, resolve_device
-from mmlib.core.errors import ConfigError, InputError, MmlibError, NonFiniteError
+from mmlib.core.errors import ConfigError, InputError, NonFiniteError
 from mmlib.core.validation import at_least, validate_config
 from mmlib.data.embeddings import Embeddings
 from mmlib.data.protocol import DatasetError, PairDataset
 from mmlib.models.clip import ModelBundle
 
-__all__ = ["EmbedConfig", "OneLineErrorParser", "TowersUnsupportedError", "add_arguments", "context_length",
+__all__ = ["EmbedConfig", "TowersUnsupportedError", "add_arguments", "context_length",
            "embed_dataset", "embed_splits", "embedding_key", "encode_pairs", "main", "run"]
 
 KIND = "embeddings"
@@ -713,24 +714,6 @@ def embed_splits(bundle: ModelBundle, datasets: Mapping[str, PairDataset], confi
 
 # ------------------------------------------------------------------------------------------------------- CLI
 
-class OneLineErrorParser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose errors are one line ``error: <message>`` on stderr and exit status 2 (no usage
-    block); subparsers inherit it.
-    """
-
-    def error(self, message: str) -> NoReturn:
-        """Print ``error: <message>`` and exit with status 2."""
-        self.exit(2, f"error: {one_line(message)}\n")
-
-
-def one_line(message: object) -> str:
-    """An error message on one line (an error re-raised from a DataLoader worker keeps only its last line)."""
-    text = str(message).strip()
-    if "Original Traceback" in text:  # torch's ExceptionWrapper: '<Caught X in worker>\nTraceback ...\nX: msg'
-        text = text.splitlines()[-1].split(": ", 1)[-1]
-    return " ".join(text.split())
-
-
 def _count(minimum: int) -> Callable[[str], int]:
     """An argparse ``type`` for an integer >= ``minimum`` (argparse names the option in the message)."""
     def parse(text: str) -> int:
@@ -776,7 +759,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", type=_device_option, default=defaults.device,
                         help="'auto' (cuda, else mps, else cpu), 'cpu', 'cuda', 'cuda:N' or 'mps' (default: auto)")
     parser.add_argument("--root", type=Path, help="artifact root (default: $MMLIB_ARTIFACTS or <repo>/artifacts)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (bars are drawn only on a terminal anyway)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -818,7 +802,7 @@ def run(args: argparse.Namespace) -> int:
         bundle = load_open_clip(args.open_clip, None if pretrained.lower() in ("none", "random") else pretrained)
     if config.towers:
         _check_towers(bundle.model)
-    result = embed_dataset(bundle, dataset, config, root=root, progress=not args.no_progress)
+    result = embed_dataset(bundle, dataset, config, root=root, progress=show_progress(args.no_progress))
     import torch.distributed as dist
     distributed = dist.is_available() and dist.is_initialized()
     if not distributed or dist.get_rank() == 0:
@@ -826,14 +810,6 @@ def run(args: argparse.Namespace) -> int:
     if distributed:
         dist.destroy_process_group()
     return 0
-
-
-def handled_errors() -> tuple[type[BaseException], ...]:
-    """The errors a command line reports as one ``error:`` line with exit status 2: every
-    :class:`~mmlib.core.errors.MmlibError` (the project's errors all derive from it; anything else is a bug and
-    keeps its traceback).
-    """
-    return (MmlibError,)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -846,11 +822,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "resumable; run under torchrun to shard the work). Prints the artifact folder. "
                     "Same as 'python -m mmlib embed'.")
     add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except handled_errors() as err:
-        parser.exit(2, f"error: {one_line(err)}\n")
+    return run_command(run, parser.parse_args(argv))
 
 
 if __name__ == "__main__":
