@@ -282,6 +282,27 @@ def ensure_artifact_root(root: Path | None = None) -> Path:
     return path
 
 
+def _writable_kind_folder(kind: str, key: str, root: Path | None) -> Path:
+    """``<root>/<kind>``, created, after checking the root (:func:`ensure_artifact_root`) and that no file is in
+    the way.
+    """
+    ensure_artifact_root(root)
+    folder = artifact_path(kind, key, root).parent
+    if folder.exists() and not folder.is_dir():
+        raise ArtifactRootError(f"{folder} is a file where the folder of the {kind!r} artifacts belongs; move or "
+                                "delete it.")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _remove(path: Path) -> None:
+    """Remove whatever is at ``path``: a folder tree, a file or a link (nothing if absent)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
 def meta_checksum(meta: Mapping[str, Any]) -> str:
     """SHA-256 of a metadata dict's canonical JSON, without its own ``meta_sha256`` entry."""
     body = {k: v for k, v in meta.items() if k != "meta_sha256"}
@@ -301,9 +322,7 @@ def save_artifact(kind: str, key: str, tensors: Mapping[str, torch.Tensor], meta
     ArtifactRootError
         if the root is not a writable folder.
     """
-    ensure_artifact_root(root)
-    final = artifact_path(kind, key, root)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    final = _writable_kind_folder(kind, key, root) / key
     remove_stale_temporaries(kind, key, root)
     tmp = final.parent / _tmp_name(key)
     tmp.mkdir()
@@ -314,8 +333,7 @@ def save_artifact(kind: str, key: str, tensors: Mapping[str, torch.Tensor], meta
                      "sha256": file_sha256(tmp / TENSORS_FILE)}
         full_meta["meta_sha256"] = meta_checksum(full_meta)
         (tmp / META_FILE).write_text(json.dumps(full_meta, indent=2, sort_keys=True))
-        if final.exists():
-            shutil.rmtree(final)
+        _remove(final)
         os.replace(tmp, final)
     finally:
         if tmp.exists():
@@ -336,10 +354,13 @@ def load_artifact(kind: str, key: str, root: Path | None = None) -> Artifact:
         if ``meta.json`` is unreadable or edited, or the tensors do not match the recorded checksum.
     """
     folder = artifact_path(kind, key, root)
+    redo = f"delete the folder {folder} to have it recomputed"
     if not folder.is_dir():
+        if folder.exists() or folder.is_symlink():
+            raise CorruptArtifactError(f"{folder} is not a folder (a file or a broken link where the artifact "
+                                       f"{kind}/{key} belongs); {redo.replace('the folder ', '')}.")
         raise FileNotFoundError(f"no artifact {kind}/{key} under {folder.parent}")
     meta_file = folder / META_FILE
-    redo = f"delete the folder {folder} to have it recomputed"
     try:
         meta = json.loads(meta_file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -374,12 +395,12 @@ def load_or_compute(kind: str, key: str,
     except CorruptArtifactError as err:
         warnings.warn(f"{err}; recomputing {kind}/{key}", RuntimeWarning, stacklevel=2)
         ensure_artifact_root(root)
-        shutil.rmtree(artifact_path(kind, key, root), ignore_errors=True)
+        _remove(artifact_path(kind, key, root))
     else:
         if any(artifact_path(kind, key, root).parent.glob(f".{glob_escape(key)}.*.tmp")):
             remove_stale_temporaries(kind, key, root)
         return found
-    ensure_artifact_root(root)
+    _writable_kind_folder(kind, key, root)
     remove_stale_temporaries(kind, key, root)
     tensors, meta = compute()
     save_artifact(kind, key, tensors, meta, root)

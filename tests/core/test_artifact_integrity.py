@@ -90,6 +90,21 @@ def test_load_or_compute_recomputes_every_corruption(tmp_path, corruption):
     assert len(calls) == 2 and art.meta["n"] == 8 and torch.equal(art.tensors["x"], torch.ones(8, 4))
 
 
+def test_a_file_where_the_artifact_folder_belongs_is_recomputed(tmp_path):
+    folder = artifact_path("kind", "k1", tmp_path)
+    folder.parent.mkdir(parents=True)
+    folder.write_text("not an artifact")
+    with pytest.raises(CorruptArtifactError, match="is not a folder"):
+        load_artifact("kind", "k1", tmp_path)
+    with pytest.warns(RuntimeWarning, match="recomputing"):
+        art = load_or_compute("kind", "k1", lambda: ({"x": torch.ones(2)}, {}), root=tmp_path)
+    assert art.path.is_dir()
+    (tmp_path / "kind").rename(tmp_path / "kind.bak")
+    (tmp_path / "kind").write_text("a file where the kind's folder belongs")
+    with pytest.raises(ArtifactRootError, match="is a file where the folder of the 'kind' artifacts belongs"):
+        load_or_compute("kind", "k1", lambda: pytest.fail("computed before checking the folder"), root=tmp_path)
+
+
 def test_another_keys_files_are_refused(tmp_path):
     """Copying one artifact's files over another's (same kind) used to load the other data silently."""
     a, b = _save(tmp_path, "key-a", value=1.0), _save(tmp_path, "key-b", value=2.0)
