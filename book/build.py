@@ -10,6 +10,8 @@
    papermill injected (``# Parameters``), i.e. the profile the page was actually built with.
    The prose is then checked (:func:`check_prose`): no measured number
    typed by hand into a Markdown cell, and every glue key used is glued (``mmlib/reporting/prose.py``).
+   The quick variants of the fair benchmarks (``benchmarks/report.py --quick``) then write the Performance page's
+   measured content into ``book/_generated/performance/`` (git-ignored; ``book/performance.md`` includes it).
 2. ``jupyter-book build`` renders the book into ``_build/html`` with warnings as errors (``-W -n``).
 3. The output is checked: every toc page exists, pages with formulas load the local MathJax, and no page
    loads anything from the network.
@@ -232,6 +234,27 @@ def check_prose(names: list[str], profile: str = "tiny") -> None:
     say(f"==> Prose of {len(names)} chapter(s): no hand-typed measured number, glue consistent")
 
 
+# --------------------------------------------------------------------------- step 1b: the Performance page
+#: Where the quick benchmarks write the Performance page's generated content (git-ignored; book/performance.md
+#: includes results.md from there).
+PERFORMANCE_DIR = REPO / "book" / "_generated" / "performance"
+
+
+def generate_performance() -> float:
+    """Run the quick variants of the fair benchmarks (``benchmarks/report.py --quick``) into :data:`PERFORMANCE_DIR`.
+
+    Returns the seconds it took (budget: 2 min on 2 cores). A failure stops the build.
+    """
+    shutil.rmtree(PERFORMANCE_DIR, ignore_errors=True)
+    cmd = [sys.executable, str(REPO / "benchmarks" / "report.py"), "--quick", "--out", str(PERFORMANCE_DIR)]
+    say("==> Performance page: " + " ".join(["python", *cmd[1:]]))
+    t0 = time.perf_counter()
+    rc = subprocess.run(cmd, cwd=REPO).returncode
+    if rc != 0 or not (PERFORMANCE_DIR / "results.md").is_file():
+        fail(f"benchmarks/report.py --quick exited with status {rc} (the Performance page's content)")
+    return time.perf_counter() - t0
+
+
 # --------------------------------------------------------------------------- step 2: jupyter-book
 # `jupyter-book` without an entry-point script (this interpreter's environment, wherever it is). Unlike
 # sphinx-build, Jupyter Book colours its log even when it goes to a file: turn that off unless on a terminal.
@@ -315,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.keep_build:
         shutil.rmtree(BUILD, ignore_errors=True)
+    t_perf = generate_performance()
     t0 = time.perf_counter()
     build_html(nitpicky=not args.no_nitpicky)
     t_build = time.perf_counter() - t0
@@ -326,11 +350,13 @@ def main(argv: list[str] | None = None) -> int:
     for name, t in times.items():
         say(f"    {name:<40} {t:8.1f} s")
     say(f"    {'notebook execution (all)':<40} {t_exec:8.1f} s")
+    say(f"    {'performance benchmarks (quick)':<40} {t_perf:8.1f} s")
     say(f"    {'jupyter-book build':<40} {t_build:8.1f} s")
     say(f"    {'total':<40} {total:8.1f} s")
     (BUILD / "timings.json").write_text(
         json.dumps(
-            {"profile": args.profile, "notebooks_s": times, "execute_s": t_exec, "build_s": t_build, "total_s": total},
+            {"profile": args.profile, "notebooks_s": times, "execute_s": t_exec, "performance_s": t_perf,
+             "build_s": t_build, "total_s": total},
             indent=2,
         )
     )
