@@ -90,6 +90,10 @@ def check_finite(x: Any, name: str, hint: str = "remove or impute the bad rows f
 
 def check_nonnegative(x: Any, name: str, hint: str = "pass non-negative feature activations") -> Any:
     """``x`` if finite and ``>= 0`` everywhere (:class:`NonFiniteError` / :class:`InputError` otherwise)."""
+    if isinstance(x, torch.Tensor) and x.is_floating_point() and x.numel():
+        low, high = torch.aminmax(x.detach())  # one pass; NaN propagates and fails both tests
+        if bool(low >= 0) and bool(torch.isfinite(high)):
+            return x
     check_finite(x, name)
     arr = x.detach() if isinstance(x, torch.Tensor) else _as_numpy(x)
     neg = arr < 0
