@@ -309,7 +309,8 @@ class Latents:
     mentioned: dict[str, np.ndarray]  # factor -> (n,) bool
 
 
-_SPURIOUS_BACKGROUND = np.array([0, 1, 2, 3])  # shape index -> background index
+#: In a spurious world, the background tied to each shape (shape index -> background index, cyclically).
+SPURIOUS_BACKGROUND = np.array([0, 1, 2, 3])
 
 
 def _check_count(value: object, name: str, low: int) -> None:
@@ -326,7 +327,7 @@ def sample_latents(config: WorldConfig, n: int, rng: np.random.Generator) -> Lat
         v = rng.integers(len(f.values), size=n)
         if f.name == "background" and config.spurious > 0 and "shape" in values:
             tie = rng.random(n) < config.spurious
-            v = np.where(tie, _SPURIOUS_BACKGROUND[values["shape"] % 4], v)
+            v = np.where(tie, SPURIOUS_BACKGROUND[values["shape"] % 4], v)
         values[f.name] = v
         depicted[f.name] = rng.random(n) < np.asarray(f.p_depict)[v]
         mentioned[f.name] = rng.random(n) < np.asarray(f.p_mention)[v]

@@ -27,7 +27,7 @@ from mmlib.companions.splice.vocabulary import ConceptVocabulary
 from mmlib.core.errors import InputError
 from mmlib.core.stats import proportion_ci
 from mmlib.core.validation import check_finite
-from mmlib.data.world import _SPURIOUS_BACKGROUND, World, WorldConfig, generate_world
+from mmlib.data.world import SPURIOUS_BACKGROUND, World, WorldConfig, generate_world
 from mmlib.models.clip import ModelBundle
 from mmlib.models.embed import EmbedConfig, embed_dataset
 from mmlib.models.prompts import class_embeddings, encode_texts
@@ -291,7 +291,7 @@ def tied_value(class_index: np.ndarray | int) -> np.ndarray:
 
     The world's own map (:func:`mmlib.data.world.sample_latents`): shape ``s`` -> background ``s mod 4``.
     """
-    return _SPURIOUS_BACKGROUND[np.asarray(class_index) % len(_SPURIOUS_BACKGROUND)]
+    return SPURIOUS_BACKGROUND[np.asarray(class_index) % len(SPURIOUS_BACKGROUND)]
 
 
 def tied_concept_lift(weights: torch.Tensor, labels: np.ndarray, vocabulary: ConceptVocabulary,
