@@ -367,9 +367,11 @@ def load_artifact(kind: str, key: str, root: Path | None = None) -> Artifact:
         raise CorruptArtifactError(f"{meta_file} is missing or unreadable ({err}); {redo}.") from err
     if not isinstance(meta, dict):
         raise CorruptArtifactError(f"{meta_file} holds a JSON {type(meta).__name__}, not an object; {redo}.")
+    if "meta_sha256" not in meta:
+        raise CorruptArtifactError(f"{meta_file} has no checksum of its own: the artifact was written by an older "
+                                   f"mmlib and cannot be verified; {redo}.")
     if meta.get("meta_sha256") != meta_checksum(meta):
-        raise CorruptArtifactError(f"{meta_file} does not match its recorded checksum (edited, or written by an "
-                                   f"older mmlib); {redo}.")
+        raise CorruptArtifactError(f"{meta_file} does not match its recorded checksum (it was edited); {redo}.")
     if (meta.get("kind"), meta.get("key")) != (kind, key):
         raise ArtifactMismatchError(f"{folder} holds the artifact {meta.get('kind')}/{meta.get('key')}, not "
                                     f"{kind}/{key} (files copied or moved between artifacts); {redo}.")

@@ -46,6 +46,12 @@ def _edit_meta(folder: Path, **changes) -> None:
     (folder / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
 
 
+def _drop_meta_checksum(folder: Path) -> None:
+    meta = json.loads((folder / "meta.json").read_text())
+    del meta["meta_sha256"]
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
 CORRUPTIONS = {
     "tensor byte flipped": lambda f: _flip(f / "tensors.safetensors", -3),
     "tensor header byte flipped": lambda f: _flip(f / "tensors.safetensors", 12),
@@ -60,7 +66,8 @@ CORRUPTIONS = {
     "meta not UTF-8": lambda f: (f / "meta.json").write_bytes(b"\xff\xfe{}"),
     "meta a JSON list": lambda f: (f / "meta.json").write_text("[1, 2]"),
     "meta value edited (valid JSON)": lambda f: _edit_meta(f, n=9),
-    "meta checksum removed (older format)": lambda f: _edit_meta(f, meta_sha256=None),
+    "meta checksum emptied": lambda f: _edit_meta(f, meta_sha256=None),
+    "meta checksum absent (older format)": lambda f: _drop_meta_checksum(f),
 }
 
 
@@ -120,6 +127,12 @@ def test_a_folder_moved_to_another_kind_is_refused(tmp_path):
     shutil.copytree(folder, tmp_path / "features" / "key-a")
     with pytest.raises(ArtifactMismatchError, match="embeddings/key-a, not features/key-a"):
         load_artifact("features", "key-a", tmp_path)
+
+
+def test_an_older_artifact_is_named_as_such(tmp_path):
+    _drop_meta_checksum(_save(tmp_path))
+    with pytest.raises(CorruptArtifactError, match="written by an older mmlib and cannot be verified"):
+        load_artifact("kind", "k1", tmp_path)
 
 
 def test_metadata_round_trips_and_is_covered(tmp_path):
