@@ -163,15 +163,23 @@ def make_celeba(tmp_path: Path) -> Callable[..., Path]:
 
 @pytest.fixture
 def load_benchmark() -> Callable[[str], object]:
-    """Import ``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a package)."""
-    import importlib.util
+    """Import ``benchmarks/<name>.py`` as the module ``<name>`` (the benchmarks are scripts, not a package).
+
+    ``benchmarks/`` is put on ``sys.path``, as the scripts themselves run, and the module is registered in
+    ``sys.modules`` under its name (dataclasses with postponed annotations need it, and ``bench_*`` import ``fair``).
+    """
+    import importlib
+    import sys
 
     from mmlib.core.paths import REPO_ROOT
 
+    folder = str(REPO_ROOT / "benchmarks")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+
     def load(name: str):
-        spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        module = importlib.import_module(name)
+        assert module.__file__ == str(REPO_ROOT / "benchmarks" / f"{name}.py"), module.__file__
         return module
 
     return load

@@ -194,6 +194,8 @@ def test_fvu_matches_overcomplete_at_equal_l0(load_benchmark):
     """
     if importlib.util.find_spec("overcomplete") is None:
         pytest.skip("overcomplete (a test dependency) is not installed")
-    result = load_benchmark("bench_sae").compare(n=2000, n_latents=128, k=4, epochs=20, batch_pairs=128, lr=3e-3,
-                                                 seed=0, threads=1)
-    assert result["ours_fvu"] <= result["theirs_fvu"] + 0.02, result
+    bench = load_benchmark("bench_sae")
+    sizes = bench.Sizes(n=2000, K=128, k=4, epochs=20, batch_pairs=128, lr=3e-3, pairs=1, threads=1, scaling_K=())
+    row = bench.run(sizes, log=lambda line: None)["ratios"][0]
+    assert row["l0_ours"] == pytest.approx(4, abs=0.05) and row["l0_reference"] == pytest.approx(4, abs=0.05), row
+    assert row["fvu_ours"] <= row["fvu_reference"] + 0.02, row
