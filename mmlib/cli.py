@@ -26,7 +26,7 @@ from mmlib.core.artifacts import (
     CorruptArtifactError,
     ensure_artifact_root,
     load_artifact,
-    remove_stale_temporaries,
+    remove_stale_temporaries_under,
 )
 from mmlib.core.console import OneLineErrorParser, one_line, run_command
 from mmlib.core.errors import ArtifactRootError, InputError
@@ -37,7 +37,6 @@ __all__ = ["build_parser", "clean", "main", "verify"]
 
 #: Suffix of the folders that hold resume state rather than artifacts (``embeddings.parts``).
 PARTS_SUFFIX = ".parts"
-_TMP_BASE = re.compile(r"\.(?P<base>.+?)\.(?:[A-Za-z0-9-]+\.\d+\.)?[0-9a-f]{32}\.tmp")
 
 
 def _existing_root(root: Path | None) -> Path:
@@ -112,17 +111,6 @@ def verify(root: Path | None = None, kinds: Sequence[str] | None = None, verbose
     return 1 if bad else 0
 
 
-def _stale_temporaries(root: Path) -> int:
-    """Remove the stale temporaries anywhere under ``root`` (writers that no longer run); return how many."""
-    removed = 0
-    folders = {tmp.parent for tmp in root.rglob(".*.tmp")}
-    for folder in sorted(folders):
-        bases = {m.group("base") for tmp in folder.glob(".*.tmp") if (m := _TMP_BASE.fullmatch(tmp.name))}
-        for base in sorted(bases):
-            removed += remove_stale_temporaries(str(folder.relative_to(root)), base, root)
-    return removed
-
-
 def clean(root: Path | None = None, parts: bool = False) -> int:
     """Remove what killed runs left under the artifact root; print what was removed; return the exit status (0).
 
@@ -136,7 +124,7 @@ def clean(root: Path | None = None, parts: bool = False) -> int:
         if the root does not exist, is a file or is not writable.
     """
     path = ensure_artifact_root(_existing_root(root))
-    removed = _stale_temporaries(path)
+    removed = remove_stale_temporaries_under(path)
     orphans = unfinished = 0
     for folder in sorted(p for p in path.iterdir() if p.is_dir() and p.name.endswith(PARTS_SUFFIX)):
         kind = folder.name.removesuffix(PARTS_SUFFIX)

@@ -47,7 +47,8 @@ from mmlib.core.paths import artifacts_dir
 __all__ = [
     "Artifact", "ArtifactMismatchError", "CorruptArtifactError", "artifact_path", "code_version",
     "ensure_artifact_root", "file_sha256", "load_artifact", "load_or_compute", "meta_checksum", "read_tensors",
-    "remove_stale_temporaries", "save_artifact", "stable_hash", "tensor_fingerprint", "to_jsonable",
+    "remove_stale_temporaries", "remove_stale_temporaries_under", "save_artifact", "stable_hash",
+    "tensor_fingerprint", "to_jsonable",
     "write_tensors_atomic",
 ]
 
@@ -165,11 +166,14 @@ def _is_stale(tmp: Path, now: float) -> bool:
 
 
 def _remove_stale(folder: Path, base: str) -> int:
-    """Remove the stale temporaries of ``folder/base`` (see :func:`remove_stale_temporaries`); return how many."""
+    """Remove the stale temporaries of ``folder/base`` (``base="*"``: of every file in ``folder``; see
+    :func:`remove_stale_temporaries`); return how many.
+    """
     if not folder.is_dir():
         return 0
     removed, now = 0, time.time()
-    for tmp in folder.glob(f".{glob_escape(base)}.*.tmp"):
+    pattern = ".*.tmp" if base == "*" else f".{glob_escape(base)}.*.tmp"
+    for tmp in folder.glob(pattern):
         if _is_stale(tmp, now):
             if tmp.is_dir() and not tmp.is_symlink():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -182,6 +186,16 @@ def _remove_stale(folder: Path, base: str) -> int:
 def glob_escape(text: str) -> str:
     """``text`` with glob metacharacters escaped."""
     return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+def remove_stale_temporaries_under(folder: Path) -> int:
+    """Remove every stale temporary anywhere under ``folder`` (any kind, key or file; staleness as in
+    :func:`remove_stale_temporaries`); return the number removed.
+    """
+    removed = 0
+    for parent in sorted({tmp.parent for tmp in Path(folder).rglob(".*.tmp")}):
+        removed += _remove_stale(parent, "*")
+    return removed
 
 
 def remove_stale_temporaries(kind: str, key: str, root: Path | None = None) -> int:

@@ -19,6 +19,7 @@ import pandas as pd
 
 from mmlib.core.errors import ArgumentTypeError, InputError, InputNotFoundError, MissingKeyError
 from mmlib.core.validation import as_path, is_int
+from mmlib.data.protocol import utf8_error_line
 from mmlib.data.world import CAPTION_PREFIXES, OBJECT_NOUNS, Factor, default_factors, phrase
 from mmlib.models.embed import context_length
 
@@ -191,9 +192,9 @@ def read_vocabulary(path: str | Path, size: int | None = None, separator: str | 
                               f"not a file; {hint}.")
     try:
         text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = path.read_bytes()[:err.start].count(b"\n") + 1
-        raise VocabularyError(f"vocabulary file {path}, line {line}: byte 0x{err.object[err.start]:02x} is not valid "
+    except UnicodeDecodeError:
+        line, column, byte = utf8_error_line(path) or (0, 0, 0)
+        raise VocabularyError(f"vocabulary file {path}, line {line}, column {column}: byte 0x{byte:02x} is not valid "
                               "UTF-8; re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`).") from None
     except OSError as err:
         raise VocabularyError(f"cannot read vocabulary file {path} ({err.strerror or err}); {hint}.") from err

@@ -64,7 +64,7 @@ def test_read_vocabulary(tmp_path: Path):
 
 
 @pytest.mark.parametrize("content, message", [
-    (b"cat\n\xe9l\xe9phant\n", r"line 2: byte 0xe9 is not valid UTF-8"),
+    (b"cat\n\xe9l\xe9phant\n", r"line 2, column 1: byte 0xe9 is not valid UTF-8"),
     (b"\n# only a comment\n\n", "is empty"),
 ])
 def test_read_vocabulary_bad_files_name_the_file(tmp_path: Path, content, message):
