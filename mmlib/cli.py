@@ -7,7 +7,9 @@ Commands:
 * ``verify``: load every artifact ``<root>/<kind>/<key>/`` and check it (recorded kind and key, checksums), list the
   corrupt ones and exit with status 1 if there is any;
 * ``clean``: remove what killed runs left behind: stale temporaries (``.*.tmp`` of writers that no longer run) and
-  the resume shards of extractions whose artifact exists (``--parts``: every resume shard).
+  the resume shards of extractions whose artifact exists (``--parts``: every resume shard);
+* ``smoke-data``: write a small generated corpus in the real formats (CSV, webdataset shards, a CelebA folder, a
+  word list; :mod:`mmlib.data.smoke`) and print each chapter parameter's value as JSON.
 
 A bad option or input exits with status 2 and exactly one line ``error: <message>`` on stderr (no traceback);
 anything else is a bug and keeps its traceback. This module sits above every layer: nothing in mmlib imports it.
@@ -16,6 +18,8 @@ anything else is a bug and keeps its traceback. This module sits above every lay
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import re
 import shutil
 from collections.abc import Sequence
@@ -31,9 +35,10 @@ from mmlib.core.artifacts import (
 from mmlib.core.console import OneLineErrorParser, one_line, run_command
 from mmlib.core.errors import ArtifactRootError, InputError
 from mmlib.core.paths import artifacts_dir
+from mmlib.data.smoke import SmokeConfig, write_smoke_data
 from mmlib.models import embed
 
-__all__ = ["build_parser", "clean", "main", "verify"]
+__all__ = ["build_parser", "clean", "main", "smoke_data", "verify"]
 
 #: Suffix of the folders that hold resume state rather than artifacts (``embeddings.parts``).
 PARTS_SUFFIX = ".parts"
@@ -180,7 +185,28 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("--parts", action="store_true",
                          help="also remove the resume shards of unfinished extractions")
     command.set_defaults(handler=lambda args: clean(args.root, args.parts))
+
+    command = commands.add_parser(
+        "smoke-data", help="write a small generated corpus in the real formats (the paper profile's smoke data)",
+        description="Write a small generated corpus in the formats the paper profile reads (CSV + images, "
+                    "webdataset shards, a CelebA-layout folder, a concept word list) into a new folder, and print "
+                    "where each is as JSON (the chapters' pairs / celeba_root / vocabulary_file parameters).")
+    command.add_argument("folder", type=Path, help="a new (or empty) folder")
+    defaults = SmokeConfig()
+    for field in dataclasses.fields(SmokeConfig):
+        command.add_argument(f"--{field.name.replace('_', '-')}", type=int, default=getattr(defaults, field.name),
+                             help=f"default {getattr(defaults, field.name)}")
+    command.set_defaults(handler=smoke_data)
     return parser
+
+
+def smoke_data(args: argparse.Namespace) -> int:
+    """``mmlib smoke-data``: write the smoke corpus and print its locations as JSON; returns 0."""
+    config = SmokeConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SmokeConfig)})
+    data = write_smoke_data(args.folder, config)
+    print(json.dumps({"pairs_csv": str(data.csv), "pairs_wds": data.shards, "celeba_root": str(data.celeba_root),
+                      "vocabulary_file": str(data.vocabulary_file), "n": data.n}, indent=1))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -51,7 +51,7 @@ def assert_one_error_line(status: int, err: str, *fragments: str) -> None:
 def test_help_lists_the_commands(capsys):
     status, out, _ = run_cli(["--help"], capsys)
     assert status == 0
-    for command in ("embed", "verify", "clean"):
+    for command in ("embed", "verify", "clean", "smoke-data"):
         assert command in out
     status, out, _ = run_cli(["embed", "--help"], capsys)
     assert status == 0 and "--batch-size" in out and "--shard-size" in out and "multiple of --batch-size" in out
@@ -245,3 +245,19 @@ def test_clean_removes_stale_temporaries_and_orphaned_resume_shards(tmp_path, ca
     assert cli.verify(tmp_path) == 0  # the artifacts themselves are untouched
     status, _, err = run_cli(["clean", "--root", str(tmp_path / "nowhere")], capsys)
     assert_one_error_line(status, err, "does not exist")
+
+
+# ------------------------------------------------------------------------------------------------------ smoke-data
+def test_smoke_data_writes_the_formats_and_prints_the_parameters(tmp_path, capsys):
+    import json
+
+    from mmlib.data.corpora import open_pairs
+
+    status, out, _ = run_cli(["smoke-data", str(tmp_path / "smoke"), "--n", "6", "--shard-size", "4",
+                              "--image-size", "32"], capsys)
+    where = json.loads(out)
+    assert status == 0
+    assert where["n"] == 6 and where["pairs_wds"].endswith("{00000..00001}.tar")
+    assert len(open_pairs(where["pairs_csv"])) == len(open_pairs(where["pairs_wds"])) == 6
+    status, _, err = run_cli(["smoke-data", str(tmp_path / "smoke")], capsys)  # not a new folder: nothing touched
+    assert status == 2 and err.startswith("error: ") and len(open_pairs(where["pairs_csv"])) == 6
