@@ -1,6 +1,7 @@
 # The README's commands. Run from the repository root.
 #   make test       set up .venv, lint (ruff), run the unit tests, then check the notebooks (nbval)
 #   make book       set up .venv, execute every notebook (profile "tiny"), build the book into _build/html
+#   make smoke      run every chapter on the paper profile at random weights on a small real-format corpus (CPU)
 #   make bench      run the full fair benchmarks (several minutes) into _build/bench/ (the book runs the quick ones)
 #   make check-determinism   build the book twice from two empty artifact stores and compare the claims tables
 #   make clean      remove _build/ and notebooks/_executed/ (keeps artifacts/: trained models are expensive)
@@ -27,7 +28,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(SYSTEM_PATH)
 # for every configured local index that lacks it; that line, and only that line, is filtered out.
 PIP_NOISE := ^WARNING: Location '[^']*' is ignored: it is neither a file nor a directory\.$$
 
-.PHONY: help test book bench clean distclean check-determinism
+.PHONY: help test book smoke bench clean distclean check-determinism
 
 # Where check-determinism keeps its two artifact stores and the first run's claims table.
 DETERMINISM_DIR ?= _determinism
@@ -52,6 +53,9 @@ test: $(STAMP)
 book: $(STAMP)
 	rm -rf _build
 	$(PY) book/build.py
+
+smoke: $(STAMP)
+	$(PY) book/smoke.py --keep-going
 
 bench: $(STAMP)
 	$(PY) benchmarks/report.py --out _build/bench

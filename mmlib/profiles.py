@@ -13,9 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 from mmlib.core.devices import parse_device
-from mmlib.core.errors import ConfigError, InputError
+from mmlib.core.errors import ConfigError, InputError, InputNotFoundError
 from mmlib.core.validation import at_least, one_of, validate_config
 from mmlib.data.world import WorldConfig
 from mmlib.feature_maps.ncl import NCLConfig
@@ -165,3 +170,70 @@ def get_profile(name: str, **overrides) -> Profile:
                           f"are {fields}.{hint}")
     profile = PROFILES[name]()
     return dataclasses.replace(profile, **overrides) if overrides else profile
+
+
+def read_settings(path: str | os.PathLike) -> dict[str, Any]:
+    """A run's settings: a JSON object of :class:`Profile` overrides (see :func:`apply_settings`), read from ``path``.
+
+    Raises
+    ------
+    InputNotFoundError
+        if the file does not exist.
+    ConfigError
+        if it is not UTF-8 JSON holding an object.
+    """
+    path = Path(os.fspath(path)).expanduser()
+    if not path.is_file():
+        raise InputNotFoundError(f"settings file {path} does not exist (or is not a file); pass the JSON file of the "
+                                 "run's profile overrides, e.g. the one `mmlib smoke-data` writes")
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"settings file {path} is not valid UTF-8 JSON ({err}); fix or regenerate it") from None
+    if not isinstance(settings, dict):
+        raise ConfigError(f"settings file {path} holds a JSON {type(settings).__name__}; it must hold an object of "
+                          "Profile fields, e.g. {\"pretrained\": \"random\", \"pairs\": \"pairs.csv\"}")
+    return settings
+
+
+def apply_settings(profile: Profile, settings: Mapping[str, Any] | str | os.PathLike | None) -> Profile:
+    """``profile`` with the overrides of ``settings`` (a mapping, or the path of a JSON file of one).
+
+    Top-level keys are :class:`Profile` fields. A field that is itself a config (``world``, ``sae``, ``ncl``, ``raw``,
+    ``arch``, ``clip_train``, ``declip_train``) takes a mapping of *its* fields, applied to the profile's value;
+    ``map_seeds`` takes a list. Every config validates what it is given.
+
+    Raises
+    ------
+    ConfigError
+        for an unknown field (with the closest name), a nested mapping for a field that is not a config, or any
+        value a config rejects; see :func:`read_settings` for the file's errors.
+    """
+    if settings is None:
+        return profile
+    if isinstance(settings, (str, os.PathLike)):
+        settings = read_settings(settings)
+    if not isinstance(settings, Mapping):
+        raise ConfigError(f"settings must be a mapping of Profile fields or the path of a JSON file, got "
+                          f"{type(settings).__name__}")
+    fields = {f.name for f in dataclasses.fields(Profile)}
+    changes: dict[str, Any] = {}
+    for key, value in settings.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), sorted(fields), n=1)
+            raise ConfigError(f"unknown setting {key!r}: settings are Profile fields ({sorted(fields)})"
+                              + (f"; did you mean {close[0]!r}?" if close else ""))
+        current = getattr(profile, key)
+        if isinstance(value, Mapping):
+            if not dataclasses.is_dataclass(current):
+                raise ConfigError(f"setting {key!r} takes a value, not a mapping ({dict(value)!r})")
+            nested = {f.name for f in dataclasses.fields(current)}
+            unknown = sorted(set(value) - nested)
+            if unknown:
+                raise ConfigError(f"unknown field(s) {unknown} in setting {key!r}; its fields are {sorted(nested)}")
+            value = dataclasses.replace(current, **{k: tuple(v) if isinstance(v, list) else v
+                                                    for k, v in value.items()})
+        elif isinstance(value, list):
+            value = tuple(value)
+        changes[key] = value
+    return dataclasses.replace(profile, **changes)

@@ -54,3 +54,48 @@ def test_valid_overrides_still_work():
     assert profile.device == "cpu" and dataclasses.replace(profile, device="auto").device == "auto"
     with pytest.raises(ConfigError, match="Profile.name must be one of 'tiny', 'paper'"):
         dataclasses.replace(profile, name="huge")
+
+
+# ------------------------------------------------------------------------------------------------ run settings
+def test_settings_override_fields_and_nested_configs(tmp_path):
+    import json
+
+    from mmlib.profiles import apply_settings
+
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({"pretrained": "random", "pairs": "x.csv", "embed_batch_size": 8,
+                                "map_seeds": [0], "sae": {"K": 64, "epochs": 1}, "world": {"n_test": 40}}))
+    paper = get_profile("paper")
+    P = apply_settings(paper, path)
+    assert (P.pretrained, P.pairs, P.embed_batch_size, P.map_seeds) == ("random", "x.csv", 8, (0,))
+    assert (P.sae.K, P.sae.epochs, P.sae.lr) == (64, 1, paper.sae.lr) and P.world.n_test == 40
+    assert apply_settings(paper, None) is paper and apply_settings(paper, {}) == paper
+
+
+@pytest.mark.parametrize("settings, error, message", [
+    ({"pretrainned": "random"}, ConfigError, "did you mean 'pretrained'"),
+    ({"sae": {"KK": 3}}, ConfigError, r"unknown field\(s\) \['KK'\] in setting 'sae'"),
+    ({"pairs": {"a": 1}}, ConfigError, "takes a value, not a mapping"),
+    ({"sae": {"K": 0}}, ConfigError, "K"),
+    ({"embed_batch_size": "big"}, ConfigError, "embed_batch_size"),
+    (["pretrained"], ConfigError, "mapping of Profile fields"),
+])
+def test_bad_settings_are_refused_by_name(settings, error, message):
+    from mmlib.profiles import apply_settings
+
+    with pytest.raises(error, match=message):
+        apply_settings(get_profile("paper"), settings)
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "does not exist"), (b"{not json", "not valid UTF-8 JSON"), (b"\xff\xfe", "not valid UTF-8 JSON"),
+    (b"[1, 2]", "holds a JSON list"),
+])
+def test_bad_settings_files_are_refused(tmp_path, content, message):
+    from mmlib.profiles import apply_settings
+
+    path = tmp_path / "s.json"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(InputError, match=message):
+        apply_settings(get_profile("paper"), path)

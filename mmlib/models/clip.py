@@ -134,6 +134,10 @@ def _checkpoint_error(path: Path, name: str, err: BaseException) -> CheckpointEr
                            f"{_SAFE_FORMATS}.")
 
 
+#: The ``pretrained`` value that asks :func:`load_open_clip` for random weights (explicitly; never a fallback).
+RANDOM_WEIGHTS = "random"
+
+
 def load_open_clip(name: str, pretrained: str | None = "openai", device: str | torch.device = "cpu",
                    ) -> ModelBundle:
     """Load an open_clip model by architecture name and pretrained tag (the ``paper`` profile's path).
@@ -144,8 +148,9 @@ def load_open_clip(name: str, pretrained: str | None = "openai", device: str | t
         An open_clip architecture, e.g. ``"ViT-B-32"``.
     pretrained : str or None
         A pretrained tag (``"openai"``), a path to a local checkpoint file (``.safetensors``, or a state dict saved
-        with ``torch.save`` that loads with ``weights_only=True``), or ``None`` for random weights (used by the
-        offline tests of the real-architecture code path).
+        with ``torch.save`` that loads with ``weights_only=True``), or ``"random"`` (:data:`RANDOM_WEIGHTS`; ``None``
+        means the same) for the architecture at random initialisation, seeded by torch's global seed: the
+        offline smoke run of the ``paper`` profile and its tests, and a control without learned structure.
     device : str or torch.device
 
     Raises
@@ -163,6 +168,8 @@ def load_open_clip(name: str, pretrained: str | None = "openai", device: str | t
     check_model_name(name)
     if isinstance(pretrained, os.PathLike):
         pretrained = os.fspath(pretrained)
+    if pretrained == RANDOM_WEIGHTS:
+        pretrained = None
     if pretrained is not None and (not isinstance(pretrained, str) or not pretrained.strip()):
         raise InputError(f"pretrained must be a tag such as 'openai', the path of a checkpoint file, or None for "
                          f"random weights; got {pretrained!r}.")

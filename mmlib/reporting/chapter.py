@@ -27,7 +27,7 @@ from threadpoolctl import threadpool_limits
 from tqdm import TqdmWarning
 
 from mmlib.core.stats import format_ci
-from mmlib.profiles import Profile, get_profile
+from mmlib.profiles import Profile, apply_settings, get_profile
 from mmlib.reporting.claims import Verdict, record_verdicts
 
 #: Environment variables that make Hugging Face libraries fail at once instead of trying the network.
@@ -117,7 +117,7 @@ class Chapter:
 
 
 def start_chapter(name: str, profile: str | Profile = "tiny", seed: int = 0, blas_threads: int | None = 1,
-                  **overrides: Any) -> Chapter:
+                  settings: Mapping[str, Any] | str | os.PathLike | None = None, **overrides: Any) -> Chapter:
     """Set up a chapter and return it.
 
     Parameters
@@ -130,6 +130,10 @@ def start_chapter(name: str, profile: str | Profile = "tiny", seed: int = 0, bla
         torch's global seed.
     blas_threads : int or None
         BLAS threads for numpy / scikit-learn (``None``: leave them).
+    settings : mapping, path or None
+        The notebook's ``settings`` parameter: profile overrides for this run (a mapping, or a JSON file of one, e.g.
+        the smoke run's from ``mmlib smoke-data``; :func:`mmlib.profiles.apply_settings`), applied after
+        ``overrides``.
     **overrides
         Profile fields to override (:func:`mmlib.profiles.get_profile`).
     """
@@ -138,6 +142,7 @@ def start_chapter(name: str, profile: str | Profile = "tiny", seed: int = 0, bla
     P = profile if isinstance(profile, Profile) else get_profile(profile, **overrides)
     if isinstance(profile, Profile) and overrides:
         P = dataclasses.replace(P, **overrides)
+    P = apply_settings(P, settings)
     if P.is_tiny:
         for var in OFFLINE_ENV:
             os.environ.setdefault(var, "1")
@@ -146,5 +151,5 @@ def start_chapter(name: str, profile: str | Profile = "tiny", seed: int = 0, bla
     if blas_threads is not None:
         threadpool_limits(blas_threads)
     torch.manual_seed(seed)
-    print(f"chapter {name} · profile {P.name}")
+    print(f"chapter {name} · profile {P.name}" + (f" · weights {P.pretrained}" if not P.is_tiny else ""))
     return Chapter(name=name, profile=P)

@@ -188,6 +188,20 @@ def test_valid_checkpoint_file_loads(tmp_path, suffix):
     assert all(torch.equal(v, state[k]) for k, v in bundle.model.state_dict().items())
 
 
+def test_random_weights_are_asked_for_by_name_and_seeded(monkeypatch):
+    from mmlib.models.clip import RANDOM_WEIGHTS
+
+    torch.manual_seed(3)
+    a = load_open_clip(SMALL_REAL, RANDOM_WEIGHTS)
+    torch.manual_seed(3)
+    b = load_open_clip(SMALL_REAL, None)
+    torch.manual_seed(4)
+    c = load_open_clip(SMALL_REAL, "random")
+    assert a.name == f"{SMALL_REAL}/random" and a.identity == b.identity != c.identity
+    assert a.identity.startswith(f"open_clip:{SMALL_REAL}:random:")
+    assert all(torch.equal(v, b.model.state_dict()[k]) for k, v in a.model.state_dict().items())
+
+
 def test_unknown_tag_that_is_no_file_either():
     with pytest.raises(WeightsUnavailableError, match="no pretrained tag 'nope', and no file 'nope' exists"):
         load_open_clip("ViT-B-32", "nope")

@@ -42,3 +42,10 @@ def test_start_chapter_sets_up_and_glues(monkeypatch, artifact_root, capsys):
     with pytest.raises(ValueError, match="NN_topic"):
         start_chapter("mds")
     assert isinstance(start_chapter("00_world_and_models", ch.profile), Chapter)
+
+
+def test_start_chapter_applies_the_run_settings(artifact_root, capsys):
+    ch = start_chapter("03_mds", "paper", settings={"pretrained": "random", "map_seeds": [1, 2]})
+    assert ch.profile.pretrained == "random" and ch.profile.map_seeds == (1, 2)
+    assert "profile paper · weights random" in capsys.readouterr().out
+    assert start_chapter("03_mds", "tiny", settings=None).profile.map_seeds == (0, 1, 2)
