@@ -34,6 +34,10 @@ from mmlib.reporting.claims import Verdict, record_verdicts
 OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
+class ClaimCheckError(AssertionError):
+    """A claim check of a chapter failed on the ``tiny`` profile (the build stops: the result drifted)."""
+
+
 def format_value(value: Any, fmt: str | None = None) -> str:
     """The text a number is shown as in the prose: ``format(value, fmt)``; ``"n/a"`` for NaN / None; plain
     ``str`` for strings and for values without ``fmt`` (numpy scalars are converted to Python numbers first).
@@ -75,12 +79,15 @@ class Chapter:
         ``time.perf_counter()`` at :func:`start_chapter`.
     glued : dict
         name -> the text glued under it (what the prose shows).
+    checks : list of (str, str)
+        ``(label, outcome)`` of every :meth:`check`, ``outcome`` one of ``"OK"``, ``"MISSED"``, ``"skipped"``.
     """
 
     name: str
     profile: Profile
     started: float = dataclasses.field(default_factory=time.perf_counter)
     glued: dict[str, str] = dataclasses.field(default_factory=dict)
+    checks: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
     def glue(self, name: str, value: Any, fmt: str | None = None) -> str:
         """Bind ``value`` (formatted with ``fmt``, see :func:`format_value`) to ``{glue:text}`name``` in the prose;
@@ -102,6 +109,33 @@ class Chapter:
     def glue_many(self, values: Mapping[str, Any], fmt: str | None = None) -> dict[str, str]:
         """Glue several values with one format; return name -> text."""
         return {k: self.glue(k, v, fmt) for k, v in values.items()}
+
+    def check(self, label: str, passed: bool, detail: str = "", *, world_only: bool = False) -> bool:
+        """A claim check that knows its profile; returns whether it ran and passed.
+
+        On ``tiny`` a failed check raises :class:`ClaimCheckError` (an ``AssertionError``): a result that drifts
+        fails the build. On ``paper`` nothing is raised, so that the chapter goes on and records its verdicts with
+        their evidence: a check of a property of the generated world (``world_only``) is skipped, saying so, and
+        any other is printed ``OK`` or ``MISSED`` and kept in :attr:`checks` (:meth:`missed` lists them).
+        """
+        if not isinstance(label, str) or not label:
+            raise ValueError(f"a check needs a label, got {label!r}")
+        text = f"{label}: {detail}" if detail else label
+        if world_only and not self.profile.is_tiny:
+            self.checks.append((label, "skipped"))
+            print(f"{label}: skipped on the {self.profile.name} profile (a property of the generated world)")
+            return False
+        passed = bool(passed)
+        self.checks.append((label, "OK" if passed else "MISSED"))
+        if not passed and self.profile.is_tiny:
+            raise ClaimCheckError(f"claim check failed in chapter {self.name}: {text}")
+        outcome = "OK" if passed else f"MISSED (reported, not raised, on the {self.profile.name} profile)"
+        print(f"{text}: {outcome}")
+        return passed
+
+    def missed(self) -> list[str]:
+        """Labels of the checks that ran and did not pass (only possible off the ``tiny`` profile)."""
+        return [label for label, outcome in self.checks if outcome == "MISSED"]
 
     def record(self, verdicts: Sequence[Verdict], root: Path | None = None) -> Path:
         """Record this chapter's verdicts for the claims table (:func:`mmlib.reporting.claims.record_verdicts`)."""

@@ -41,7 +41,7 @@ from mmlib.profiles import Profile
 
 __all__ = ["Variant", "MapsBySeed", "ci_cells", "value_range", "sae_variants", "planted_recovery", "recovery_window",
            "map_diagnostics", "sae_sweep", "retrieval_in_galleries", "zero_shot_prompts", "retention_table",
-           "purity_table", "random_purity", "purity_summary", "profile_row", "check_claim"]
+           "purity_table", "random_purity", "purity_summary", "profile_row"]
 
 #: One SAE setting of a sweep: ``(kind, label, config)``, e.g. ``("relu_l1", "λ=0.3", SAEConfig(...))``.
 Variant = tuple[str, str, SAEConfig]
@@ -426,29 +426,3 @@ def profile_row(profile: Profile) -> dict[str, str | int]:
             "NCL": f"{Q.ncl.head} head, {Q.ncl.nonneg}, K={Q.ncl.K}",
             "NCL schedule": f"{Q.ncl.epochs} epochs x {Q.ncl.batch_size} pairs, lr {Q.ncl.lr:g}",
             "seeds": ", ".join(map(str, Q.map_seeds)), "device": Q.device}
-
-
-def check_claim(ok: bool, what: object, profile: Profile) -> str:
-    """Assert a claim whose threshold was measured on the tiny profile; on another profile only report it.
-
-    Parameters
-    ----------
-    ok : bool
-        Whether the measured values meet the threshold.
-    what : object
-        Shown by the AssertionError (the values checked).
-    profile : Profile
-
-    Returns
-    -------
-    str
-        ``"OK"``, or on a profile other than ``tiny`` a note that the threshold was not met there.
-
-    Raises
-    ------
-    AssertionError
-        On the tiny profile, when ``ok`` is false.
-    """
-    if profile.is_tiny and not ok:
-        raise AssertionError(what)
-    return "OK" if ok else f"not met on the {profile.name} profile (threshold from the tiny profile; reported)"

@@ -49,3 +49,24 @@ def test_start_chapter_applies_the_run_settings(artifact_root, capsys):
     assert ch.profile.pretrained == "random" and ch.profile.map_seeds == (1, 2)
     assert "profile paper · weights random" in capsys.readouterr().out
     assert start_chapter("03_mds", "tiny", settings=None).profile.map_seeds == (0, 1, 2)
+
+
+def test_checks_raise_on_tiny_and_are_reported_on_paper(artifact_root, capsys):
+    from mmlib.reporting.chapter import ClaimCheckError
+
+    tiny = start_chapter("00_world_and_models", "tiny")
+    assert tiny.check("1. shape read", True, "0.95 >= 0.9") is True
+    with pytest.raises(ClaimCheckError, match="claim check failed in chapter 00_world_and_models: 2. colour: 0.4"):
+        tiny.check("2. colour", False, "0.4 >= 0.9")
+    with pytest.raises(AssertionError):  # world-only checks run on tiny, too
+        tiny.check("3. planted shares", False, world_only=True)
+    paper = start_chapter("00_world_and_models", "paper")
+    capsys.readouterr()
+    assert paper.check("2. colour", False, "0.4 >= 0.9") is False
+    assert paper.check("3. planted shares", False, world_only=True) is False
+    assert paper.check("4. ok", True) is True
+    out = capsys.readouterr().out
+    assert "2. colour: 0.4 >= 0.9: MISSED" in out and "3. planted shares: skipped on the paper profile" in out
+    assert paper.missed() == ["2. colour"] and [o for _, o in paper.checks] == ["MISSED", "skipped", "OK"]
+    with pytest.raises(ValueError):
+        paper.check("", True)

@@ -29,43 +29,12 @@ from mmlib.core.stats import finite_mean, format_ci, mean_bootstrap_ci
 from mmlib.data.world import World
 from mmlib.feature_maps.base import FeatureMapLike
 
-__all__ = ["check_instrument", "factor_values", "other_values", "value_labels", "accuracy_text", "fidelity_table",
+__all__ = ["factor_values", "other_values", "value_labels", "accuracy_text", "fidelity_table",
            "reproduced_factors", "fidelity_text", "reproduced_text", "fidelity_paragraph", "SweepReadout", "mean_ci",
            "ci_table", "activation_mass", "scale_summary", "empty_classes", "empty_class_text"]
 
 #: The columns of :func:`mmlib.case_studies.t2i.image_probes.probe_table` that :func:`fidelity_table` reads.
 _PROBE_COLUMNS = ("factor", "accuracy", "ci_low", "ci_high", "chance")
-
-
-def check_instrument(ok: bool, what: object, strict: bool = True, profile: str = "tiny") -> str:
-    """An instrument check: asserted where ``strict`` (the tiny profile), only reported otherwise.
-
-    Parameters
-    ----------
-    ok : bool
-        Whether the check is met.
-    what : object
-        What the failure message shows (e.g. the measured row).
-    strict : bool
-        Raise when the check is not met (the tiny profile, whose instruments are known to work).
-    profile : str
-        The profile's name, for the report.
-
-    Returns
-    -------
-    str
-        ``"OK"``, or ``"not met on the <profile> profile (reported)"``.
-
-    Raises
-    ------
-    AssertionError
-        with ``what`` as its message, when ``strict`` and not ``ok``.
-    """
-    if ok:
-        return "OK"
-    if strict:
-        raise AssertionError(what)
-    return f"not met on the {profile} profile (reported)"
 
 
 def factor_values(world: World, idx: np.ndarray | Sequence[int],

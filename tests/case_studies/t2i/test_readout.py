@@ -12,7 +12,6 @@ from mmlib.case_studies.t2i.readout import (
     SweepReadout,
     accuracy_text,
     activation_mass,
-    check_instrument,
     ci_table,
     empty_class_text,
     empty_classes,
@@ -34,13 +33,6 @@ from mmlib.data.world import WorldConfig, generate_world
 @pytest.fixture(scope="module")
 def world():
     return generate_world(WorldConfig(n_train=8, n_val=0, n_test=4, seed=3))
-
-
-def test_check_instrument_asserts_only_when_strict():
-    assert check_instrument(True, "x") == "OK"
-    with pytest.raises(AssertionError, match="the probe row"):
-        check_instrument(False, "the probe row", strict=True)
-    assert check_instrument(False, "x", strict=False, profile="paper") == "not met on the paper profile (reported)"
 
 
 def test_factor_values_and_labels(world):
