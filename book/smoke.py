@@ -40,7 +40,7 @@ SMOKE_SETTINGS = {
     "pretrained": "random",
     "device": "cpu",
     "embed_batch_size": 16,
-    "map_seeds": [0],
+    "map_seeds": [0, 1, 2],
     "world": {"n_test": 48, "image_size": 64},
     "sae": {"K": 256, "epochs": 2},
     "ncl": {"K": 256, "epochs": 2},

@@ -124,6 +124,18 @@ def format_ci(row: Mapping[str, float] | pd.Series, digits: int = 3, signed: boo
     return f"{row['mean']:{spec}} [{row['ci_low']:{spec}}, {row['ci_high']:{spec}}]"
 
 
+
+def format_ci_column(table: pd.DataFrame, digits: int = 3, signed: bool = False) -> pd.Series:
+    """:func:`format_ci` of every row of ``table``, as a string Series on its index (empty for an empty table).
+
+    ``table.apply(format_ci, axis=1)`` returns an empty *DataFrame* for an empty table, which cannot become a column;
+    this always returns a Series, so that a table with no rows (e.g. no class non-empty in two seeds) still shows.
+    """
+    if not isinstance(table, pd.DataFrame):
+        raise TypeError(f"table must be a DataFrame of across_seeds rows, got {type(table).__name__}")
+    return pd.Series([format_ci(row, digits=digits, signed=signed) for _, row in table.iterrows()], index=table.index,
+                     dtype=object)
+
 def _percentiles(values: np.ndarray, confidence: float) -> tuple[float, float]:
     values = values[np.isfinite(values)]
     if len(values) == 0:

@@ -81,3 +81,19 @@ def test_ci_row_interval_side_and_finite_mean():
     assert interval_side({"ci_low": 0.6, "ci_high": 0.9}, value=0.5) == 1
     assert finite_mean([1.0, float("nan"), 3.0, float("inf")]) == 2.0
     assert math.isnan(finite_mean([float("nan")]))
+
+
+def test_format_ci_column_is_a_series_even_for_an_empty_table():
+    import pandas as pd
+
+    from mmlib.core.stats import format_ci, format_ci_column
+
+    table = pd.DataFrame({"mean": [0.5, -0.25], "ci_low": [0.25, -0.5], "ci_high": [0.75, float("nan")]},
+                         index=["a", "b"])
+    cells = format_ci_column(table, digits=2, signed=True)
+    assert cells.to_dict() == {"a": "+0.50 [+0.25, +0.75]", "b": format_ci(table.loc["b"], digits=2, signed=True)}
+    empty = format_ci_column(table.iloc[:0])
+    assert isinstance(empty, pd.Series) and empty.empty
+    assert list(table.iloc[:0].assign(cell=empty).columns) == ["mean", "ci_low", "ci_high", "cell"]
+    with pytest.raises(TypeError):
+        format_ci_column([1, 2])
