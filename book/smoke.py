@@ -55,7 +55,8 @@ def prepare(folder: Path, n: int) -> dict[str, str]:
     settings = {**SMOKE_SETTINGS, "pairs": data.shards}
     (folder / "settings.json").write_text(json.dumps(settings, indent=1), encoding="utf-8")
     return {"profile": "paper", "settings": str(folder / "settings.json"), "pairs": str(data.csv),
-            "celeba_root": str(data.celeba_root), "celeba_limit": 24, "vocabulary_file": str(data.vocabulary_file)}
+            "celeba_root": str(data.celeba_root), "celeba_limit": 24, "vocabulary_file": str(data.vocabulary_file),
+            "n_eval": 8, "pgd_steps": 2, "n_random": 20, "n_images": 16}
 
 
 def run_chapter(name: str, parameters: dict, cell_timeout: int | None) -> tuple[str, float, str]:
