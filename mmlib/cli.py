@@ -4,8 +4,9 @@ Commands:
 
 * ``embed``: embed an image-caption corpus with a CLIP model into the artifact store (cached, resumable, shardable
   under ``torchrun``; the options of ``python -m mmlib.models.embed``);
-* ``verify``: load every artifact ``<root>/<kind>/<key>/`` and check it (recorded kind and key, checksums), list the
-  corrupt ones and exit with status 1 if there is any;
+* ``verify``: load every artifact ``<root>/<kind>/<key>/`` and check it (recorded kind and key, checksums: every
+  tensor file is hashed, whatever its verification stamp says, so it also catches damage that bypassed the file
+  system), list the corrupt ones and exit with status 1 if there is any;
 * ``clean``: remove what killed runs left behind: stale temporaries (``.*.tmp`` of writers that no longer run) and
   the resume shards of extractions whose artifact exists (``--parts``: every resume shard);
 * ``smoke-data``: write a small generated corpus in the real formats (CSV, webdataset shards, a CelebA folder, a
@@ -100,7 +101,7 @@ def verify(root: Path | None = None, kinds: Sequence[str] | None = None, verbose
                 print(f"NOT AN ARTIFACT {name}: a file where an artifact folder belongs; move or delete it.")
                 continue
             try:
-                load_artifact(folder.name, entry.name, path)
+                load_artifact(folder.name, entry.name, path, full=True)  # hash every file, whatever its stamp says
             except CorruptArtifactError as err:
                 bad += 1
                 print(f"CORRUPT {name}: {one_line(err)}")

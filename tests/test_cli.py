@@ -179,6 +179,17 @@ def test_verify_passes_an_intact_store(tmp_path, capsys):
     assert status == 0 and "verified 1 artifact(s)" in out
 
 
+def test_verify_hashes_every_file_whatever_its_stamp(tmp_path, capsys, monkeypatch):
+    """A verification stamp lets a normal load skip the hash; verify must not trust it (bit rot keeps the stat)."""
+    import mmlib.cli as cli_module
+
+    store(tmp_path)
+    calls, real = [], cli_module.load_artifact
+    monkeypatch.setattr(cli_module, "load_artifact", lambda *a, **k: calls.append(k) or real(*a, **k))
+    status, _, _ = run_cli(["verify", "--root", str(tmp_path)], capsys)
+    assert status == 0 and len(calls) == 3 and all(k.get("full") is True for k in calls)
+
+
 @pytest.mark.parametrize("damage", ["flip-tensor-byte", "truncate-tensors", "edit-meta", "delete-meta",
                                     "copied-from-another-key", "stray-file"])
 def test_verify_reports_each_corrupt_artifact_and_exits_1(tmp_path, capsys, damage):

@@ -1,11 +1,11 @@
 """A content-keyed artifact store: safetensors + JSON, written atomically, verified on load.
 
-An artifact is a folder ``<root>/<kind>/<key>/`` holding ``tensors.safetensors`` and ``meta.json``.
-The key is a hash of everything that determines the artifact (config, data fingerprint, model identity,
-code version of the producing code, :func:`code_version`), so nothing is silently reused across different configs.
-Writes go to a temporary sibling folder that is renamed into place, so an interrupted write never leaves
-a partial artifact; the temporaries of a killed writer are removed by the next run of the same key
-(:func:`remove_stale_temporaries`). Loading verifies everything the folder claims:
+An artifact is a folder ``<root>/<kind>/<key>/`` holding ``tensors.safetensors`` and ``meta.json`` (and, once
+verified, ``verified.json``). The key is a hash of everything that determines the artifact (config, data
+fingerprint, model identity, code version of the producing code, :func:`code_version`), so nothing is silently
+reused across different configs. Writes go to a temporary sibling folder that is renamed into place, so an
+interrupted write never leaves a partial artifact; the temporaries of a killed writer are removed by the next run of
+the same key (:func:`remove_stale_temporaries`). Loading verifies everything the folder claims:
 
 * ``meta.json`` records the kind and key the artifact was written for; a folder holding another artifact's
   files (copied over, renamed) is refused with :class:`ArtifactMismatchError`;
@@ -14,10 +14,20 @@ a partial artifact; the temporaries of a killed writer are removed by the next r
 
 and :func:`load_or_compute` then recomputes with a warning. Files are written with the user's umask (a team
 folder stays readable by the team). No pickle anywhere.
+
+**Fast hits.** Hashing a large tensor file on every load would read it in full each time, so the SHA-256 is computed
+once, when the file is written or first loaded, and recorded with the file's stat signature (size, mtime, ctime,
+inode, device) in ``verified.json``, a *verification stamp* with its own checksum. A later load trusts the recorded
+hash only while the signature is unchanged; any write to the file changes its ctime (which ``touch`` and
+:func:`os.utime` cannot set back), and a replaced or copied file has another inode, so both are hashed again
+(:func:`load_artifact`). The tensors are then mapped, not read (:func:`read_tensors`): a hit costs ``O(header)``,
+whatever the size. Damage that bypasses the file system (bit rot, a disk's silent corruption) leaves the signature
+as it was; ``load_artifact(..., full=True)`` (``python -m mmlib verify``) hashes every file regardless.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import functools
@@ -27,6 +37,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import sys
 import time
 import uuid
@@ -54,6 +65,12 @@ __all__ = [
 
 TENSORS_FILE = "tensors.safetensors"
 META_FILE = "meta.json"
+#: The verification stamp of an artifact folder (see :func:`load_artifact`).
+STAMP_FILE = "verified.json"
+STAMP_FORMAT = 1
+#: A stamp is only written for a tensor file whose last change (ctime) is at least this many seconds old, so that a
+#: later change always gets another ctime, even on a file system whose clock ticks coarsely (see :func:`_stampable`).
+STAMP_RACY_S = 1.0
 #: Temporaries of a writer on another machine (shared folder) count as stale after this many seconds.
 FOREIGN_TMP_AGE_S = 24 * 3600
 
@@ -244,7 +261,15 @@ def write_tensors_atomic(path: Path, tensors: Mapping[str, torch.Tensor],
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """Read a safetensors file; a truncated or garbled file raises :class:`CorruptArtifactError`."""
+    """Map a safetensors file; a truncated or garbled file raises :class:`CorruptArtifactError`.
+
+    The header is parsed and validated by safetensors (offsets in range and contiguous, dtypes known, sizes
+    consistent with the shapes, the file covered exactly); the tensors are views of a private (copy-on-write) memory
+    map of the file: no tensor byte is read until it is used, and a write to a returned tensor never reaches the
+    file. The map keeps the data of a deleted or replaced file alive, and the store only ever replaces files (new
+    file, rename). A file edited *in place* by another program while its tensors are in use shows through them (a
+    truncation makes them fault): the next load detects the edit, tensors already loaded cannot.
+    """
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
@@ -253,11 +278,14 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 @dataclasses.dataclass(frozen=True)
 class Artifact:
-    """A loaded artifact: its folder, its tensors and its metadata."""
+    """A loaded artifact: its folder, its tensors (mapped, see :func:`read_tensors`), its metadata, and how its
+    tensor file was verified: ``"sha256"`` (hashed now) or ``"stamp"`` (a valid verification stamp).
+    """
 
     path: Path
     tensors: dict[str, torch.Tensor]
     meta: dict[str, Any]
+    verified_by: str = "sha256"
 
 
 def artifact_path(kind: str, key: str, root: Path | None = None) -> Path:
@@ -317,6 +345,122 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def _replace_folder(new: Path, final: Path) -> None:
+    """Rename the folder ``new`` to ``final``. A folder already at ``final`` (another writer's) is first renamed
+    aside, atomically, and then removed: a reader sees the old artifact or the new one, and a reader writing a stamp
+    into the old folder meanwhile cannot make the removal fail.
+    """
+    for attempt in range(3):
+        aside = None
+        if final.is_dir() and not final.is_symlink():
+            aside = final.parent / _tmp_name(final.name)
+            with contextlib.suppress(FileNotFoundError):  # another writer moved it first
+                os.replace(final, aside)
+        else:
+            _remove(final)
+        try:
+            os.replace(new, final)
+        except OSError:  # another writer's folder arrived in between: move that one aside too
+            if attempt == 2:
+                raise
+            continue
+        finally:
+            if aside is not None:
+                shutil.rmtree(aside, ignore_errors=True)
+        return
+
+
+# ----------------------------------------------------------------------------------------- verification stamps
+
+def _signature(status: os.stat_result) -> dict[str, int]:
+    """What identifies a file's state without reading it: size, mtime, ctime (ns), inode and device."""
+    return {"size": status.st_size, "mtime_ns": status.st_mtime_ns, "ctime_ns": status.st_ctime_ns,
+            "ino": status.st_ino, "dev": status.st_dev}
+
+
+def _stampable(signature: Mapping[str, int], now_ns: int) -> bool:
+    """Whether a file with ``signature``, hashed (or made visible) after ``now_ns``, may be stamped.
+
+    Only where ctime is the time of the last change (POSIX; on Windows it is the creation time), on a file system
+    with sub-second timestamps (a ctime on a whole second suggests a coarse one, e.g. FAT), and when the last change
+    is older than :data:`STAMP_RACY_S`: a change made later, within the same tick of the file system's clock, would
+    otherwise leave the ctime as recorded ("racy" stamps, as git calls its index entries).
+    """
+    ctime = signature["ctime_ns"]
+    return os.name == "posix" and ctime % 1_000_000_000 != 0 and ctime < now_ns - int(STAMP_RACY_S * 1e9)
+
+
+def _stamp_checksum(stamp: Mapping[str, Any]) -> str:
+    body = {k: v for k, v in stamp.items() if k != "stamp_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _stamp_vouches(folder: Path, signature: Mapping[str, int], sha256: str) -> bool:
+    """Whether ``folder``'s stamp is intact (its own checksum), records ``sha256`` and exactly ``signature``."""
+    try:
+        stamp = json.loads((folder / STAMP_FILE).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return (isinstance(stamp, dict) and stamp.get("stamp_sha256") == _stamp_checksum(stamp)
+            and stamp.get("format") == STAMP_FORMAT and stamp.get("file") == TENSORS_FILE
+            and stamp.get("sha256") == sha256 and all(stamp.get(k) == v for k, v in signature.items()))
+
+
+def _write_stamp(folder: Path, signature: Mapping[str, int], sha256: str) -> bool:
+    """Write ``folder``'s stamp atomically (temporary sibling, rename); best effort: ``False`` where the folder is
+    not writable (a read-only store then hashes on every load).
+    """
+    stamp: dict[str, Any] = {"format": STAMP_FORMAT, "file": TENSORS_FILE, "sha256": sha256, **signature}
+    stamp["stamp_sha256"] = _stamp_checksum(stamp)
+    tmp = folder / _tmp_name(STAMP_FILE)
+    try:
+        tmp.write_text(json.dumps(stamp, indent=2, sort_keys=True))
+        os.replace(tmp, folder / STAMP_FILE)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        return False
+    return True
+
+
+def _drop_stamp(folder: Path) -> None:
+    """Remove ``folder``'s stamp (best effort): a stamp must not outlive a failed check of its file."""
+    with contextlib.suppress(OSError):
+        (folder / STAMP_FILE).unlink(missing_ok=True)
+
+
+def _verify_tensor_file(folder: Path, sha256: Any, full: bool) -> tuple[str, dict[str, int]] | None:
+    """How ``folder``'s tensor file matches ``sha256``, and the signature of the file so verified: ``"stamp"`` (a
+    valid stamp vouches for it), ``"sha256"`` (hashed now, and stamped if it may be, :func:`_stampable`); or
+    ``None`` (missing, not a regular file, or another hash).
+    """
+    tensor_file = folder / TENSORS_FILE
+    try:
+        before = tensor_file.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if not stat.S_ISREG(before.st_mode) or not isinstance(sha256, str):
+        return None
+    signature = _signature(before)
+    vouched = _stamp_vouches(folder, signature, sha256)
+    if vouched and not full:
+        return "stamp", signature
+    started = time.time_ns()
+    if file_sha256(tensor_file) != sha256:
+        _drop_stamp(folder)
+        return None
+    if not vouched and _signature(tensor_file.stat()) == signature and _stampable(signature, started):
+        _write_stamp(folder, signature, sha256)
+    return "sha256", signature
+
+
+def _signature_of(path: Path) -> dict[str, int] | None:
+    try:
+        return _signature(path.stat())
+    except OSError:
+        return None
+
+
 def meta_checksum(meta: Mapping[str, Any]) -> str:
     """SHA-256 of a metadata dict's canonical JSON, without its own ``meta_sha256`` entry."""
     body = {k: v for k, v in meta.items() if k != "meta_sha256"}
@@ -329,7 +473,11 @@ def save_artifact(kind: str, key: str, tensors: Mapping[str, torch.Tensor], meta
 
     The folder is assembled under a temporary name and renamed into place; if another process got there
     first, its (identical by construction of the key) artifact is replaced. Stale temporaries of the key
-    (a killed writer's) are removed first.
+    (a killed writer's) are removed first. The SHA-256 of the tensor file is recorded in ``meta.json``, and in a
+    verification stamp (:func:`load_artifact`) if the file's last change is older than :data:`STAMP_RACY_S` by the
+    time it becomes visible: for a large file, the save waits out the rest of that window when that takes less
+    time than hashing the file did (so a read-only store serves its first hit without hashing); a small file is
+    stamped by its first load instead.
 
     Raises
     ------
@@ -341,22 +489,56 @@ def save_artifact(kind: str, key: str, tensors: Mapping[str, torch.Tensor], meta
     tmp = final.parent / _tmp_name(key)
     tmp.mkdir()
     try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp / TENSORS_FILE))
-        _umask_mode(tmp / TENSORS_FILE)
-        full_meta = {**to_jsonable(dict(meta)), "kind": kind, "key": key,
-                     "sha256": file_sha256(tmp / TENSORS_FILE)}
+        tensor_file = tmp / TENSORS_FILE
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tensor_file))
+        _umask_mode(tensor_file)
+        signature = _signature(tensor_file.stat())
+        hashing = time.perf_counter()
+        sha256 = file_sha256(tensor_file)
+        hash_s = time.perf_counter() - hashing
+        full_meta = {**to_jsonable(dict(meta)), "kind": kind, "key": key, "sha256": sha256}
         full_meta["meta_sha256"] = meta_checksum(full_meta)
         (tmp / META_FILE).write_text(json.dumps(full_meta, indent=2, sort_keys=True))
-        _remove(final)
-        os.replace(tmp, final)
+        racy_s = (signature["ctime_ns"] - time.time_ns()) / 1e9 + STAMP_RACY_S + 1e-3
+        if 0 < racy_s <= hash_s:  # waiting out the racy window costs less than the hash it saves the first load
+            time.sleep(racy_s)
+        if _signature(tensor_file.stat()) == signature and _stampable(signature, time.time_ns()):
+            _write_stamp(tmp, signature, sha256)  # the file becomes visible (the rename below) only after this
+        _replace_folder(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
-def load_artifact(kind: str, key: str, root: Path | None = None) -> Artifact:
+def load_artifact(kind: str, key: str, root: Path | None = None, *, full: bool = False) -> Artifact:
     """Load and verify an artifact: its recorded kind and key, the checksum of ``meta.json`` and of the tensors.
+
+    ``meta.json`` is read and checked in full on every load. The tensor file is verified against the SHA-256 that
+    ``meta.json`` records, either by hashing it, or, without reading it, by its *verification stamp*
+    (``verified.json``): a record, with its own checksum, of the hash and of the file's stat signature (size,
+    mtime and ctime in ns, inode, device) when it was last hashed. The stamp is trusted only if it is intact,
+    records the same hash as ``meta.json``, and the signature is still exactly the same; otherwise (and with
+    ``full=True``) the file is hashed, and, if it matches, stamped (best effort: a read-only folder is hashed on
+    every load). A file that fails its hash loses its stamp. The tensors are then mapped (:func:`read_tensors`),
+    so a hit reads ``O(header)`` bytes whatever the file's size; the signature is checked again after mapping, so
+    the file mapped is the file verified.
+
+    What a stamp guarantees: any change of the file through the file system since it was hashed is detected, as
+    any write, truncation or ``chmod`` sets the ctime to the current time (``touch`` / :func:`os.utime` can restore
+    the mtime but not the ctime), and a replaced, copied or restored file has another inode or ctime. It cannot see
+    damage that bypasses the file system (bit rot, a faulty disk or a raw device write, a deliberately forged
+    stamp); ``full=True`` (``python -m mmlib verify``) hashes every file regardless. On Windows, whose ctime is the
+    creation time, no stamp is written and every load hashes.
+
+    Parameters
+    ----------
+    kind, key : str
+        The artifact's kind and key.
+    root : Path, optional
+        Artifact root (default :func:`mmlib.core.paths.artifacts_dir`).
+    full : bool
+        Hash the tensor file even if a valid stamp vouches for it.
 
     Raises
     ------
@@ -390,9 +572,15 @@ def load_artifact(kind: str, key: str, root: Path | None = None) -> Artifact:
         raise ArtifactMismatchError(f"{folder} holds the artifact {meta.get('kind')}/{meta.get('key')}, not "
                                     f"{kind}/{key} (files copied or moved between artifacts); {redo}.")
     tensor_file = folder / TENSORS_FILE
-    if not tensor_file.is_file() or file_sha256(tensor_file) != meta.get("sha256"):
-        raise CorruptArtifactError(f"{tensor_file} is missing or does not match its recorded checksum; {redo}.")
-    return Artifact(folder, read_tensors(tensor_file), meta)
+    for _ in range(2):  # the file mapped must be the file verified: a concurrent writer may replace it in between
+        verified = _verify_tensor_file(folder, meta.get("sha256"), full)
+        if verified is None:
+            raise CorruptArtifactError(f"{tensor_file} is missing or does not match its recorded checksum; {redo}.")
+        tensors = read_tensors(tensor_file)
+        if _signature_of(tensor_file) == verified[1]:
+            return Artifact(folder, tensors, meta, verified[0])
+    raise CorruptArtifactError(f"{tensor_file} kept changing while it was being loaded (another program writes it "
+                               f"in place); stop that program, or {redo}.")
 
 
 def load_or_compute(kind: str, key: str,

@@ -4,6 +4,10 @@
 model returns them), optionally each tower's activation before the projection, the artifact key that identifies
 them and their metadata. :func:`mmlib.models.embed.embed_dataset` produces them; the feature maps, the MDS and
 every analysis read them without needing the model.
+
+The constructor checks every value (finite) as well as the shapes, so it reads every byte it is given. A cache hit
+uses :meth:`Embeddings.from_verified_artifact` instead, which checks the shapes only: the values of a stored
+artifact were checked before it was saved, and its checksum says they are still those values.
 """
 
 from __future__ import annotations
@@ -18,8 +22,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mmlib.core.artifacts import Artifact
 from mmlib.core.errors import InputError
 from mmlib.core.validation import check_finite
+
+#: The tensors of an embeddings artifact, in the order of the fields.
+TENSOR_FIELDS = ("image", "text", "image_tower", "text_tower")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +59,49 @@ class Embeddings:
     path: Path | None = None
 
     def __post_init__(self) -> None:
-        for name in ("image", "text", "image_tower", "text_tower"):
+        self._validate(check_values=True)
+
+    @classmethod
+    def from_verified_artifact(cls, artifact: Artifact) -> Embeddings:
+        """The embeddings stored in a verified ``"embeddings"`` artifact, without reading its tensors.
+
+        The shapes are checked as by the constructor, but not the values: the tensors stay lazy views of the mapped
+        file (:func:`mmlib.core.artifacts.read_tensors`), so this costs ``O(1)`` whatever ``n``. This is only sound
+        for an artifact returned by :func:`mmlib.core.artifacts.load_artifact` (its tensor file matches the checksum
+        recorded when it was written) whose producer refused non-finite values before saving, as
+        :func:`mmlib.models.embed.embed_dataset` does (:func:`mmlib.models.embed.check_outputs`). Tensors from
+        anywhere else go through the constructor, which checks every value.
+
+        Parameters
+        ----------
+        artifact : Artifact
+            With tensors ``image`` and ``text`` (optionally ``image_tower`` and ``text_tower``) and ``meta["key"]``.
+
+        Raises
+        ------
+        InputError
+            if it is not an ``"embeddings"`` artifact, lacks ``image`` or ``text``, or the shapes do not fit.
+        """
+        if not isinstance(artifact, Artifact) or artifact.meta.get("kind") != "embeddings":
+            what = (f"an artifact of kind {artifact.meta.get('kind')!r}" if isinstance(artifact, Artifact)
+                    else f"a {type(artifact).__name__}")
+            raise InputError(f"Embeddings.from_verified_artifact takes an 'embeddings' artifact from load_artifact, "
+                             f"got {what}; build Embeddings(...) from other tensors.")
+        missing = [name for name in ("image", "text") if name not in artifact.tensors]
+        if missing:
+            raise InputError(f"the artifact {artifact.path} holds no {' or '.join(missing)} tensor (it holds "
+                             f"{', '.join(sorted(artifact.tensors)) or 'none'}): it is no embeddings artifact.")
+        made = cls.__new__(cls)  # not __init__: its __post_init__ scans every value
+        fields = {name: artifact.tensors.get(name) for name in TENSOR_FIELDS}
+        fields.update(key=artifact.meta.get("key"), meta=artifact.meta, path=artifact.path)
+        for name, value in fields.items():
+            object.__setattr__(made, name, value)
+        made._validate(check_values=False)
+        return made
+
+    def _validate(self, check_values: bool) -> None:
+        """Check types, shapes, key, meta and path; with ``check_values`` also that every value is finite."""
+        for name in TENSOR_FIELDS:
             value = getattr(self, name)
             if value is None and name.endswith("_tower"):
                 continue
@@ -66,8 +116,9 @@ class Embeddings:
             if len(value) != len(self.image):
                 raise InputError(f"Embeddings.{name} has {len(value)} rows but Embeddings.image has "
                                  f"{len(self.image)}: every tensor holds one row per pair.")
-            check_finite(value, f"Embeddings.{name}", hint="embed the pairs again, or drop the bad rows from "
-                                                             "every tensor")
+            if check_values:
+                check_finite(value, f"Embeddings.{name}", hint="embed the pairs again, or drop the bad rows "
+                                                                 "from every tensor")
         if self.text.shape[1] != self.image.shape[1]:
             raise InputError(f"Embeddings.text has dimension {self.text.shape[1]} but Embeddings.image "
                              f"{self.image.shape[1]}: both must be joint-space embeddings of the same model.")

@@ -496,10 +496,11 @@ def _try_load(key: str, root: Path | None, warn: bool) -> Embeddings | None:
 
 
 def _from_artifact(key: str, root: Path | None) -> Embeddings:
-    art = load_artifact(KIND, key, root)
-    t = art.tensors
-    return Embeddings(image=t["image"], text=t["text"], key=key, meta=art.meta,
-                      image_tower=t.get("image_tower"), text_tower=t.get("text_tower"), path=art.path)
+    """The stored embeddings of ``key``, lazily: the artifact is verified (its stamp, or a hash if it has none,
+    :func:`~mmlib.core.artifacts.load_artifact`) and mapped, and its values are not scanned again (they were
+    checked finite before saving, :func:`check_outputs`), so a hit reads no row until it is used.
+    """
+    return Embeddings.from_verified_artifact(load_artifact(KIND, key, root))
 
 
 # ---------------------------------------------------------------------------------------------- the pipeline

@@ -17,7 +17,7 @@ def tiny_sizes(load_benchmark, tiny_arch) -> dict:
     embed, sae = load_benchmark("bench_embed"), load_benchmark("bench_sae")
     mds, splice = load_benchmark("bench_mds"), load_benchmark("bench_splice")
     return {
-        "extraction": embed.Sizes(n=12, batch_size=8, pairs=1, hits=1, arch=tiny_arch),
+        "extraction": embed.Sizes(n=12, batch_size=8, pairs=1, hits=1, arch=tiny_arch, hit_mb=1.0),
         "sae": sae.Sizes(n=200, K=32, k=4, epochs=1, batch_pairs=50, pairs=1, scaling_K=(16, 32), scaling_epochs=1),
         "mds": mds.Sizes(pairs=1000, features=32, chunk=256, distinct=2, timing_pairs=1, scaling_pairs=(500, 1000),
                          scaling_features=(16, 32), scaling_features_pairs=500),

@@ -246,3 +246,264 @@ def test_a_read_only_cache_still_serves_hits(tmp_path, monkeypatch):
     _save(tmp_path)
     monkeypatch.setattr(artifacts, "ensure_artifact_root", lambda root=None: pytest.fail("root checked on a hit"))
     assert load_or_compute("kind", "k1", lambda: pytest.fail("recomputed"), root=tmp_path).meta["n"] == 8
+
+
+# ------------------------------------------------------------------------------------ verification stamps
+
+RACY_S = 0.02  # the racy-timestamp window in these tests (the file system here has sub-second timestamps)
+
+
+@pytest.fixture
+def short_racy_window(monkeypatch):
+    monkeypatch.setattr(artifacts, "STAMP_RACY_S", RACY_S)
+
+
+@pytest.fixture
+def count_hashes(monkeypatch):
+    """Record every file hashed by the store (``artifacts.file_sha256``)."""
+    hashed: list[Path] = []
+    real = artifacts.file_sha256
+
+    def wrapper(path):
+        hashed.append(Path(path))
+        return real(path)
+
+    monkeypatch.setattr(artifacts, "file_sha256", wrapper)
+    return hashed
+
+
+def _stamped(root: Path, key: str = "k1") -> Path:
+    """An artifact whose first load (past the racy window) hashed it and wrote its stamp."""
+    folder = _save(root, key)
+    time.sleep(2 * RACY_S)
+    assert load_artifact("kind", key, root).verified_by == "sha256"
+    assert (folder / "verified.json").is_file()
+    return folder
+
+
+def _stamp(folder: Path) -> dict:
+    return json.loads((folder / "verified.json").read_text())
+
+
+def _write_stamp(folder: Path, stamp: dict) -> None:
+    stamp = {k: v for k, v in stamp.items() if k != "stamp_sha256"}
+    stamp["stamp_sha256"] = artifacts._stamp_checksum(stamp)
+    (folder / "verified.json").write_text(json.dumps(stamp))
+
+
+def test_a_stamp_spares_the_hash_and_records_the_file(tmp_path, short_racy_window, count_hashes):
+    folder = _stamped(tmp_path)
+    tensor_file = folder / "tensors.safetensors"
+    status = tensor_file.stat()
+    stamp = _stamp(folder)
+    assert stamp["sha256"] == json.loads((folder / "meta.json").read_text())["sha256"] == artifacts.file_sha256(
+        tensor_file)
+    assert (stamp["size"], stamp["mtime_ns"], stamp["ctime_ns"], stamp["ino"], stamp["dev"]) == (
+        status.st_size, status.st_mtime_ns, status.st_ctime_ns, status.st_ino, status.st_dev)
+    count_hashes.clear()
+    art = load_artifact("kind", "k1", tmp_path)
+    assert art.verified_by == "stamp" and count_hashes == [] and torch.equal(art.tensors["x"], torch.ones(8, 4))
+    art = load_artifact("kind", "k1", tmp_path, full=True)  # full: hashed although the stamp vouches
+    assert art.verified_by == "sha256" and count_hashes == [tensor_file]
+    assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_fresh_file_is_not_stamped_within_the_racy_window(tmp_path):
+    """A change made right after the stamp, within the same tick of the file system's clock, could keep the
+    recorded ctime: a file changed less than STAMP_RACY_S ago is hashed but not stamped.
+    """
+    folder = _save(tmp_path)
+    assert load_artifact("kind", "k1", tmp_path).verified_by == "sha256"
+    assert not (folder / "verified.json").exists()
+    _flip(folder / "tensors.safetensors", -3)
+    with pytest.raises(CorruptArtifactError, match="does not match its recorded checksum"):
+        load_artifact("kind", "k1", tmp_path)
+
+
+def test_a_large_file_is_stamped_when_saved(tmp_path, monkeypatch):
+    """When hashing took longer than the rest of the racy window, the save waits it out and stamps: a read-only store
+    serves even its first hit without hashing.
+    """
+    real = artifacts.file_sha256
+
+    def slow(path):  # hashing "a large file" takes longer than the window
+        time.sleep(2 * RACY_S)
+        return real(path)
+
+    monkeypatch.setattr(artifacts, "STAMP_RACY_S", RACY_S)
+    monkeypatch.setattr(artifacts, "file_sha256", slow)
+    folder = _save(tmp_path)
+    assert (folder / "verified.json").is_file()
+    monkeypatch.setattr(artifacts, "file_sha256", lambda path: pytest.fail("hashed despite the save's stamp"))
+    assert load_artifact("kind", "k1", tmp_path).verified_by == "stamp"
+
+
+def test_same_size_edit_with_the_mtime_restored_is_detected(tmp_path, short_racy_window):
+    folder = _stamped(tmp_path)
+    tensor_file = folder / "tensors.safetensors"
+    before = tensor_file.stat()
+    time.sleep(2 * RACY_S)
+    with open(tensor_file, "r+b") as handle:  # in place: same inode, same size
+        handle.seek(-3, os.SEEK_END)
+        byte = handle.read(1)
+        handle.seek(-3, os.SEEK_END)
+        handle.write(bytes([byte[0] ^ 0x01]))
+    os.utime(tensor_file, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = tensor_file.stat()
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (before.st_size, before.st_mtime_ns, before.st_ino)
+    with pytest.raises(CorruptArtifactError, match="does not match its recorded checksum"):
+        load_artifact("kind", "k1", tmp_path)
+    assert not (folder / "verified.json").exists()  # a stamp never outlives a failed check
+
+
+def test_a_replaced_file_is_hashed_again(tmp_path, short_racy_window, count_hashes):
+    """The same bytes under another inode (a copy, a restore from a backup that keeps the mtime)."""
+    folder = _stamped(tmp_path)
+    tensor_file = folder / "tensors.safetensors"
+    shutil.copy2(tensor_file, folder / "copy")
+    os.replace(folder / "copy", tensor_file)
+    count_hashes.clear()
+    assert load_artifact("kind", "k1", tmp_path).verified_by == "sha256" and count_hashes == [tensor_file]
+
+
+@pytest.mark.parametrize("edit", ["sha256", "size", "mtime_ns", "ctime_ns", "ino", "dev", "format", "file",
+                                  "checksum", "not JSON", "a list", "not UTF-8", "copied from another artifact"])
+def test_an_edited_stamp_is_not_trusted_and_is_renewed(tmp_path, short_racy_window, count_hashes, edit):
+    folder = _stamped(tmp_path)
+    stamp = _stamp(folder)
+    if edit == "checksum":  # a value edited without its checksum
+        (folder / "verified.json").write_text(json.dumps({**stamp, "sha256": "0" * 64}))
+    elif edit == "not JSON":
+        (folder / "verified.json").write_text("{not json")
+    elif edit == "a list":
+        (folder / "verified.json").write_text("[1, 2]")
+    elif edit == "not UTF-8":
+        (folder / "verified.json").write_bytes(b"\xff\xfe{}")
+    elif edit == "copied from another artifact":  # another file (inode) of the same content
+        other = _stamped(tmp_path, "k2")
+        shutil.copy(other / "verified.json", folder / "verified.json")
+        assert _stamp(folder)["sha256"] == stamp["sha256"]
+    else:  # a stamp rewritten with a consistent checksum but one value changed
+        value = stamp[edit]
+        stamp[edit] = "f" * 64 if edit == "sha256" else "other.bin" if edit == "file" else value + 1
+        _write_stamp(folder, stamp)
+    count_hashes.clear()
+    assert load_artifact("kind", "k1", tmp_path).verified_by == "sha256"
+    assert count_hashes == [folder / "tensors.safetensors"]
+    count_hashes.clear()
+    assert load_artifact("kind", "k1", tmp_path).verified_by == "stamp" and count_hashes == []  # renewed
+
+
+def test_a_stamp_cannot_vouch_for_another_checksum_than_meta(tmp_path, short_racy_window):
+    """A tensor file swapped together with a stamp that vouches for it: meta.json's checksum decides."""
+    folder = _stamped(tmp_path)
+    _flip(folder / "tensors.safetensors", -3)
+    status = (folder / "tensors.safetensors").stat()
+    _write_stamp(folder, {**_stamp(folder), "sha256": artifacts.file_sha256(folder / "tensors.safetensors"),
+                          "size": status.st_size, "mtime_ns": status.st_mtime_ns, "ctime_ns": status.st_ctime_ns})
+    with pytest.raises(CorruptArtifactError, match="does not match its recorded checksum"):
+        load_artifact("kind", "k1", tmp_path)
+
+
+def test_damage_below_the_file_system_needs_a_full_check(tmp_path, short_racy_window):
+    """Bit rot leaves the stat signature as it was: simulated by a stamp rewritten to the damaged file's signature.
+    A stamped load cannot see it (documented); ``full=True`` (``mmlib verify``) does, and drops the stamp, so that
+    every later load sees it too.
+    """
+    folder = _stamped(tmp_path)
+    _flip(folder / "tensors.safetensors", -3)
+    status = (folder / "tensors.safetensors").stat()
+    _write_stamp(folder, {**_stamp(folder), "size": status.st_size, "mtime_ns": status.st_mtime_ns,
+                          "ctime_ns": status.st_ctime_ns})
+    assert load_artifact("kind", "k1", tmp_path).verified_by == "stamp"
+    with pytest.raises(CorruptArtifactError, match="does not match its recorded checksum"):
+        load_artifact("kind", "k1", tmp_path, full=True)
+    with pytest.raises(CorruptArtifactError, match="does not match its recorded checksum"):
+        load_artifact("kind", "k1", tmp_path)
+
+
+def _refuse_writes_under(monkeypatch, folder: Path) -> None:
+    """Make writes and renames under ``folder`` fail as on a read-only file system (root ignores permissions)."""
+    real_open, real_replace = Path.open, os.replace
+
+    def inside(path) -> bool:
+        return Path(path).resolve().is_relative_to(folder.resolve())
+
+    def read_only_open(self, mode="r", *args, **kwargs):
+        if inside(self) and any(c in mode for c in "wax+"):
+            raise OSError(30, "Read-only file system", str(self))
+        return real_open(self, mode, *args, **kwargs)
+
+    def read_only_replace(src, dst, *args, **kwargs):
+        if inside(src) or inside(dst):
+            raise OSError(30, "Read-only file system", str(dst))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", read_only_open)
+    monkeypatch.setattr(os, "replace", read_only_replace)
+
+
+def test_a_read_only_folder_is_hashed_on_every_load(tmp_path, short_racy_window, monkeypatch, count_hashes):
+    folder = _save(tmp_path)
+    time.sleep(2 * RACY_S)
+    _refuse_writes_under(monkeypatch, tmp_path)
+    with pytest.raises(OSError, match="Read-only"):
+        (folder / "probe").write_text("x")
+    for _ in range(2):
+        count_hashes.clear()
+        art = load_artifact("kind", "k1", tmp_path)
+        assert art.verified_by == "sha256" and count_hashes and torch.equal(art.tensors["x"], torch.ones(8, 4))
+    assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "tensors.safetensors"]  # no temporary left
+
+
+def test_a_read_only_folder_serves_its_stamp(tmp_path, short_racy_window, monkeypatch, count_hashes):
+    folder = _stamped(tmp_path)
+    _refuse_writes_under(monkeypatch, tmp_path)
+    count_hashes.clear()
+    assert load_artifact("kind", "k1", tmp_path).verified_by == "stamp" and count_hashes == []
+    assert load_or_compute("kind", "k1", lambda: pytest.fail("recomputed"), root=tmp_path).meta["n"] == 8
+    assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "tensors.safetensors", "verified.json"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores folder permissions")
+def test_a_read_only_folder_by_permissions(tmp_path, short_racy_window):
+    folder = _save(tmp_path)
+    time.sleep(2 * RACY_S)
+    folder.chmod(0o555)
+    try:
+        assert load_artifact("kind", "k1", tmp_path).verified_by == "sha256"
+        assert load_artifact("kind", "k1", tmp_path).verified_by == "sha256"
+        assert not (folder / "verified.json").exists()
+    finally:
+        folder.chmod(0o755)
+
+
+def test_saving_over_a_stamped_artifact_replaces_it_whole(tmp_path, short_racy_window):
+    folder = _stamped(tmp_path)
+    (folder / f".verified.json.{artifacts._HOST}.{os.getpid()}.{'2' * 32}.tmp").write_text("a reader's stamp")
+    save_artifact("kind", "k1", {"x": torch.full((8, 4), 3.0)}, {"n": 8}, root=tmp_path)
+    assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "tensors.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "kind").iterdir()) == ["k1"]  # the old folder is gone, not set aside
+    assert torch.equal(load_artifact("kind", "k1", tmp_path).tensors["x"], torch.full((8, 4), 3.0))
+
+
+def test_the_file_mapped_is_the_file_verified(tmp_path, monkeypatch):
+    """A file replaced between its check and its mapping is checked again (once; then it is refused)."""
+    folder = _save(tmp_path)
+    real = artifacts.read_tensors
+    maps: list[Path] = []
+
+    def replace_then_map(path):  # another writer renames an identical copy over the file just checked
+        maps.append(path)
+        if len(maps) <= replacements:
+            shutil.copy2(path, folder / "copy")
+            os.replace(folder / "copy", path)
+        return real(path)
+
+    monkeypatch.setattr(artifacts, "read_tensors", replace_then_map)
+    replacements = 1
+    assert torch.equal(load_artifact("kind", "k1", tmp_path).tensors["x"], torch.ones(8, 4)) and len(maps) == 2
+    maps.clear()
+    replacements = 2
+    with pytest.raises(CorruptArtifactError, match="kept changing while it was being loaded"):
+        load_artifact("kind", "k1", tmp_path)

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load as load_bytes
 
 from mmlib.core.artifacts import (
     CorruptArtifactError,
     artifact_path,
+    file_sha256,
     load_artifact,
     load_or_compute,
+    read_tensors,
     save_artifact,
     stable_hash,
 )
@@ -52,6 +57,60 @@ def test_failed_compute_leaves_nothing(tmp_path):
     assert not (tmp_path / "k" / "key2").exists()
     save_artifact("k", "key3", {"x": torch.zeros(1)}, {}, root=tmp_path)
     assert json.loads((tmp_path / "k" / "key3" / "meta.json").read_text())["key"] == "key3"
+
+
+def _mixed_tensors() -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    return {"f32": torch.randn(33, 7, generator=gen), "f64": torch.randn(5, dtype=torch.float64, generator=gen),
+            "bf16": torch.randn(3, 4, generator=gen).to(torch.bfloat16), "i64": torch.arange(-6, 6).reshape(3, 4),
+            "u8": torch.arange(7, dtype=torch.uint8), "bool": torch.tensor([True, False, True]),
+            "empty": torch.zeros(0, 3), "scalar": torch.tensor(2.5)}
+
+
+def test_lazy_tensors_equal_the_eager_ones(tmp_path):
+    folder = save_artifact("k", "mixed", _mixed_tensors(), {}, root=tmp_path)
+    eager = load_bytes((folder / "tensors.safetensors").read_bytes())  # a plain read into memory
+    lazy = load_artifact("k", "mixed", tmp_path).tensors
+    assert set(lazy) == set(eager) == set(_mixed_tensors())
+    for name, value in _mixed_tensors().items():
+        assert lazy[name].dtype == eager[name].dtype == value.dtype and lazy[name].shape == value.shape
+        assert torch.equal(lazy[name], eager[name]) and torch.equal(lazy[name], value), name
+
+
+def _file_mappings(path: Path) -> list[tuple[int, int]]:
+    """Address ranges of this process mapping ``path`` (``/proc/self/maps``)."""
+    ranges = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] == str(path):
+            start, stop = (int(x, 16) for x in fields[0].split("-"))
+            ranges.append((start, stop))
+    return ranges
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_loaded_tensors_are_views_of_a_map_of_the_file(tmp_path):
+    """Nothing is read at load: each tensor lies inside a memory map of the tensor file (not a copy in memory)."""
+    folder = save_artifact("k", "big", {"a": torch.ones(1000, 64), "b": torch.zeros(10, 3)}, {}, root=tmp_path)
+    tensors = load_artifact("k", "big", tmp_path).tensors
+    ranges = _file_mappings((folder / "tensors.safetensors").resolve())
+    assert ranges, "the tensor file is not mapped"
+    for name, value in tensors.items():
+        start, stop = value.data_ptr(), value.data_ptr() + value.numel() * value.element_size()
+        assert any(lo <= start and stop <= hi for lo, hi in ranges), name
+
+
+def test_writing_to_a_loaded_tensor_never_reaches_the_file(tmp_path):
+    folder = save_artifact("k", "w", {"x": torch.arange(12.0).reshape(3, 4)}, {}, root=tmp_path)
+    tensor_file = folder / "tensors.safetensors"
+    before = file_sha256(tensor_file)
+    art = load_artifact("k", "w", tmp_path)
+    art.tensors["x"][1] = -1.0
+    art.tensors["x"].mul_(3)
+    assert art.tensors["x"][1, 0] == -3.0  # the writes took effect in memory
+    also = read_tensors(tensor_file)["x"]
+    assert file_sha256(tensor_file) == before and torch.equal(also, torch.arange(12.0).reshape(3, 4))
+    assert torch.equal(load_artifact("k", "w", tmp_path, full=True).tensors["x"], torch.arange(12.0).reshape(3, 4))
 
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from mmlib.core.artifacts import Artifact, load_artifact, save_artifact
 from mmlib.core.errors import InputError, NonFiniteError
 from mmlib.data.embeddings import Embeddings
 
@@ -58,3 +59,56 @@ def test_malformed_embeddings_are_refused(changes, message):
 def test_replace_is_validated_too():
     with pytest.raises(NonFiniteError, match=r"Embeddings\.text"):
         dataclasses.replace(make(), text=torch.full((5, 3), float("nan")))
+
+
+# ------------------------------------------------------------------------------ from a verified artifact
+
+def _stored(tmp_path, kind: str = "embeddings", **tensors) -> Artifact:
+    gen = torch.Generator().manual_seed(1)
+    fields = {"image": torch.randn(6, 3, generator=gen), "text": torch.randn(6, 3, generator=gen), **tensors}
+    save_artifact(kind, "k1", {k: v for k, v in fields.items() if v is not None}, {"n": 6}, root=tmp_path)
+    return load_artifact(kind, "k1", tmp_path)
+
+
+def test_from_verified_artifact_equals_the_checked_constructor(tmp_path):
+    art = _stored(tmp_path, image_tower=torch.ones(6, 5), text_tower=torch.zeros(6, 2))
+    fast = Embeddings.from_verified_artifact(art)
+    t = art.tensors
+    checked = Embeddings(image=t["image"], text=t["text"], key="k1", meta=art.meta, image_tower=t["image_tower"],
+                         text_tower=t["text_tower"], path=art.path)
+    for name in ("image", "text", "image_tower", "text_tower"):
+        assert torch.equal(getattr(fast, name), getattr(checked, name))
+    assert (fast.key, fast.meta, fast.path) == (checked.key, checked.meta, checked.path) == ("k1", art.meta, art.path)
+    assert all(getattr(fast, name) is t[name] for name in ("image", "text", "image_tower", "text_tower"))  # no copy
+    plain = Embeddings.from_verified_artifact(_stored(tmp_path / "plain"))
+    assert plain.image_tower is None and plain.text_tower is None and len(plain) == 6 and plain.dim == 3
+
+
+def test_from_verified_artifact_reads_no_value(tmp_path, monkeypatch):
+    """The finiteness scan is what reads every byte; the trusted path skips it (and only it)."""
+    import mmlib.data.embeddings as module
+
+    class Scanned(Exception):
+        pass
+
+    def scan(*args, **kwargs):
+        raise Scanned
+
+    art = _stored(tmp_path)
+    monkeypatch.setattr(module, "check_finite", scan)
+    assert len(Embeddings.from_verified_artifact(art)) == 6
+    with pytest.raises(Scanned):  # the public constructor still scans
+        Embeddings(image=art.tensors["image"], text=art.tensors["text"], key="k", meta={})
+
+
+def test_from_verified_artifact_still_checks_the_shapes_and_the_kind(tmp_path):
+    with pytest.raises(InputError, match=r"Embeddings\.text has 4 rows but Embeddings\.image has 6"):
+        Embeddings.from_verified_artifact(_stored(tmp_path / "a", text=torch.zeros(4, 3)))
+    with pytest.raises(InputError, match=r"Embeddings\.text has dimension 2"):
+        Embeddings.from_verified_artifact(_stored(tmp_path / "b", text=torch.zeros(6, 2)))
+    with pytest.raises(InputError, match="holds no text tensor"):
+        Embeddings.from_verified_artifact(_stored(tmp_path / "c", text=None))
+    with pytest.raises(InputError, match="an artifact of kind 'features'"):
+        Embeddings.from_verified_artifact(_stored(tmp_path / "d", kind="features"))
+    with pytest.raises(InputError, match="got a dict"):
+        Embeddings.from_verified_artifact({"image": torch.zeros(2, 2)})

@@ -591,3 +591,48 @@ def test_cache_hit_removes_stale_temporaries_of_the_key(tiny_clip, synthetic_pai
     live.mkdir()  # a writer that still runs (this process) is left alone
     embed_dataset(dataclasses.replace(tiny_clip, model=Untouchable()), ds, SMALL, progress=False)
     assert not stale.exists() and live.exists()
+
+
+def test_cache_hit_maps_the_artifact_and_scans_no_row(tiny_clip, synthetic_pairs, artifact_root, monkeypatch,
+                                                     count_batches):
+    """A stamped hit neither hashes the tensor file nor scans the values: its tensors are views of a map of the file
+    (read when used). A same-size edit of the file, even with its mtime restored, is still caught and recomputed.
+    """
+    import mmlib.data.embeddings as embeddings_module
+
+    ds = synthetic_pairs(6)
+    first = embed_dataset(tiny_clip, ds, SMALL, progress=False)
+    text = first.text.clone()  # first.text maps the file: the in-place edit below would show through it
+    monkeypatch.setattr(artifacts, "STAMP_RACY_S", 0.02)
+    time.sleep(0.05)
+    untouchable = dataclasses.replace(tiny_clip, model=Untouchable())
+    embed_dataset(untouchable, ds, SMALL, progress=False)  # hashed, and stamped now that the file is old enough
+    tensor_file = first.path / "tensors.safetensors"
+    assert (first.path / "verified.json").is_file()
+
+    def fail(*args, **kwargs):
+        raise AssertionError("read every byte on a cache hit")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(artifacts, "file_sha256", fail)
+        patch.setattr(embeddings_module, "check_finite", fail)
+        hit = embed_dataset(untouchable, ds, SMALL, progress=False)
+    assert torch.equal(hit.image, first.image) and torch.equal(hit.text, first.text) and hit.key == first.key
+    if sys.platform.startswith("linux"):
+        maps = [line.split(maxsplit=5) for line in Path("/proc/self/maps").read_text().splitlines()]
+        ranges = [tuple(int(x, 16) for x in f[0].split("-")) for f in maps
+                  if len(f) == 6 and f[5] == str(tensor_file.resolve())]
+        assert any(lo <= hit.image.data_ptr() < hi for lo, hi in ranges), "the hit's tensors are not mapped"
+
+    before = tensor_file.stat()
+    time.sleep(0.05)
+    with open(tensor_file, "r+b") as handle:
+        handle.seek(-5, os.SEEK_END)
+        byte = handle.read(1)
+        handle.seek(-5, os.SEEK_END)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(tensor_file, ns=(before.st_atime_ns, before.st_mtime_ns))
+    calls = count_batches()
+    with pytest.warns(RuntimeWarning, match="checksum.*recomputing"):
+        again = embed_dataset(tiny_clip, ds, SMALL, progress=False)
+    assert sum(calls) == 6 and torch.equal(again.text, text)
