@@ -18,7 +18,8 @@ buffers), so memory does not grow with the number of pairs; one pass yields both
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator
+import functools
+from collections.abc import Callable, Iterable, Iterator
 from typing import Literal, Protocol
 
 import numpy as np
@@ -32,6 +33,85 @@ from mmlib.core.validation import check_finite, check_nonnegative
 Form = Literal["paired", "aggregate"]
 FORMS: tuple[str, ...] = ("paired", "aggregate")
 ArrayLike = torch.Tensor | np.ndarray
+
+TILE_BYTES = 1024 * 1024
+"""Bytes of one ``(rows, K)`` tile of a block by default (see :func:`_tile_rows`)."""
+GROUP = 64
+"""Blocks whose sums (input dtype) are added into the float64 sums at once."""
+_INF = float("inf")
+#: Rows the fused kernel sums in the input dtype before adding into the float64 sums (as GROUP blocks do).
+KERNEL_BLOCK = 256
+
+
+def _tile_rows(n_features: int, itemsize: int) -> int:
+    """Default pairs per block of :class:`MDSAccumulator`: ``TILE_BYTES // (K * itemsize)`` within ``[8, 4096]``.
+
+    A block works on four ``(rows, K)`` tiles (the two inputs and two buffers), ``4 * TILE_BYTES`` (4 MiB), which
+    stays in the last-level cache: the minimum of each input reads it from memory, the eight other operations find
+    it in the cache. Measured on 2 cores of an AMD EPYC (1 MiB L2 per core, 32 MiB L3), one thread: tiles of
+    1-2 MiB were fastest; smaller ones (in L2) pay the fixed cost of each operation (a few microseconds) more often
+    than they gain, as an operation on cached data was at most ~1.5x as fast as one on data in memory.
+    """
+    return int(min(4096, max(8, TILE_BYTES // (n_features * itemsize))))
+
+
+@functools.cache
+def _fused_kernel() -> Callable[..., float]:
+    """The fused one-pass kernel (numba, compiled on first use for each dtype and cached on disk).
+
+    ``kernel(a_i, a_t, eps, out)`` reads C-contiguous ``(b, K)`` arrays of one float dtype once, row by row, and adds
+    into ``out`` ``(4, K)`` float64 (sums of ``KERNEL_BLOCK`` rows at a time, taken in the input dtype): the ratio
+    ``a_I / t`` on active pairs, the active count (``t = a_I + a_T > eps``,
+    ``t`` and the ratio in the input dtype, as the blocked torch path computes them), and the image and text column
+    sums; it returns the smallest entry seen (NaN is not a minimum: it shows in the column sums, as do infinities).
+    The inner loop over features has no data-dependent branch (a select), so that LLVM vectorises it.
+    """
+    import numba
+
+    # error_model="numpy": a division by zero gives inf / NaN instead of raising, so that the loop vectorises (the
+    # quotient is discarded where t <= eps); measured on 2 cores here, ~5x faster than the default error model
+    # error_model="numpy": a division by zero gives inf / NaN instead of raising, so that the loop vectorises (the
+    # quotient is discarded where t <= eps). Separate accumulator arrays and row views let LLVM see that they do not
+    # overlap. Measured here (one thread, 65536 x 1024 float32): ~1.6x one read, against ~8x for the default model.
+    @numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
+    def kernel(a_i, a_t, eps, out):  # pragma: no cover - compiled; its results are tested against the formula
+        n, k = a_i.shape
+        ratio, active = np.zeros(k, a_i.dtype), np.zeros(k, a_i.dtype)  # sums of <= KERNEL_BLOCK rows, input dtype
+        image, text = np.zeros(k, a_i.dtype), np.zeros(k, a_i.dtype)
+        low = np.full(k, np.inf, a_i.dtype)
+        for start in range(0, n, KERNEL_BLOCK):
+            ratio[:] = 0.0
+            active[:] = 0.0
+            image[:] = 0.0
+            text[:] = 0.0
+            for r in range(start, min(n, start + KERNEL_BLOCK)):
+                row_i, row_t = a_i[r], a_t[r]
+                for j in range(k):  # no value carried from one feature to the next: vectorised
+                    x, y = row_i[j], row_t[j]
+                    t = x + y
+                    on = t > eps
+                    q = x / t
+                    image[j] += x
+                    text[j] += y
+                    active[j] += 1.0 if on else 0.0
+                    ratio[j] += q if on else 0.0
+                    low[j] = min(low[j], min(x, y))
+            for j in range(k):
+                out[0, j] += ratio[j]
+                out[1, j] += active[j]
+                out[2, j] += image[j]
+                out[3, j] += text[j]
+        return low.min()
+
+    return kernel
+
+
+def _fused_sums(a_image: torch.Tensor, a_text: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """:meth:`MDSAccumulator._chunk_sums` in one fused pass on the CPU (see :func:`_fused_kernel`)."""
+    out = np.zeros((4, a_image.shape[1]), dtype=np.float64)
+    a_i, a_t = a_image.contiguous().numpy(), a_text.contiguous().numpy()
+    low = _fused_kernel()(a_i, a_t, a_i.dtype.type(eps), out)
+    return torch.from_numpy(out), torch.tensor(low, dtype=a_image.dtype)
 
 
 class Encoder(Protocol):
@@ -110,9 +190,16 @@ class MDSAccumulator:
     n_features : int
         ``K``.
     eps : float
-        A pair counts for feature ``k`` when ``a_I + a_T > eps`` (default 0: any activation).
-    block_rows : int
-        Pairs per internal block; memory is two ``(block_rows, K)`` buffers plus ``O(K)`` sums.
+        A pair counts for feature ``k`` when ``a_I + a_T > eps`` (default 0: any activation), compared in the
+        dtype of the activations.
+    block_rows : int, optional
+        ``None`` (default): on the CPU, each chunk is read once by a fused, compiled loop (numba,
+        :func:`_fused_kernel`); elsewhere (a GPU) in blocks of ``TILE_BYTES // (K * itemsize)`` pairs within
+        ``[8, 4096]`` (:func:`_tile_rows`). An integer (at most ``2^24``) always uses blocks of that many pairs, each
+        summed with torch operations while it stays in the CPU cache. Memory is two
+        ``(block_rows, K)`` buffers, ``(GROUP, 4, K)`` block sums and ``O(K)`` float64 sums. The sums are the
+        same for any block size up to float rounding, and bit for bit the same for the same chunks (values and
+        memory layout) and ``block_rows``, on one machine and thread count.
 
     Examples
     --------
@@ -122,7 +209,7 @@ class MDSAccumulator:
     >>> acc.result("paired").scores
     """
 
-    def __init__(self, n_features: int, eps: float = 0.0, block_rows: int = 4096) -> None:
+    def __init__(self, n_features: int, eps: float = 0.0, block_rows: int | None = None) -> None:
         if isinstance(n_features, bool) or not isinstance(n_features, (int, np.integer)) or n_features < 1:
             raise InputError(f"n_features must be a positive integer, got {n_features!r}")
         _check_eps(eps)
@@ -132,11 +219,12 @@ class MDSAccumulator:
         self.image_sum = torch.zeros(self.n_features, dtype=torch.float64)
         self.text_sum = torch.zeros(self.n_features, dtype=torch.float64)
         self.n_pairs = 0
-        if isinstance(block_rows, bool) or not isinstance(block_rows, (int, np.integer)) or \
-                not 1 <= block_rows <= 2 ** 24:  # counts are summed in float within a block: exact up to 2^24
-            raise InputError(f"block_rows must lie in [1, 2^24], got {block_rows}")
-        self.block_rows = int(block_rows)
-        self._work: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        if block_rows is not None and (isinstance(block_rows, bool) or not isinstance(block_rows, (int, np.integer))
+                                       or not 1 <= block_rows <= 2 ** 24):
+            # counts are summed in the input float dtype within a block: exact up to 2^24
+            raise InputError(f"block_rows must lie in [1, 2^24] (or be None: chosen from K), got {block_rows}")
+        self.block_rows = None if block_rows is None else int(block_rows)
+        self._work: _Work | None = None
 
     def update(self, a_image: ArrayLike, a_text: ArrayLike, *, names: tuple[str, str] = ("a_image", "a_text")
                ) -> None:
@@ -144,11 +232,12 @@ class MDSAccumulator:
 
         ``names`` are how the two arguments are called in error messages (e.g. ``"a_image (chunk 3)"``): both
         must be finite, non-negative and of the same shape ``(b, K)``
-        (:class:`~mmlib.core.errors.NonFiniteError` / :class:`~mmlib.core.errors.InputError` otherwise).
+        (:class:`~mmlib.core.errors.NonFiniteError` / :class:`~mmlib.core.errors.InputError` otherwise); a chunk
+        that fails leaves the sums as they were.
 
-        Large chunks are processed in blocks of ``block_rows`` pairs through two reused ``(block_rows, K)``
-        buffers; sums within a block are taken in the input dtype (float32 or float64), across blocks in
-        float64.
+        The chunk is read once, in blocks of ``block_rows`` pairs: each block is summed and checked while it is in
+        the cache (see :meth:`_chunk_sums`). Sums within a block are taken in the input dtype (float32 or
+        float64), across blocks in float64.
         """
         name_i, name_t = names
         a_image, a_text = _as_float(a_image, name_i), _as_float(a_text, name_t)
@@ -160,37 +249,81 @@ class MDSAccumulator:
                              f"{tuple(a_image.shape)}; pass one row per pair and one column per feature")
         if a_image.shape[0] == 0:
             return
-        hint = "take |z| or ReLU(z) of raw dimensions first"
-        check_nonnegative(a_image, name_i, hint=hint)
-        check_nonnegative(a_text, name_t, hint=hint)
         dtype = torch.promote_types(a_image.dtype, a_text.dtype)
-        a_image, a_text = a_image.to(dtype), a_text.to(dtype)
-        for start in range(0, a_image.shape[0], self.block_rows):
-            self._update_block(a_image[start:start + self.block_rows], a_text[start:start + self.block_rows])
+        a_image, a_text = a_image.detach().to(dtype), a_text.detach().to(dtype)
+        sums, low = self._chunk_sums(a_image, a_text)
+        # NaN or an infinity makes a column sum NaN or inf, a negative entry the minimum < 0; a column whose image
+        # and text sums stay below half the dtype's largest number had no sum (a_I + a_T or a block sum) overflow
+        if not (bool(low >= 0) and bool((sums[2] + sums[3] < torch.finfo(dtype).max / 2).all())):
+            hint = "take |z| or ReLU(z) of raw dimensions first"
+            check_nonnegative(a_image, name_i, hint=hint)        # finds and names the bad entry, if any
+            check_nonnegative(a_text, name_t, hint=hint)
+            if dtype != torch.float64:  # all finite and >= 0, but huge: a sum may have overflowed; redo in float64
+                sums, _ = self._chunk_sums(a_image.double(), a_text.double())
+        self.ratio_sum += sums[0]
+        self.n_active += torch.round(sums[1]).to(torch.int64)
+        self.image_sum += sums[2]
+        self.text_sum += sums[3]
+        self.n_pairs += a_image.shape[0]
 
-    def _update_block(self, a_image: torch.Tensor, a_text: torch.Tensor) -> None:
-        b = a_image.shape[0]
-        total, active, ones = self._buffers(b, a_image.dtype)
-        torch.add(a_image, a_text, out=total)
-        torch.gt(total, self.eps, out=active)                  # 1.0 where the pair counts, else 0.0
-        self.n_active += torch.round(ones @ active).to(torch.int64)
-        torch.div(a_image, total, out=total)                 # 0 / 0 = nan where neither side fired
-        total.nan_to_num_(nan=0.0)                            # ... and those pairs add a ratio of 0
-        if self.eps > 0:
-            total.mul_(active)
-        self.ratio_sum += ones @ total
-        self.image_sum += ones @ a_image
-        self.text_sum += ones @ a_text
-        self.n_pairs += b
+    def _chunk_sums(self, a_image: torch.Tensor, a_text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-feature sums ``(4, K)`` float64 of one chunk ``(b, K)`` (ratios, active pairs, image, text) and the
+        smallest entry of either input (0-d; NaN if one is NaN).
 
-    def _buffers(self, b: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Reused work buffers ``(b, K)``, ``(b, K)`` and ones ``(b,)`` (reallocated only on a new dtype)."""
-        if self._work is None or self._work[0].dtype != dtype:
-            rows = self.block_rows
-            self._work = (torch.empty(rows, self.n_features, dtype=dtype),
-                          torch.empty(rows, self.n_features, dtype=dtype), torch.ones(rows, dtype=dtype))
-        total, active, ones = self._work
-        return total[:b], active[:b], ones[:b]
+        One pass over the chunk in blocks of ``rows`` pairs. The minimum of each input reads the block from
+        memory; every later operation finds it in the cache: the column sums of the inputs (matrix-vector products
+        with ones), ``t = a_I + a_T``, ``active = t > eps`` (``sign(t)`` when ``eps`` is 0), ``t`` replaced by
+        ``inf`` where not active (:func:`torch.threshold_`), so that ``a_I / t`` is the ratio on active pairs and
+        exactly 0 on the others (no ``0 / 0``; subnormal activations count like any other), and the column sums of
+        ``active`` and of the ratios. The block sums (input dtype) are collected in a ``(GROUP, 4, K)`` buffer and
+        added in float64 every ``GROUP`` blocks. Negative, NaN and infinite entries are not looked for here: they
+        show in the minimum or in the column sums of the inputs, which the caller checks.
+        """
+        if a_image.device.type == "cpu" and self.block_rows is None:
+            return _fused_sums(a_image, a_text, self.eps)  # one fused pass (numba); the blocks below elsewhere
+        work = self._buffers(a_image.dtype)
+        rows, eps = work.rows, self.eps
+        total = torch.zeros(4, self.n_features, dtype=torch.float64)
+        low = torch.zeros((), dtype=a_image.dtype)
+        j = 0
+        for a_i, a_t in zip(a_image.split(rows), a_text.split(rows)):
+            b = a_i.shape[0]
+            if b == rows:
+                t, t_cols, active, active_cols, ones = work.full
+            else:
+                t, active, ones = work.total[:b], work.active[:b], work.ones[:b]
+                t_cols, active_cols = t.T, active.T
+            ratio_sum, active_sum, image_sum, text_sum, image_low, text_low = work.slots[j]
+            torch.amin(a_i, out=image_low)                    # reads the block from memory
+            torch.amin(a_t, out=text_low)
+            torch.mv(a_i.T, ones, out=image_sum)              # from here on it is in the cache
+            torch.mv(a_t.T, ones, out=text_sum)
+            torch.add(a_i, a_t, out=t)
+            if eps == 0:
+                torch.sign(t, out=active)                     # 1.0 where the pair counts, else 0.0
+            else:
+                torch.gt(t, eps, out=active)
+            torch.mv(active_cols, ones, out=active_sum)
+            torch.threshold_(t, eps, _INF)                    # t where t > eps, else inf ...
+            torch.div(a_i, t, out=t)                          # ... so the ratio is exactly 0 there
+            torch.mv(t_cols, ones, out=ratio_sum)
+            j += 1
+            if j == GROUP:
+                total += work.sums.sum(0, dtype=torch.float64)
+                low = torch.minimum(low, work.low.amin())
+                j = 0
+        if j:
+            total += work.sums[:j].sum(0, dtype=torch.float64)
+            low = torch.minimum(low, work.low[:j].amin())
+        return total, low
+
+    def _buffers(self, dtype: torch.dtype) -> _Work:
+        """Reused work buffers for ``dtype`` (reallocated only on a new dtype)."""
+        if self._work is None or self._work.total.dtype != dtype:
+            itemsize = torch.empty((), dtype=dtype).element_size()
+            rows = self.block_rows if self.block_rows is not None else _tile_rows(self.n_features, itemsize)
+            self._work = _Work.allocate(rows, self.n_features, dtype)
+        return self._work
 
     def merge(self, other: MDSAccumulator) -> MDSAccumulator:
         """Add another accumulator's sums (e.g. from another shard) into this one; returns ``self``."""
@@ -220,6 +353,33 @@ class MDSAccumulator:
         return MDSResult(scores=scores.numpy(), alive=alive.numpy(), n_dead=int((~alive).sum()),
                          n_active_pairs=self.n_active.numpy().copy(), n_pairs=self.n_pairs, form=form,
                          eps=self.eps)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Work:
+    """Reused buffers of :meth:`MDSAccumulator._chunk_sums`, all in one dtype: two tiles ``(rows, K)`` (``total``,
+    ``active``), ``ones`` ``(rows,)``, block sums ``sums`` ``(GROUP, 4, K)`` and block minima ``low`` ``(GROUP, 2)``;
+    ``full`` and ``slots`` are views of them made once (per-call costs matter for small blocks).
+    """
+
+    rows: int
+    total: torch.Tensor
+    active: torch.Tensor
+    ones: torch.Tensor
+    sums: torch.Tensor
+    low: torch.Tensor
+    full: tuple[torch.Tensor, ...]
+    slots: tuple[tuple[torch.Tensor, ...], ...]
+
+    @classmethod
+    def allocate(cls, rows: int, n_features: int, dtype: torch.dtype) -> _Work:
+        """Buffers for blocks of ``rows`` pairs of ``n_features`` features."""
+        total, active = torch.empty(rows, n_features, dtype=dtype), torch.empty(rows, n_features, dtype=dtype)
+        sums, low = torch.empty(GROUP, 4, n_features, dtype=dtype), torch.empty(GROUP, 2, dtype=dtype)
+        ones = torch.ones(rows, dtype=dtype)
+        slots = tuple((*sums[j].unbind(0), *low[j].unbind(0)) for j in range(GROUP))
+        return cls(rows=rows, total=total, active=active, ones=ones, sums=sums, low=low,
+                   full=(total, total.T, active, active.T, ones), slots=slots)
 
 
 def modality_dominance(a_image: ArrayLike | Iterable[tuple[ArrayLike, ArrayLike]], a_text: ArrayLike | None = None,

@@ -174,3 +174,150 @@ def test_subnormal_activations_count_like_any_other(form):
     a_i[0] = 1.0
     r = modality_dominance(a_i, np.zeros_like(a_i), form=form)
     np.testing.assert_array_equal(r.scores, np.ones(3))
+
+
+# ------------------------------------------------------------------- the blocked update against a reference
+def _reference_sums(a_i: np.ndarray, a_t: np.ndarray, eps: float):
+    """The accumulator's four sums by the formula, in float64: ``sum_i [t > eps] a_I / t``, ``sum_i [t > eps]``,
+    ``sum_i a_I``, ``sum_i a_T`` with ``t = a_I + a_T`` (compared with ``eps`` in the input dtype, as documented).
+    """
+    total = a_i + a_t                                      # in the input dtype
+    active = total > np.asarray(eps, dtype=total.dtype)
+    i64, t64 = a_i.astype(np.float64), a_t.astype(np.float64)
+    ratio = np.zeros_like(i64)
+    np.divide(i64, i64 + t64, out=ratio, where=active)
+    return ratio.sum(0), active.sum(0), i64.sum(0), t64.sum(0)
+
+
+@st.composite
+def _blocked_case(draw):
+    n, k = draw(st.integers(1, 40)), draw(st.integers(1, 6))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    values = st.one_of(st.just(0.0), st.just(0.0), st.just(1e-45), st.floats(float(np.float32(1e-30)), 1e3, width=32))
+    a_i = draw(arrays(dtype, (n, k), elements=values))
+    a_t = draw(arrays(dtype, (n, k), elements=values))
+    eps = draw(st.sampled_from([0.0, 1e-3, 0.5, 3.0]))
+    block_rows = draw(st.one_of(st.none(), st.integers(1, 9)))
+    return a_i, a_t, eps, block_rows
+
+
+@settings(max_examples=150, deadline=None)
+@given(_blocked_case())
+def test_blocked_update_equals_the_formula(case):
+    a_i, a_t, eps, block_rows = case
+    acc = MDSAccumulator(a_i.shape[1], eps=eps, block_rows=block_rows)
+    half = len(a_i) // 2                                   # two updates: blocks restart at each chunk
+    acc.update(a_i[:half], a_t[:half])
+    acc.update(a_i[half:], a_t[half:])
+    ratio, n_active, image, text = _reference_sums(a_i, a_t, eps)
+    rtol = 1e-5 if a_i.dtype == np.float32 else 1e-12
+    np.testing.assert_array_equal(acc.n_active.numpy(), n_active)
+    np.testing.assert_allclose(acc.ratio_sum.numpy(), ratio, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(acc.image_sum.numpy(), image, rtol=rtol, atol=0)
+    np.testing.assert_allclose(acc.text_sum.numpy(), text, rtol=rtol, atol=0)
+    assert acc.n_pairs == len(a_i)
+
+
+@pytest.mark.parametrize("block_rows", [None, 1, 3, 64])
+def test_blocked_update_is_deterministic(block_rows):
+    gen = torch.Generator().manual_seed(0)
+    a_i = torch.rand(300, 7, generator=gen).sub_(0.7).relu_()
+    a_t = torch.rand(300, 7, generator=gen).sub_(0.7).relu_()
+    one, two = MDSAccumulator(7, block_rows=block_rows), MDSAccumulator(7, block_rows=block_rows)
+    for acc in (one, two):
+        acc.update(a_i, a_t)
+    for name in ("ratio_sum", "n_active", "image_sum", "text_sum"):
+        assert torch.equal(getattr(one, name), getattr(two, name)), name
+
+
+def test_default_block_rows_follow_the_tile_rule():
+    from mmlib.analysis.mds import TILE_BYTES, _tile_rows
+    assert _tile_rows(1024, 4) == TILE_BYTES // 4096 == 256
+    assert _tile_rows(4096, 8) == TILE_BYTES // (4096 * 8)
+    assert _tile_rows(1, 4) == 4096 and _tile_rows(10 ** 7, 8) == 8      # clamped to [8, 4096]
+
+
+def test_huge_activations_do_not_overflow_float32_sums():
+    """A float32 ``a_I + a_T`` or block sum past the float32 range used to give inf (or a ratio of 0)."""
+    big = np.float32(3e38)
+    a_i = np.array([[big, big], [0.0, big]], dtype=np.float32)
+    a_t = np.array([[big, 0.0], [0.0, 0.0]], dtype=np.float32)
+    acc = MDSAccumulator(2)
+    acc.update(a_i, a_t)
+    np.testing.assert_allclose(acc.ratio_sum.numpy(), [0.5, 2.0])
+    np.testing.assert_allclose(acc.image_sum.numpy(), [float(big), 2 * float(big)])
+    np.testing.assert_allclose(acc.result("aggregate").scores, [0.5, 1.0])
+
+
+def test_column_major_inputs_give_the_same_sums():
+    gen = torch.Generator().manual_seed(1)
+    a_i = torch.rand(50, 6, generator=gen).sub_(0.5).relu_()
+    a_t = torch.rand(50, 6, generator=gen).sub_(0.5).relu_()
+    one, two = MDSAccumulator(6, block_rows=7), MDSAccumulator(6, block_rows=7)
+    one.update(a_i, a_t)
+    two.update(a_i.T.contiguous().T, np.asfortranarray(a_t.numpy()))   # column-major: other summation order
+    assert torch.equal(one.n_active, two.n_active)
+    for name in ("ratio_sum", "image_sum", "text_sum"):
+        np.testing.assert_allclose(getattr(two, name).numpy(), getattr(one, name).numpy(), rtol=1e-6, err_msg=name)
+
+
+# ----------------------------------------------------------------- validation reaches every block, atomically
+@settings(max_examples=100, deadline=None)
+@given(n=st.integers(1, 30), k=st.integers(1, 4), block_rows=st.integers(1, 5), data=st.data(),
+       bad=st.sampled_from([-1.0, -1e-30, float("nan"), float("inf"), -float("inf")]),
+       side=st.sampled_from(["a_image", "a_text"]))
+def test_a_bad_entry_in_any_block_is_caught_and_leaves_the_sums(n, k, block_rows, data, bad, side):
+    from mmlib.core.errors import InputError, NonFiniteError
+    rng = np.random.default_rng(n * 100 + k)
+    a_i, a_t = rng.random((n, k)) * 5, rng.random((n, k)) * 5
+    i, j = data.draw(st.integers(0, n - 1)), data.draw(st.integers(0, k - 1))
+    (a_i if side == "a_image" else a_t)[i, j] = bad
+    acc = MDSAccumulator(k, block_rows=block_rows)
+    acc.update(np.ones((2, k)), np.zeros((2, k)))
+    before = [getattr(acc, name).clone() for name in ("ratio_sum", "n_active", "image_sum", "text_sum")]
+    error = NonFiniteError if not np.isfinite(bad) else InputError
+    with pytest.raises(error, match=rf"{side}.*row {i}, column {j}") as info:
+        acc.update(a_i, a_t)
+    assert np.isfinite(bad) != isinstance(info.value, NonFiniteError)
+    assert acc.n_pairs == 2
+    for old, name in zip(before, ("ratio_sum", "n_active", "image_sum", "text_sum")):
+        assert torch.equal(old, getattr(acc, name)), name
+
+
+def test_a_tiny_negative_text_activation_next_to_a_large_image_one_is_caught():
+    """``1 + (-1e-30)`` rounds to 1, so only the minimum of the input itself shows the sign."""
+    from mmlib.core.errors import InputError
+    a_i = np.ones((10, 2), dtype=np.float32)
+    a_t = np.zeros((10, 2), dtype=np.float32)
+    a_t[7, 1] = -1e-30
+    with pytest.raises(InputError, match=r"a_text must be non-negative.*row 7, column 1"):
+        MDSAccumulator(2, block_rows=3).update(a_i, a_t)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_fused_pass_equals_the_blocked_one_across_kernel_blocks(dtype):
+    """The default CPU path (one fused numba loop, KERNEL_BLOCK rows per partial sum) against the torch blocks and the
+    formula, on more rows than a kernel block; a bad entry past the first kernel block is still caught.
+    """
+    from mmlib.analysis.mds import KERNEL_BLOCK
+    from mmlib.core.errors import InputError
+    gen = torch.Generator().manual_seed(3)
+    n = 2 * KERNEL_BLOCK + 37
+    a_i = torch.rand(n, 9, generator=gen, dtype=dtype).sub_(0.6).relu_()
+    a_t = torch.rand(n, 9, generator=gen, dtype=dtype).sub_(0.6).relu_()
+    fused, blocked = MDSAccumulator(9), MDSAccumulator(9, block_rows=64)
+    fused.update(a_i, a_t)
+    blocked.update(a_i, a_t)
+    ratio, n_active, image, text = _reference_sums(a_i.numpy(), a_t.numpy(), 0.0)
+    rtol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert torch.equal(fused.n_active, blocked.n_active) and np.array_equal(fused.n_active.numpy(), n_active)
+    for name, want in (("ratio_sum", ratio), ("image_sum", image), ("text_sum", text)):
+        np.testing.assert_allclose(getattr(fused, name).numpy(), want, rtol=rtol)
+        np.testing.assert_allclose(getattr(fused, name).numpy(), getattr(blocked, name).numpy(), rtol=rtol)
+    for bad in (-1e-6, float("nan"), float("inf")):
+        broken = a_t.clone()
+        broken[KERNEL_BLOCK + 5, 4] = bad
+        before = fused.ratio_sum.clone()
+        with pytest.raises(InputError, match=r"a_text"):
+            fused.update(a_i, broken)
+        assert torch.equal(fused.ratio_sum, before)
