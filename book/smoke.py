@@ -6,7 +6,8 @@ word list) cannot run here with the real weights and data, so this run checks th
 ``NotImplementedError``, a tiny-world assumption or a missing parameter. It
 
 1. writes a small generated corpus in the real formats (``mmlib smoke-data``: :mod:`mmlib.data.smoke`) and a settings
-   file of profile overrides (``pretrained = "random"``: :data:`mmlib.models.clip.RANDOM_WEIGHTS`, small sizes);
+   file of profile overrides (``pretrained = "random"``: :data:`mmlib.models.clip.RANDOM_WEIGHTS`, small sizes), and
+   a tiny random unCLIP pipeline for chapter 08 (:func:`mmlib.case_studies.t2i.unclip.save_tiny_random_unclip`);
 2. executes every chapter of ``_toc.yml`` with papermill, ``profile="paper"``, ``settings=<that file>`` and the data
    parameters each chapter declares (``pairs``, ``celeba_root``, ``vocabulary_file``, ...), into
    ``_build/smoke/executed/`` with its own artifact root ``_build/smoke/artifacts/``;
@@ -49,14 +50,17 @@ SMOKE_SETTINGS = {
 
 def prepare(folder: Path, n: int) -> dict[str, str]:
     """Write the smoke data and settings under ``folder``; returns the chapter parameters they provide."""
+    from mmlib.case_studies.t2i.unclip import save_tiny_random_unclip
     from mmlib.data.smoke import SmokeConfig, write_smoke_data
 
     data = write_smoke_data(folder / "data", SmokeConfig(n=n, image_size=64, shard_size=16))
+    unclip = save_tiny_random_unclip(folder / "unclip", embed_dim=512)  # conditioned on ViT-B-32's 512-d embeddings
     settings = {**SMOKE_SETTINGS, "pairs": data.shards}
     (folder / "settings.json").write_text(json.dumps(settings, indent=1), encoding="utf-8")
     return {"profile": "paper", "settings": str(folder / "settings.json"), "pairs": str(data.csv),
             "celeba_root": str(data.celeba_root), "celeba_limit": 24, "vocabulary_file": str(data.vocabulary_file),
-            "n_eval": 8, "pgd_steps": 2, "n_random": 20, "n_images": 16}
+            "n_eval": 8, "pgd_steps": 2, "n_random": 20, "n_images": 16,
+            "unclip": str(unclip), "unclip_clip": "ViT-B-32/random"}
 
 
 def run_chapter(name: str, parameters: dict, cell_timeout: int | None) -> tuple[str, float, str]:

@@ -9,13 +9,18 @@ edit what the pipeline sees ([ours]: the chapter's ``paper`` branch trains its S
 :class:`UnCLIPDecoder` gives the pipeline the interface of the tiny profile's
 :class:`mmlib.case_studies.t2i.tiny_decoder.EmbeddingDecoder` (``embed_dim``, ``check_conditioning``,
 ``sample(z, seeds=...)``), so :func:`mmlib.case_studies.t2i.editing.edit_sweep` runs unchanged on either. Offline,
-:func:`load_unclip_pipeline` fails at once with a clear message; the code path is tested offline on a randomly
-initialised tiny pipeline built from config (``tests/case_studies/t2i/test_unclip.py``).
+:func:`load_unclip_pipeline` fails at once with a clear message; the code path is tested offline, and run by the
+``paper`` profile's smoke run, on :func:`tiny_random_unclip`: a randomly initialised tiny pipeline of the same classes,
+built from config (:func:`save_tiny_random_unclip` writes it as a local folder that :func:`load_unclip_pipeline` reads).
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +30,7 @@ from mmlib.core.errors import InputError
 from mmlib.models.clip import WeightsUnavailableError
 
 __all__ = ["UNCLIP_MODEL", "UNCLIP_CLIP", "load_unclip_pipeline", "unclip_embed_dim", "unclip_generate",
-           "UnCLIPDecoder"]
+           "UnCLIPDecoder", "tiny_random_unclip", "save_tiny_random_unclip"]
 
 #: The default real pipeline, and the open_clip model whose image embeddings it is conditioned on.
 UNCLIP_MODEL = "stabilityai/stable-diffusion-2-1-unclip-small"
@@ -49,6 +54,70 @@ def load_unclip_pipeline(model_id: str = UNCLIP_MODEL, device: str = "cpu", dtyp
             "these weights (several GB): run it on a machine with internet access (the book's Colab link) or pass "
             "a local folder saved with pipe.save_pretrained(). The 'tiny' profile needs no download.") from err
     return pipe.to(device)
+
+
+def _tiny_tokenizer(folder: Path) -> tuple[Any, int]:
+    """A CLIP BPE tokenizer over a handful of words and the letters (written to ``folder``), and its vocabulary size."""
+    from transformers import CLIPTokenizer
+    words = ["a", "photo", "of", "red", "blue"]
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, **{f"{w}</w>": i + 2 for i, w in enumerate(words)}}
+    vocab.update({c: len(vocab) + i for i, c in enumerate("abcdefghijklmnopqrstuvwxyz")})
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77), len(vocab)
+
+
+def tiny_random_unclip(embed_dim: int = 16, seed: int = 0) -> Any:
+    """A randomly initialised tiny ``StableUnCLIPImg2ImgPipeline`` conditioned on CLIP embeddings of ``embed_dim``.
+
+    The same classes as Stable unCLIP (image normaliser, noising scheduler, UNet with a projection class embedding of
+    ``2 * embed_dim``, VAE, CLIP text and vision encoders) at tiny sizes: it generates 8 x 8 images in milliseconds
+    on a CPU. It produces noise, not pictures: it exercises the code path (tests, the smoke run), nothing more.
+    """
+    if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim < 2 or embed_dim % 2:
+        raise InputError(f"embed_dim must be an even integer >= 2, got {embed_dim!r}")
+    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableUnCLIPImg2ImgPipeline, UNet2DConditionModel
+    from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import StableUnCLIPImageNormalizer
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
+    torch.manual_seed(seed)
+    d = embed_dim
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer, vocab_size = _tiny_tokenizer(Path(folder))
+    pipe = StableUnCLIPImg2ImgPipeline(
+        feature_extractor=CLIPImageProcessor(crop_size=16, size=16),
+        image_encoder=CLIPVisionModelWithProjection(CLIPVisionConfig(
+            hidden_size=d, projection_dim=d, num_hidden_layers=1, num_attention_heads=2, image_size=16,
+            intermediate_size=20, patch_size=8)),
+        image_normalizer=StableUnCLIPImageNormalizer(embedding_dim=d),
+        image_noising_scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2"),
+        tokenizer=tokenizer,
+        text_encoder=CLIPTextModel(CLIPTextConfig(
+            bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=d, projection_dim=d, intermediate_size=20,
+            num_attention_heads=2, num_hidden_layers=1, vocab_size=vocab_size)),
+        unet=UNet2DConditionModel(
+            sample_size=8, in_channels=4, out_channels=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), block_out_channels=(16, 32), attention_head_dim=(2, 4),
+            norm_num_groups=8, class_embed_type="projection", projection_class_embeddings_input_dim=2 * d,
+            cross_attention_dim=d, layers_per_block=1, use_linear_projection=True),
+        scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                prediction_type="v_prediction", set_alpha_to_one=False, steps_offset=1),
+        vae=AutoencoderKL(block_out_channels=(16,), norm_num_groups=8, latent_channels=4),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_tiny_random_unclip(folder: str | os.PathLike, embed_dim: int = 16, seed: int = 0) -> Path:
+    """Write :func:`tiny_random_unclip` as a local pipeline folder (``save_pretrained``, safetensors) and return it."""
+    folder = Path(os.fspath(folder))
+    tiny_random_unclip(embed_dim, seed).save_pretrained(str(folder), safe_serialization=True)
+    return folder
 
 
 def unclip_embed_dim(pipe: Any) -> int:

@@ -51,11 +51,13 @@ from mmlib.companions.splice.vocabulary import (
     VocabularyError,
     check_vocabulary,
     read_vocabulary,
+    tag_vocabulary,
     world_vocabulary,
 )
 
 __all__ = [
-    "VocabularyError", "ConceptVocabulary", "world_vocabulary", "read_vocabulary", "check_vocabulary",
+    "VocabularyError", "ConceptVocabulary", "world_vocabulary", "read_vocabulary", "tag_vocabulary",
+    "check_vocabulary",
     "AdmmConfig", "AdmmResult", "nonneg_lasso_admm", "nonneg_lasso_sklearn", "lasso_objective",
     "compare_with_sklearn",
     "modality_mean", "center_embeddings", "Splice", "SpliceDecomposition", "build_splice",

@@ -23,7 +23,8 @@ from mmlib.data.protocol import utf8_error_line
 from mmlib.data.world import CAPTION_PREFIXES, OBJECT_NOUNS, Factor, default_factors, phrase
 from mmlib.models.embed import context_length
 
-__all__ = ["VocabularyError", "ConceptVocabulary", "world_vocabulary", "read_vocabulary", "check_vocabulary"]
+__all__ = ["VocabularyError", "ConceptVocabulary", "world_vocabulary", "read_vocabulary", "tag_vocabulary",
+           "check_vocabulary"]
 
 _STOPWORDS = frozenset({"a", "an", "the", "of", "on", "in", "by", "to", "that", "is"})
 
@@ -156,6 +157,36 @@ def world_vocabulary(factors: Sequence[Factor] | None = None, phrases: bool = Tr
                 labels.append(None)
                 values.append(None)
     return ConceptVocabulary(tuple(concepts), tuple(labels), tuple(values), source="world")
+
+
+def tag_vocabulary(vocabulary: ConceptVocabulary, factors: Sequence[Factor]) -> ConceptVocabulary:
+    """``vocabulary`` with each concept that names a value of one of ``factors`` labelled with that factor and value.
+
+    A user's word list (:func:`read_vocabulary`) carries no labels, so analyses that ask for "every concept of the
+    factor colour" (the spurious-correlation audit, the intervention) would find none. A concept is tagged when,
+    lower-cased and stripped, it equals a synonym of a value or that synonym's caption clause (``"red"``,
+    ``"on a black background"``); labels already present are kept, and a concept that names values of two factors
+    is left untagged (ambiguous). The other concepts keep factor ``None``.
+
+    Raises
+    ------
+    InputError
+        if ``vocabulary`` is not a :class:`ConceptVocabulary`.
+    """
+    if not isinstance(vocabulary, ConceptVocabulary):
+        raise InputError(f"vocabulary must be a ConceptVocabulary, got {type(vocabulary).__name__}")
+    names: dict[str, set[tuple[str, int]]] = {}
+    for f in factors:
+        for v, synonyms in enumerate(f.synonyms):
+            for word in synonyms:
+                for text in {word, phrase(f.name, word)}:
+                    names.setdefault(text.strip().lower(), set()).add((f.name, v))
+    labels, values = list(vocabulary.factors), list(vocabulary.values)
+    for i, concept in enumerate(vocabulary.concepts):
+        found = names.get(concept.strip().lower(), set())
+        if labels[i] is None and len({name for name, _ in found}) == 1 and len(found) == 1:
+            (labels[i], values[i]), = found
+    return dataclasses.replace(vocabulary, factors=tuple(labels), values=tuple(values))
 
 
 def read_vocabulary(path: str | Path, size: int | None = None, separator: str | None = ", ") -> ConceptVocabulary:

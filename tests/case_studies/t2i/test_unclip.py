@@ -5,65 +5,39 @@ embeddings through mmlib.case_studies.t2i.unclip and mmlib.case_studies.t2i.edit
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 from mmlib.case_studies.t2i.editing import EditConfig, edit_sweep
-from mmlib.case_studies.t2i.unclip import UnCLIPDecoder, load_unclip_pipeline, unclip_embed_dim, unclip_generate
+from mmlib.case_studies.t2i.unclip import (
+    UnCLIPDecoder,
+    load_unclip_pipeline,
+    save_tiny_random_unclip,
+    tiny_random_unclip,
+    unclip_embed_dim,
+    unclip_generate,
+)
+from mmlib.core.errors import InputError
 from mmlib.models.clip import WeightsUnavailableError
 
 D = 16  # the tiny pipeline's CLIP embedding size
 
 
-def _tokenizer(folder: Path):
-    from transformers import CLIPTokenizer
-    words = ["a", "photo", "of", "red", "blue"]
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, **{f"{w}</w>": i + 2 for i, w in enumerate(words)}}
-    vocab.update({c: len(vocab) + i for i, c in enumerate("abcdefghijklmnopqrstuvwxyz")})
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77), len(vocab)
-
-
 @pytest.fixture(scope="module")
-def tiny_pipe(tmp_path_factory):
-    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableUnCLIPImg2ImgPipeline, UNet2DConditionModel
-    from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import StableUnCLIPImageNormalizer
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPTextConfig,
-        CLIPTextModel,
-        CLIPVisionConfig,
-        CLIPVisionModelWithProjection,
-    )
-    torch.manual_seed(0)
-    tokenizer, vocab_size = _tokenizer(tmp_path_factory.mktemp("tok"))
-    pipe = StableUnCLIPImg2ImgPipeline(
-        feature_extractor=CLIPImageProcessor(crop_size=16, size=16),
-        image_encoder=CLIPVisionModelWithProjection(CLIPVisionConfig(
-            hidden_size=D, projection_dim=D, num_hidden_layers=1, num_attention_heads=2, image_size=16,
-            intermediate_size=20, patch_size=8)),
-        image_normalizer=StableUnCLIPImageNormalizer(embedding_dim=D),
-        image_noising_scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2"),
-        tokenizer=tokenizer,
-        text_encoder=CLIPTextModel(CLIPTextConfig(
-            bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=D, projection_dim=D, intermediate_size=20,
-            num_attention_heads=2, num_hidden_layers=1, vocab_size=vocab_size)),
-        unet=UNet2DConditionModel(
-            sample_size=8, in_channels=4, out_channels=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), block_out_channels=(16, 32), attention_head_dim=(2, 4),
-            norm_num_groups=8, class_embed_type="projection", projection_class_embeddings_input_dim=2 * D,
-            cross_attention_dim=D, layers_per_block=1, use_linear_projection=True),
-        scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                prediction_type="v_prediction", set_alpha_to_one=False, steps_offset=1),
-        vae=AutoencoderKL(block_out_channels=(16,), norm_num_groups=8, latent_channels=4),
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def tiny_pipe():
+    return tiny_random_unclip(D, seed=0)
+
+
+def test_a_saved_tiny_pipeline_loads_back_from_its_folder(tmp_path, tiny_pipe):
+    folder = save_tiny_random_unclip(tmp_path / "unclip", D, seed=0)
+    pipe = load_unclip_pipeline(str(folder))
+    assert unclip_embed_dim(pipe) == D
+    z = torch.randn(2, D, generator=torch.Generator().manual_seed(1))
+    np.testing.assert_array_equal(unclip_generate(pipe, z, steps=2, seeds=[0, 1]),
+                                  unclip_generate(tiny_pipe, z, steps=2, seeds=[0, 1]))
+    with pytest.raises(InputError):
+        tiny_random_unclip(15)
 
 
 def test_generate_from_embeddings_is_seeded_and_conditioned(tiny_pipe):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from mmlib.companions.splice.vocabulary import (
     read_vocabulary,
     world_vocabulary,
 )
+from mmlib.core.errors import InputError
 from mmlib.data.world import Factor, default_factors
 
 
@@ -87,3 +89,24 @@ def test_read_vocabulary_folder_and_bad_arguments(tmp_path: Path):
         read_vocabulary(path, separator="")
     with pytest.raises(VocabularyError, match="must be a path"):
         read_vocabulary(None)
+
+
+def test_tag_vocabulary_labels_the_words_of_the_world(tmp_path: Path):
+    from mmlib.companions.splice.vocabulary import tag_vocabulary
+    from mmlib.data.world import default_factors
+
+    factors = default_factors()
+    colour = next(f for f in factors if f.name == "colour")
+    path = tmp_path / "words.txt"
+    path.write_text(f"bicycle\n{colour.synonyms[0][0].upper()}\n{colour.synonyms[1][0]}\nvolcano\n")
+    vocab = read_vocabulary(path)
+    assert set(vocab.factors) == {None}
+    tagged = tag_vocabulary(vocab, factors)
+    assert tagged.concepts == vocab.concepts
+    assert tagged.factors == (None, "colour", "colour", None) and tagged.values == (None, 0, 1, None)
+    assert list(tagged.indices(factors=["colour"])) == [1, 2]
+    same_word = tuple(("x",) for _ in colour.values)
+    two = [dataclasses.replace(colour, name="a", synonyms=same_word), dataclasses.replace(colour, name="b")]
+    assert tag_vocabulary(ConceptVocabulary(("x",)), two).factors == (None,)  # one word, several values: ambiguous
+    with pytest.raises(InputError):
+        tag_vocabulary(["red"], factors)
