@@ -59,7 +59,7 @@ def prepare(folder: Path, n: int) -> dict[str, str]:
     (folder / "settings.json").write_text(json.dumps(settings, indent=1), encoding="utf-8")
     return {"profile": "paper", "settings": str(folder / "settings.json"), "pairs": str(data.csv),
             "celeba_root": str(data.celeba_root), "celeba_limit": 24, "vocabulary_file": str(data.vocabulary_file),
-            "n_eval": 8, "pgd_steps": 2, "n_random": 20, "n_images": 16,
+            "n_eval": 8, "pgd_steps": 2, "n_random": 20, "defence_steps": 2, "n_images": 16,
             "unclip": str(unclip), "unclip_clip": "ViT-B-32/random"}
 
 
