@@ -9,6 +9,12 @@ fresh permutation each epoch), not a per-row ``TensorDataset`` loader. Prints mi
 ratio (goal: median <= 0.8), both FVUs (ours within 0.02 of theirs) and both L0s, and our training time against
 ``K`` (the scaling table of the Performance page).
 
+Where the time goes: overcomplete forms the dense ``(rows, K)`` codes, decodes them by a dense product and
+back-propagates through both (``O(rows K d)`` three times more than the encoder product); ours keeps only the encoder
+product dense, takes the top k by column groups, decodes the k kept codes and back-propagates into the k used weight
+rows per sample (``O(rows k d)``, :func:`mmlib.feature_maps.sae._topk_sae_loss`), with a fused Adam. So our time
+grows with ``K`` only through the encoder product (see the scaling table).
+
 overcomplete is a test-only dependency; version 0.3.0 still calls ``matplotlib.cm.get_cmap`` (removed in
 matplotlib 3.9) when imported, so :func:`import_overcomplete_sae` restores that alias first.
 """

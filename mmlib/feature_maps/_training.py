@@ -161,7 +161,7 @@ def iterate_batches(chunks: Callable[[], Iterable[tuple[torch.Tensor, torch.Tens
         for i in range(0, len(img), batch_size):
             idx = perm[i:i + batch_size]
             if len(idx) >= min_batch:
-                yield z[:, idx]
+                yield z.index_select(1, idx)
 
 
 def schedule_rules(min_batch: int = 1) -> dict[str, Range]:
@@ -195,15 +195,36 @@ class Liveness:
     def __init__(self, n_groups: int, n_latents: int, window: int, device: str | torch.device = "cpu") -> None:
         self.last = torch.zeros(n_groups, n_latents, dtype=torch.long, device=device)
         self.window = window
+        self._next_check = window  # no latent can be dead before this step (see dead_if_any)
 
     def update(self, fired: torch.Tensor, step: int) -> torch.Tensor:
         """Record the latents that ``fired`` ``(M, K)`` bool at ``step``; return the dead mask ``(M, K)``."""
-        self.last[fired] = step
+        self.last.masked_fill_(fired, step)
         return self.dead(step)
+
+    def fire(self, latents: torch.Tensor, step: int) -> None:
+        """Record that the latents ``latents`` (int64 indices into the flattened ``(M K,)`` latents, repeats
+        allowed) fired at ``step``.
+        """
+        self.last.view(-1).index_fill_(0, latents, step)
 
     def dead(self, step: int) -> torch.Tensor:
         """Dead mask ``(M, K)`` at ``step``."""
         return (step - self.last) >= self.window
+
+    def dead_if_any(self, step: int) -> torch.Tensor | None:
+        """The dead mask ``(M, K)`` at ``step`` if a latent is dead, else ``None``.
+
+        Firing times only grow, so no latent dies before the oldest one plus ``window``: after a check finds none
+        dead, the steps before that one are answered without looking.
+        """
+        if step < self._next_check:
+            return None
+        dead = self.dead(step)
+        if bool(dead.any()):
+            return dead
+        self._next_check = int(self.last.min()) + self.window
+        return None
 
     def revive(self, mask: torch.Tensor, step: int) -> None:
         """Count the latents of ``mask`` ``(M, K)`` as fired at ``step`` (after resampling them)."""
@@ -222,8 +243,10 @@ class History:
         self._sums = dict.fromkeys(self.names, 0.0)
         self._count = 0
 
-    def add(self, step: int, dead_fraction: float, lr: float, **values: float) -> None:
-        """Accumulate this step's ``values`` (one per name); record the window when it ends."""
+    def add(self, step: int, dead_fraction: float | Callable[[], float], lr: float, **values: float) -> None:
+        """Accumulate this step's ``values`` (one per name); record the window when it ends (with
+        ``dead_fraction``, or its value if a function: then only called at a window's end).
+        """
         for k in self.names:
             self._sums[k] += float(values[k])
         self._count += 1
@@ -232,7 +255,7 @@ class History:
         self.data["step"].append(step)
         for k in self.names:
             self.data[k].append(self._sums[k] / self._count)
-        self.data["dead"].append(float(dead_fraction))
+        self.data["dead"].append(float(dead_fraction() if callable(dead_fraction) else dead_fraction))
         self.data["lr"].append(float(lr))
         self._sums, self._count = dict.fromkeys(self.names, 0.0), 0
         if self.bar is not None:

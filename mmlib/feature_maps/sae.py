@@ -10,6 +10,8 @@ Decoder columns are renormalised to unit norm after every step; ``b_d`` starts a
 ``W_e`` at ``W_dᵀ``. Dead latents (not fired for ``dead_window`` steps) are resampled toward high-loss
 inputs for ``relu_l1`` (Bricken et al., 2023) and revived by the AuxK loss for ``topk`` (Gao et al., 2024);
 their fraction is logged. Training streams the data in chunks (:func:`mmlib.feature_maps._training.pair_chunks`).
+TopK training never forms the dense ``(b, K)`` codes: only the encoder product is dense, the decoder and the whole
+backward cost ``O(b k d)`` (:func:`_topk_sae_loss`), and the top-k itself is searched by groups (:func:`_topk`).
 
 With ``shared=False`` one SAE per modality is trained; the map then has ``2K`` features, the image SAE's
 latents first and the text SAE's last, so that a feature index means one latent whatever the modality
@@ -21,10 +23,11 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -129,6 +132,239 @@ class SAEConfig:
         return 1 if self.shared else 2
 
 
+# ----------------------------------------------------------------------------------- sparse TopK kernels
+# A TopK SAE needs one dense product, the encoder's (every latent competes for the top k), and nothing else dense:
+# only k of the K latents of a row carry a value and a gradient. The autograd functions below keep the rest in
+# O(b k d) instead of O(b K d): forward by gathering (pre-activations, decoder columns: ``embedding_bag``), backward
+# by scattering (``index_add_`` into the weight rows that were used). Stacked SAEs ``(M, ...)`` are handled at once by
+# offsetting the latents of SAE ``s`` by ``s K`` into the ``M K`` stacked weight rows.
+
+#: Column groups of the grouped top-k (:func:`_topk`): torch's CPU top-k is cheap on rows this short.
+_TOPK_GROUPS = 32
+
+
+def _topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest entries along the last dimension of ``x`` ``(..., K)``: values and int64 indices
+    ``(..., k)``, largest first, as ``x.topk(k)`` (the same values; among tied entries possibly other indices).
+
+    torch's CPU top-k selects within a copy of every row: by a partial sort for ``K >= 64 k``, else by a selection
+    that costs more than the encoder product itself for ``K`` in the hundreds (``k = 8``, ``K = 256``: 5 times
+    more). There, when ``K`` is a multiple of ``G = 32`` and ``k <= G / 4``, column ``c`` is put in group ``c mod G``:
+    the ``k`` largest entries lie in the ``k`` groups with the largest maxima (an entry of another group is exceeded
+    by those ``k`` maxima), so only their ``k K / G`` columns are searched, by the same rule, until a row is at most
+    ``G`` long. Exact and deterministic; group maxima are one vectorised pass.
+    """
+    n_cols = x.shape[-1]
+    if n_cols <= _TOPK_GROUPS or n_cols % _TOPK_GROUPS or 4 * k > _TOPK_GROUPS or n_cols >= 64 * k:
+        return x.topk(k, dim=-1)
+    per_group = n_cols // _TOPK_GROUPS
+    rows = x.reshape(-1, per_group, _TOPK_GROUPS)                                    # (R, B, G): column G b + g
+    groups = rows.amax(1).topk(k, dim=-1, sorted=False).indices[:, None, :]         # (R, 1, k)
+    candidates = rows.gather(2, groups.expand(-1, per_group, -1))                   # (R, B, k)
+    values, picked = _topk(candidates.view(len(rows), per_group * k), k)
+    columns = groups + torch.arange(0, n_cols, _TOPK_GROUPS, device=x.device)[:, None]  # (R, B, k) their columns
+    indices = columns.view(len(rows), per_group * k).gather(1, picked)
+    return values.view(*x.shape[:-1], k), indices.view(*x.shape[:-1], k)
+
+
+def _stacked_rows(indices: torch.Tensor, n_latents: int) -> torch.Tensor:
+    """Latent indices ``(M, b, j)`` of ``M`` stacked SAEs -> indices ``(M b, j)`` into their ``M K`` stacked rows."""
+    n_sae, _, j = indices.shape
+    if n_sae > 1:
+        indices = indices + torch.arange(0, n_sae * n_latents, n_latents, device=indices.device)[:, None, None]
+    return indices.reshape(-1, j)
+
+
+def _row_dots(table: torch.Tensor, rows: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """``(R, j)`` dot products of ``table`` rows ``rows`` ``(R, j)`` with ``vectors`` ``(R, d)``, row by row."""
+    picked = table.index_select(0, rows.reshape(-1)).view(*rows.shape, -1)
+    return (picked * vectors[:, None, :]).sum(-1)
+
+
+def _scatter_rows(n_rows: int, rows: torch.Tensor, weights: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """``(n_rows, d)`` sums of ``weights[i, j] vectors[i]`` into row ``rows[i, j]`` (``rows``, ``weights`` ``(R, j)``;
+    ``vectors`` ``(R, d)``): the gradient of a table read at ``rows`` with weights.
+    """
+    outer = (weights[:, :, None] * vectors[:, None, :]).reshape(-1, vectors.shape[1])
+    return vectors.new_zeros(n_rows, vectors.shape[1]).index_add_(0, rows.reshape(-1), outer)
+
+
+def _decoder_rows(W_d: torch.Tensor) -> torch.Tensor:
+    """The decoder columns of ``W_d`` ``(M, d, K)`` as the contiguous rows ``(M K, d)`` of one table."""
+    return W_d.transpose(1, 2).reshape(-1, W_d.shape[1]).contiguous()
+
+
+def _decoder_grad(grad_rows: torch.Tensor, W_d: torch.Tensor) -> torch.Tensor:
+    """Gradient rows ``(M K, d)`` of :func:`_decoder_rows` -> the gradient of ``W_d`` ``(M, d, K)``."""
+    n_sae, dim, n_latents = W_d.shape
+    return grad_rows.view(n_sae, n_latents, dim).transpose(1, 2).contiguous()
+
+
+class _TopKSAELoss(torch.autograd.Function):
+    """A TopK SAE's squared reconstruction error, with an ``O(b k d)`` decoder and backward (see
+    :func:`_topk_sae_loss`).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, W_e: torch.Tensor, b_e: torch.Tensor, W_d: torch.Tensor, b_d: torch.Tensor,
+                k: int, weight: float) -> tuple[torch.Tensor, ...]:
+        n_latents = W_e.shape[1]
+        xc = x - b_d[:, None]
+        pre = torch.baddbmm(b_e[:, None], xc, W_e.transpose(1, 2))
+        top, indices = _topk(pre, k)
+        values = torch.relu(top)
+        rows = _stacked_rows(indices, n_latents)
+        weights = values.view(rows.shape)
+        table = _decoder_rows(W_d)
+        residual = xc.sub_(F.embedding_bag(rows, table, per_sample_weights=weights, mode="sum").view(x.shape))
+        loss = residual.square().sum().mul_(weight)           # residual = x - b_d - sum_j v_j W_d[:, idx_j]
+        ctx.save_for_backward(x, W_e, W_d, b_d, weights, rows, table, residual)
+        ctx.weight = weight
+        ctx.mark_non_differentiable(residual, values, indices, pre)
+        return loss, residual, values, indices, pre
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_loss: torch.Tensor, *_: Any) -> tuple[torch.Tensor | None, ...]:
+        x, W_e, W_d, b_d, weights, rows, table, residual = ctx.saved_tensors
+        n_sae, n_latents, dim = W_e.shape
+        grad = residual * (-2.0 * ctx.weight * grad_loss)                       # of x_hat, (M, b, d)
+        g = grad.view(-1, dim)                                                    # (M b, d)
+        grad_top = _row_dots(table, rows, g).mul_(weights > 0)                    # (M b, k), through the ReLU
+        grad_W_d = _decoder_grad(_scatter_rows(n_sae * n_latents, rows, weights, g), W_d)
+        xc = (x - b_d[:, None]).view(-1, dim)
+        grad_W_e = _scatter_rows(n_sae * n_latents, rows, grad_top, xc).view(W_e.shape)
+        grad_b_e = W_e.new_zeros(n_sae * n_latents).index_add_(0, rows.reshape(-1), grad_top.reshape(-1))
+        grad_b_e = grad_b_e.view(n_sae, n_latents)
+        grad_b_d = grad.sum(1) - torch.bmm(grad_b_e[:, None, :], W_e)[:, 0]     # decoder bias, and -b_d in xc
+        return None, grad_W_e, grad_b_e, grad_W_d, grad_b_d, None, None
+
+
+def _topk_sae_loss(x: torch.Tensor, W_e: torch.Tensor, b_e: torch.Tensor, W_d: torch.Tensor, b_d: torch.Tensor,
+                   k: int, weight: float = 1.0) -> tuple[torch.Tensor, ...]:
+    """The squared reconstruction error of ``M`` stacked TopK SAEs on inputs ``x`` ``(M, b, d)``, differentiable in
+    the weights with a sparse backward.
+
+    Parameters
+    ----------
+    x : Tensor
+        ``(M, b, d)`` inputs (no gradient).
+    W_e, b_e, W_d, b_d : Tensor
+        ``(M, K, d)``, ``(M, K)``, ``(M, d, K)``, ``(M, d)``: the SAEs' weights.
+    k : int
+        Active latents per sample.
+    weight : float
+        Factor of the loss.
+
+    Returns
+    -------
+    loss : Tensor
+        ``weight * sum ||x - x_hat||²`` (a scalar) of the reconstructions ``x_hat = sum_j values_j
+        W_d[:, indices_j] + b_d``.
+    residual : Tensor
+        ``(M, b, d)`` ``x - x_hat``.
+    values, indices : Tensor
+        ``(M, b, k)`` the codes: ReLU'd top-``k`` pre-activations and their latents (int64).
+    pre : Tensor
+        ``(M, b, K)`` pre-activations ``(x - b_d) W_eᵀ + b_e`` (for the AuxK loss).
+
+    Only ``loss`` has a gradient. Only the encoder product is dense (``O(b K d)``). The decoder sums ``k`` columns per
+    sample (``embedding_bag``); the backward gathers those columns for the code gradients and scatters
+    (``index_add_``) into the ``k`` used rows of ``W_e``, ``b_e`` and columns of ``W_d`` per sample; ``b_d`` gets the
+    summed gradient of ``x_hat`` minus the ``W_e`` rows weighted by ``b_e``'s gradient.
+    """
+    return _TopKSAELoss.apply(x, W_e, b_e, W_d, b_d, k, weight)
+
+
+class _PreAt(torch.autograd.Function):
+    """Pre-activations at chosen latents, with the gradient of the encoder restricted to them (see :func:`_pre_at`)."""
+
+    @staticmethod
+    def forward(ctx: Any, pre: torch.Tensor, x: torch.Tensor, W_e: torch.Tensor, b_e: torch.Tensor, b_d: torch.Tensor,
+                indices: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, W_e, b_d, indices)
+        return pre.gather(-1, indices)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, W_e, b_d, indices = ctx.saved_tensors
+        n_sae, n_latents, dim = W_e.shape
+        rows = _stacked_rows(indices, n_latents)     # (M b, j)
+        g = grad.reshape(rows.shape).contiguous()    # (M b, j)
+        grad_x = grad_W_e = grad_b_e = grad_b_d = None
+        if ctx.needs_input_grad[2]:  # W_e[idx_ij] += g_ij (x_i - b_d)
+            xc = (x - b_d[:, None]).reshape(-1, dim)
+            grad_W_e = _scatter_rows(n_sae * n_latents, rows, g, xc).view(W_e.shape)
+        if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:  # b_e[idx_ij] += g_ij
+            grad_b_e = W_e.new_zeros(n_sae * n_latents).index_add_(0, rows.reshape(-1), g.reshape(-1))
+            grad_b_e = grad_b_e.view(n_sae, n_latents)
+        if ctx.needs_input_grad[4]:  # - sum_ij g_ij W_e[idx_ij] = - sum_l grad_b_e[l] W_e[l]
+            grad_b_d = -torch.bmm(grad_b_e[:, None, :], W_e)[:, 0]
+        if ctx.needs_input_grad[1]:  # x_i: sum_j g_ij W_e[idx_ij]
+            grad_x = F.embedding_bag(rows, W_e.reshape(-1, dim), per_sample_weights=g, mode="sum").view(x.shape)
+        return None, grad_x, grad_W_e, grad_b_e if ctx.needs_input_grad[3] else None, grad_b_d, None
+
+
+def _pre_at(pre: torch.Tensor, x: torch.Tensor, W_e: torch.Tensor, b_e: torch.Tensor, b_d: torch.Tensor,
+            indices: torch.Tensor) -> torch.Tensor:
+    """Pre-activations ``pre = (x - b_d) W_eᵀ + b_e`` at latents ``indices``, differentiable with a sparse backward.
+
+    Parameters
+    ----------
+    pre : Tensor
+        ``(M, b, K)`` the pre-activations, already computed (without gradient) from the other arguments.
+    x : Tensor
+        ``(M, b, d)`` inputs.
+    W_e, b_e, b_d : Tensor
+        ``(M, K, d)``, ``(M, K)`` and ``(M, d)``: the encoders and decoder biases of the ``M`` stacked SAEs.
+    indices : Tensor
+        ``(M, b, j)`` latents (int64).
+
+    Returns
+    -------
+    Tensor
+        ``(M, b, j)`` ``pre`` gathered at ``indices``. Its backward touches only the ``j`` chosen rows of ``W_e`` and
+        entries of ``b_e`` per sample (``index_add_``); ``b_d`` gets minus the ``W_e`` rows weighted by the
+        gradient of ``b_e`` (and ``x``, if it needs one, its rows' sum by ``embedding_bag``).
+    """
+    return _PreAt.apply(pre, x, W_e, b_e, b_d, indices)
+
+
+class _SparseDecode(torch.autograd.Function):
+    """Sparse codes times the decoder, forward and backward in ``O(b j d)`` (see :func:`_sparse_decode`)."""
+
+    @staticmethod
+    def forward(ctx: Any, values: torch.Tensor, indices: torch.Tensor, W_d: torch.Tensor) -> torch.Tensor:
+        table = _decoder_rows(W_d)                                   # (M K, d)
+        rows = _stacked_rows(indices, W_d.shape[2])                  # (M b, j)
+        weights = values.reshape(rows.shape).contiguous()
+        ctx.save_for_backward(W_d, weights, rows, table)
+        return F.embedding_bag(rows, table, per_sample_weights=weights, mode="sum").view(*values.shape[:2], -1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        W_d, weights, rows, table = ctx.saved_tensors
+        g = grad.reshape(-1, W_d.shape[1]).contiguous()  # (M b, d)
+        grad_values = grad_W_d = None
+        if ctx.needs_input_grad[0]:  # <g_i, W_d[:, idx_ij]>
+            grad_values = _row_dots(table, rows, g).view(weights.shape).view(*grad.shape[:2], -1)
+        if ctx.needs_input_grad[2]:  # W_d[:, idx_ij] += v_ij g_i
+            grad_W_d = _decoder_grad(_scatter_rows(len(table), rows, weights, g), W_d)
+        return grad_values, None, grad_W_d
+
+
+def _sparse_decode(values: torch.Tensor, indices: torch.Tensor, W_d: torch.Tensor) -> torch.Tensor:
+    """``(M, b, d)`` sum over ``j`` of ``values[m, i, j] W_d[m, :, indices[m, i, j]]`` (no bias).
+
+    Equals the dense ``h W_dᵀ`` of the codes ``h`` ``(M, b, K)`` that hold ``values`` ``(M, b, j)`` at ``indices``
+    (int64) and zeros elsewhere, in ``O(b j d)``: forward by ``embedding_bag`` over the decoder columns, backward by
+    gathering them (gradient of ``values``) and ``index_add_`` into them (gradient of ``W_d`` ``(M, d, K)``).
+    """
+    return _SparseDecode.apply(values, indices, W_d)
+
+
 # ------------------------------------------------------------------------------------------- the model
 
 class _SAE(nn.Module):
@@ -154,25 +390,15 @@ class _SAE(nn.Module):
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         """Codes ``(M, b, K)``: ReLU, or the ReLU of the top ``k`` pre-activations."""
         if self.kind == "topk":
-            top = pre.topk(self.k, dim=-1)
-            return torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
+            values, indices = _topk(pre, self.k)
+            return torch.zeros_like(pre).scatter(-1, indices, torch.relu(values))
         return torch.relu(pre)
 
-    def topk(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The TopK codes of pre-activations ``(M, b, K)`` in sparse form: ReLU'd values and indices
-        ``(M, b, k)`` each.
+    def topk_loss(self, x: torch.Tensor, weight: float = 1.0) -> tuple[torch.Tensor, ...]:
+        """The TopK SAE's ``weight * sum ||x - x_hat||²`` on inputs ``(M, b, d)`` without dense codes
+        (:func:`_topk_sae_loss`: loss, residual, values, indices, pre-activations).
         """
-        top = pre.topk(self.k, dim=-1)
-        return torch.relu(top.values), top.indices
-
-    def decode_sparse(self, values: torch.Tensor, indices: torch.Tensor, bias: bool = True) -> torch.Tensor:
-        """Reconstructions ``(M, b, d)`` of sparse codes ``(M, b, k)`` (values at latent ``indices``): a
-        sum of ``k`` gathered decoder columns instead of a dense product, for TopK's small ``k``.
-        """
-        n_sae = self.W_d.shape[0]
-        columns = self.W_d.transpose(1, 2)[torch.arange(n_sae)[:, None, None], indices]  # (M, b, k, d)
-        out = (values[..., None] * columns).sum(-2)
-        return out + self.b_d[:, None] if bias else out
+        return _topk_sae_loss(x, self.W_e, self.b_e, self.W_d, self.b_d, self.k, weight)
 
     def encode_one(self, x: torch.Tensor, s: int) -> torch.Tensor:
         """Codes ``(n, K)`` of SAE ``s`` for inputs ``(n, d)``."""
@@ -342,22 +568,24 @@ def _resample(model: _SAE, optimizer: torch.optim.Optimizer, dead: torch.Tensor,
     return total
 
 
-def _aux_loss(model: _SAE, residual: torch.Tensor, pre: torch.Tensor, dead: torch.Tensor,
+def _aux_loss(model: _SAE, x: torch.Tensor, residual: torch.Tensor, pre: torch.Tensor, dead: torch.Tensor,
               aux_k: int) -> torch.Tensor:
     """AuxK (Gao et al., 2024): the ``aux_k`` largest dead latents reconstruct the ``residual``.
 
-    Shapes: ``residual`` ``(M, b, d)`` (``x - x_hat``, detached); ``pre`` ``(M, b, K)``; ``dead`` ``(M, K)``.
-    Returns each SAE's mean squared error divided by the residual's mean squared norm (a scale-free
-    term), summed over SAEs.
+    Shapes: inputs ``x`` and ``residual`` ``(M, b, d)`` (``x - x_hat``, detached); ``pre`` ``(M, b, K)`` (no
+    gradient) as returned by :meth:`_SAE.topk_loss`; ``dead`` ``(M, K)``. Returns each SAE's mean squared
+    error divided by the residual's mean squared norm (a scale-free term), summed over SAEs; its gradient reaches
+    the encoder through the chosen pre-activations and the decoder through their columns (sparse kernels).
     """
     total = pre.new_zeros(())
     for s in range(dead.shape[0]):
         idx = torch.nonzero(dead[s]).flatten()
         if len(idx) == 0:
             continue
-        top = pre[s][:, idx].topk(min(aux_k, len(idx)), dim=-1)
-        columns = model.W_d[s].T[idx[top.indices]]                      # (b, k_aux, d)
-        estimate = (torch.relu(top.values)[..., None] * columns).sum(-2)
+        one = slice(s, s + 1)
+        latents = idx[_topk(pre[s][:, idx], min(aux_k, len(idx)))[1]][None]             # (1, b, k_aux)
+        values = torch.relu(_pre_at(pre[one], x[one], model.W_e[one], model.b_e[one], model.b_d[one], latents))
+        estimate = _sparse_decode(values, latents, model.W_d[one])[0]
         err = (residual[s] - estimate).square().sum(-1).mean()
         total = total + err / residual[s].square().sum(-1).mean().clamp_min(1e-12)
     return total
@@ -412,57 +640,62 @@ def _train(data: PairData, config: SAEConfig, source: Source | None, progress: b
         centre = (stats.mean - norm_mean) / norm_scale[:, None]
         model.b_d.copy_(centre.mean(0, keepdim=True) if config.shared else centre)
     model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, foreach=True)
+    params = list(model.parameters())
+    optimizer = torch.optim.Adam(params, lr=config.lr, fused=True)  # one kernel per tensor
     total = config.epochs * stats.steps_per_epoch(config.batch_size)
     resample_steps = {max(1, round(f * total)) for f in config.resample_at} if config.kind == "relu_l1" else set()
     aux_k = config.aux_k or max(1, stats.dim // 2)
     liveness = Liveness(n_sae, config.K, config.dead_window, device)
     recent: collections.deque[torch.Tensor] = collections.deque(maxlen=max(1, math.ceil(4096 / config.batch_size)))
     resampled: dict[str, list[float]] = {"resample_step": [], "resampled": []}
-    shift, scale = norm_mean[:, None, :].to(device), norm_scale[:, None, None].to(device)
+
+    def normalized() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # each chunk once, not each batch
+        for img, txt in chunks():
+            yield (img - norm_mean[0]) / norm_scale[0], (txt - norm_mean[1]) / norm_scale[1]
+
     step = 0
     model.train()
     with tqdm(total=total, desc=f"SAE {config.kind} K={config.K}", unit="step", disable=not progress,
               dynamic_ncols=True) as bar:
         history = History(("loss", "mse", "l0"), config.log_every, total, bar)
         for _ in range(config.epochs):
-            for z in iterate_batches(chunks, config.batch_size, gen):
+            for z in iterate_batches(normalized, config.batch_size, gen):
                 step += 1
                 lr = linear_decay_lr(step, total, config.lr, config.lr_decay)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                x = _group((z.to(device) - shift) / scale, n_sae)  # (M, rows, d)
-                pre = model.pre(x)
+                x = _group(z.to(device), n_sae)  # (M, rows, d)
                 if config.kind == "topk":
-                    values, indices = model.topk(pre)
-                    x_hat = model.decode_sparse(values, indices)
-                    with torch.no_grad():
-                        on = (values > 0).float()
-                        counts = torch.zeros(n_sae, config.K, device=device)
-                        fired = counts.scatter_add_(1, indices.reshape(n_sae, -1), on.reshape(n_sae, -1)) > 0
+                    # the sum over modalities of their mean squared error (pairs: both have z.shape[1] rows)
+                    loss, residual, values, indices, pre = model.topk_loss(x, 1 / z.shape[1])
+                    recon = loss
+                    active = values.reshape(-1) > 0
+                    liveness.fire(_stacked_rows(indices, config.K).reshape(-1)[active], step)
+                    dead = liveness.dead_if_any(step)
+                    if config.aux_coef > 0 and dead is not None:
+                        loss = loss + config.aux_coef * _aux_loss(model, x, residual, pre, dead, aux_k)
+                    active_count = active.sum()
                 else:
-                    h = model.activate(pre)
+                    h = model.activate(model.pre(x))
                     x_hat = model.decode(h)
-                    on = (h.detach() > 0).float()
-                    fired = on.amax(1) > 0
-                mse = (x - x_hat).square().sum(-1).reshape(2, -1).mean(1)  # (2,) per modality
-                loss = mse.sum()
-                if config.kind == "relu_l1":
-                    loss = loss + config.l1_coef * h.sum(-1).reshape(2, -1).mean(1).sum()
-                dead = liveness.update(fired, step)
-                if config.kind == "topk" and config.aux_coef > 0 and bool(dead.any()):
-                    loss = loss + config.aux_coef * _aux_loss(model, (x - x_hat).detach(), pre, dead, aux_k)
-                optimizer.zero_grad(set_to_none=True)
+                    active_count = (h.detach() > 0).sum()
+                    recon = (x - x_hat).square().sum(-1).reshape(2, -1).mean(1).sum()  # over modalities
+                    loss = recon + config.l1_coef * h.sum(-1).reshape(2, -1).mean(1).sum()
+                    dead = liveness.update(h.detach().amax(1) > 0, step)
+                for param in params:
+                    param.grad = None
                 loss.backward()
                 optimizer.step()
                 model.normalize_decoder()
-                recent.append(x.detach())
+                if resample_steps:
+                    recent.append(x.detach())
                 if step in resample_steps:
                     resampled["resampled"].append(_resample(model, optimizer, dead, torch.cat(list(recent), 1), gen))
                     resampled["resample_step"].append(step)
                     liveness.revive(dead, step)
                 loss_value = check_loss(float(loss.detach()), step, config, "SAE")
-                history.add(step, float(dead.float().mean()), lr, loss=loss_value,
-                            mse=float(mse.detach().mean()), l0=float(on.sum()) / (2 * z.shape[1]))
+                mse_value = (loss_value if recon is loss else float(recon.detach())) / 2  # mean over modalities
+                history.add(step, lambda: 0.0 if dead is None else float(dead.float().mean()), lr, loss=loss_value,
+                            mse=mse_value, l0=float(active_count) / (2 * z.shape[1]))
                 bar.update(1)
     return SAEMap(model.cpu(), norm_mean, norm_scale, config, source), {**history.data, **resampled}
