@@ -217,8 +217,7 @@ def write_smoke_data(folder: str | os.PathLike, config: SmokeConfig = SmokeConfi
     tmp = folder.parent / f".{folder.name}.{uuid.uuid4().hex}.tmp"
     try:
         write_csv_corpus(pairs, tmp)
-        n_shards = -(-config.n // config.shard_size)
-        write_wds_shards(pairs, tmp / "wds", config.shard_size)
+        shards = Path(write_wds_shards(pairs, tmp / "wds", config.shard_size)).name  # the brace pattern's file part
         male = np.asarray(world.factor("gender").values)[pairs.values("gender")] == "male"
         write_celeba(pairs, male, tmp / "celeba", seed=config.seed)
         concepts = [v for f in world.factors for v in f.values] + list(DISTRACTORS)
@@ -228,5 +227,5 @@ def write_smoke_data(folder: str | os.PathLike, config: SmokeConfig = SmokeConfi
         os.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return SmokeData(folder=folder, csv=folder / "pairs.csv", shards=_shard_pattern(folder / "wds", n_shards),
+    return SmokeData(folder=folder, csv=folder / "pairs.csv", shards=str(folder / "wds" / shards),
                      celeba_root=folder / "celeba", vocabulary_file=folder / "vocabulary.txt", n=config.n)
