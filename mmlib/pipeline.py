@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mmlib.analysis.categories import DEFAULT_RULE, Categories, CategoryRule, categorise, parse_rule
+from mmlib.analysis.controls import CONTROLS, shuffle_pairs, swap_modalities
 from mmlib.analysis.mds import MDSResult, modality_dominance
 from mmlib.core.devices import resolve_device
 from mmlib.core.errors import ArgumentTypeError, InputError, MissingKeyError
@@ -32,7 +33,7 @@ from mmlib.data.embeddings import Embeddings
 from mmlib.data.world import World, generate_world
 from mmlib.feature_maps.base import FeatureMap
 from mmlib.feature_maps.store import TrainedFeatureMap, load_or_train_feature_map
-from mmlib.models.clip import ModelBundle, load_open_clip
+from mmlib.models.clip import RANDOM_WEIGHTS, ModelBundle, build_tiny_clip, load_open_clip, tiny_bundle
 from mmlib.models.embed import EmbedConfig, embed_dataset
 from mmlib.models.training import TrainedModel, load_or_train
 from mmlib.profiles import Profile
@@ -41,6 +42,13 @@ from mmlib.profiles import Profile
 MODEL_NAMES = ("CLIP", "DeCLIP-like")
 #: The worlds a chapter can ask for: the generated world and its null-world control (every factor shown and said).
 WORLDS = ("world", "null")
+#: What :func:`map_grid` takes as ``worlds``: the two worlds and the real-data controls of
+#: :mod:`mmlib.analysis.controls` (``"random-init"``, ``"shuffled"``, ``"swapped"``), which exist on both profiles.
+SETUPS = WORLDS + CONTROLS
+#: The seed of the random-init control's model (the same untrained model for every map seed).
+RANDOM_INIT_SEED = 0
+#: The seed of the shuffled control's permutation of the captions.
+SHUFFLE_SEED = 0
 #: The feature maps of chapter 02, by display name.
 MAP_NAMES = ("raw", "SAE", "NCL")
 
@@ -81,7 +89,7 @@ class Setup:
 
 def setup(profile: Profile, null: bool = False, models: Sequence[str] | None = None,
           splits: Sequence[str] = ("train", "test"), progress: bool = False,
-          pairs: str | Path | None = None) -> Setup:
+          pairs: str | Path | None = None, control: str | None = None) -> Setup:
     """The world (``null=True``: its null-world control), its models and their embeddings.
 
     ``tiny``: trains (or reloads) the tiny models named in ``models`` (default both of :data:`MODEL_NAMES`) on this
@@ -90,7 +98,18 @@ def setup(profile: Profile, null: bool = False, models: Sequence[str] | None = N
     ``pairs`` (default ``profile.pairs``), a real corpus (:func:`~mmlib.data.corpora.open_pairs`), is then embedded
     as the ``"train"`` split, on which the feature maps are trained. Embeddings include each tower's pre-projection
     activation (not those of the real corpus, which can be large).
+
+    ``control`` (:mod:`mmlib.analysis.controls`; both profiles): ``"random-init"`` puts the same architectures at
+    random initialisation (seed :data:`RANDOM_INIT_SEED`; on ``paper`` open_clip's ``pretrained="random"``) in place
+    of the trained models; ``"shuffled"`` permutes the captions of the train split (seed :data:`SHUFFLE_SEED`), on
+    which the maps and the MDS are computed (the test split keeps its pairs). ``"swapped"`` needs no setup of its
+    own (:func:`map_grid` uses the world's).
     """
+    if control not in (None, "random-init", "shuffled"):
+        raise InputError(f"unknown control {control!r} for setup(); choose 'random-init' or 'shuffled' (the "
+                         "'swapped' control uses the world's setup: ask map_grid for it)")
+    if control is not None and null:
+        raise InputError("a control is set up on the world, not on the null world: pass null=False")
     pairs = pairs if pairs is not None else profile.pairs
     if pairs is not None and profile.is_tiny:
         raise InputError("pairs is for the paper profile: the tiny profile trains on its world's train split")
@@ -108,13 +127,22 @@ def setup(profile: Profile, null: bool = False, models: Sequence[str] | None = N
         if unknown:
             raise InputError(f"unknown tiny model(s) {unknown}; choose from {list(configs)}")
         for name in models:
+            if control == "random-init":  # untrained: the architecture alone
+                bundles[name] = tiny_bundle(build_tiny_clip(profile.arch, seed=RANDOM_INIT_SEED), profile.arch,
+                                            name=f"{name} (random init)")
+                continue
             trained[name] = load_or_train(world, profile.arch, configs[name], progress=progress, name=name)
             bundles[name] = trained[name].bundle
     else:
         if models is not None and tuple(models) != (profile.open_clip_model,):
             raise InputError(f"the paper profile loads one model, {profile.open_clip_model!r}; got {list(models)}")
-        bundles[profile.open_clip_model] = load_open_clip(profile.open_clip_model, profile.pretrained,
-                                                          device=resolve_device(profile.device))
+        if control == "random-init":
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(RANDOM_INIT_SEED)
+                bundle = load_open_clip(profile.open_clip_model, RANDOM_WEIGHTS, device=resolve_device(profile.device))
+        else:
+            bundle = load_open_clip(profile.open_clip_model, profile.pretrained, device=resolve_device(profile.device))
+        bundles[profile.open_clip_model] = bundle
     config = EmbedConfig(batch_size=profile.embed_batch_size, towers=True, device=profile.device)
     embeddings = {(name, split): embed_dataset(bundle, world.subset(split), config, progress=progress)
                   for name, bundle in bundles.items() for split in splits if len(world.indices(split))}
@@ -122,6 +150,8 @@ def setup(profile: Profile, null: bool = False, models: Sequence[str] | None = N
         for name, bundle in bundles.items():
             embeddings[(name, "train")] = embed_dataset(bundle, corpus, dataclasses.replace(config, towers=False),
                                                         progress=progress)
+    if control == "shuffled":
+        embeddings = {k: shuffle_pairs(e, SHUFFLE_SEED) if k[1] == "train" else e for k, e in embeddings.items()}
     return Setup(world, bundles, trained, embeddings)
 
 
@@ -263,8 +293,11 @@ def map_grid(profile: Profile, worlds: Sequence[str] = WORLDS, models: Sequence[
     Parameters
     ----------
     profile : Profile
-    worlds : sequence of {"world", "null"}
-        ``"null"`` (the null-world control) exists on the ``tiny`` profile only.
+    worlds : sequence of {"world", "null", "random-init", "shuffled", "swapped"}
+        ``"null"`` (the null-world control) exists on the ``tiny`` profile only; the three real-data controls
+        (:mod:`mmlib.analysis.controls`) on both: ``"random-init"`` and ``"shuffled"`` train their own maps (see
+        :func:`setup`), ``"swapped"`` scores the world's maps with each pair's modalities exchanged at random (seed:
+        the map seed), so its results share the world's maps, setup and test activations.
     models : sequence of str, optional
         Default: every model of the profile (the tiny CLIP and DeCLIP-like models; on ``paper`` the open_clip model).
     maps : sequence of {"raw", "SAE", "NCL"}
@@ -283,12 +316,12 @@ def map_grid(profile: Profile, worlds: Sequence[str] = WORLDS, models: Sequence[
     MapGrid
     """
     worlds, maps = tuple(worlds), tuple(maps)
-    bad = [w for w in worlds if w not in WORLDS]
+    bad = [w for w in worlds if w not in SETUPS]
     if bad or not worlds:
-        raise InputError(f"unknown world(s) {bad or list(worlds)}; choose from {list(WORLDS)}")
+        raise InputError(f"unknown world(s) {bad or list(worlds)}; choose from {list(SETUPS)}")
     if "null" in worlds and not profile.is_tiny:
         raise InputError("the null world exists on the tiny profile only (its models are trained on it); on the "
-                         "paper profile ask for worlds=('world',)")
+                         f"paper profile ask for the world and the real-data controls, worlds={('world', *CONTROLS)}")
     unknown_maps = [m for m in maps if m not in MAP_NAMES]
     if unknown_maps or not maps:
         raise InputError(f"unknown feature map(s) {unknown_maps or list(maps)}; choose from {list(MAP_NAMES)}")
@@ -298,14 +331,20 @@ def map_grid(profile: Profile, worlds: Sequence[str] = WORLDS, models: Sequence[
     rule = parse_rule(rule)
     setups = dict(setups or {})
     for w in worlds:
+        if w == "swapped" and "world" not in setups:
+            setups["world"] = setup(profile, models=models, progress=progress)
         if w not in setups:
-            setups[w] = setup(profile, null=(w == "null"), models=models, progress=progress)
+            setups[w] = (setups["world"] if w == "swapped" else
+                         setup(profile, null=(w == "null"), models=models, progress=progress,
+                               control=w if w in ("random-init", "shuffled") else None))
     models = tuple(setups[worlds[0]].models if models is None else models)
     cells = list(itertools.product(worlds, models, maps, seeds))
     results: dict[tuple[str, str, str, int], MapResult] = {}
     for w, m, name, seed in tqdm(cells, desc="feature maps and MDS", disable=not progress):
         trained = trained_maps(setups[w], profile, model=m, seed=seed, names=(name,), progress=progress)[name]
         a_image, a_text = trained.fmap.activations(setups[w].emb(m, "train"))
+        if w == "swapped":
+            a_image, a_text = swap_modalities(a_image, a_text, seed=seed)
         results[(w, m, name, seed)] = MapResult(
             world=w, model=m, map=name, seed=seed, trained=trained, rule=rule, setup=setups[w],
             mds=modality_dominance(a_image, a_text), mds_aggregate=modality_dominance(a_image, a_text,

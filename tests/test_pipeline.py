@@ -107,3 +107,56 @@ def test_paper_setup_embeds_the_real_corpus_as_train_split(artifact_root, tiny_c
         map_grid(profile, worlds=("world", "null"))
     grid = map_grid(profile, worlds=("world",), maps=("SAE",), setups={"world": s})
     assert grid[("world", name, "SAE", 0)].mds.n_pairs == 12
+
+
+@pytest.mark.slow
+def test_map_grid_controls_on_the_tiny_profile(artifact_root, small_tiny):
+    """random-init: untrained models; shuffled: the train captions permuted; swapped: the world's maps, scored with
+    each pair's modalities exchanged at random.
+    """
+    from mmlib.analysis.controls import shuffle_pairs, swap_modalities
+    from mmlib.pipeline import RANDOM_INIT_SEED, SHUFFLE_SEED
+
+    grid = map_grid(small_tiny, worlds=("world", "random-init", "shuffled", "swapped"), models=("CLIP",),
+                    maps=("SAE",), seeds=(0,))
+    world, rand, shuf = (grid.setups[w] for w in ("world", "random-init", "shuffled"))
+    assert grid.setups["swapped"] is world and not rand.trained and "CLIP" in world.trained
+    assert rand.bundles["CLIP"].identity != world.bundles["CLIP"].identity
+    assert rand.world.fingerprint == world.world.fingerprint  # the same data
+    expected = shuffle_pairs(world.emb("CLIP", "train"), SHUFFLE_SEED)
+    assert torch.equal(shuf.emb("CLIP", "train").text, expected.text)
+    assert torch.equal(shuf.emb("CLIP", "test").text, world.emb("CLIP", "test").text)  # the test split keeps its pairs
+    w, s, sw = (grid[(k, "CLIP", "SAE", 0)] for k in ("world", "shuffled", "swapped"))
+    assert sw.trained.key == w.trained.key and s.trained.key != w.trained.key
+    a_i, a_t = w.activations("train")
+    np.testing.assert_allclose(sw.mds.scores, modality_dominance(*swap_modalities(a_i, a_t, seed=0)).scores,
+                               equal_nan=True)
+    assert set(grid.summary().world) == {"world", "random-init", "shuffled", "swapped"}
+    again = setup(small_tiny, models=("CLIP",), control="random-init")  # deterministic: the same untrained model
+    assert again.bundles["CLIP"].identity == rand.bundles["CLIP"].identity and RANDOM_INIT_SEED == 0
+    with pytest.raises(ValueError, match="unknown control"):
+        setup(small_tiny, control="swapped")
+    with pytest.raises(ValueError, match="not on the null world"):
+        setup(small_tiny, null=True, control="shuffled")
+
+
+def test_paper_controls_load_random_weights(artifact_root, tiny_clip, make_csv_corpus, monkeypatch):
+    """On the paper profile the random-init control asks open_clip for pretrained='random' explicitly."""
+    import mmlib.pipeline as pipeline
+    from mmlib.models.clip import RANDOM_WEIGHTS
+
+    asked = []
+    monkeypatch.setattr(pipeline, "load_open_clip",
+                        lambda name, pretrained, device="cpu": asked.append(pretrained) or tiny_clip)
+    profile = get_profile("paper", world=WorldConfig(n_train=0, n_val=0, n_test=8, image_size=32),
+                          embed_batch_size=8, device="cpu", sae=SAEConfig(K=16, epochs=1, batch_size=8),
+                          map_seeds=(0,))
+    corpus = make_csv_corpus(n=12)
+    grid = map_grid(profile, worlds=("world", "random-init", "shuffled", "swapped"), maps=("SAE",),
+                    setups={"world": setup(profile, pairs=corpus),
+                            "random-init": setup(profile, pairs=corpus, control="random-init"),
+                            "shuffled": setup(profile, pairs=corpus, control="shuffled")})
+    assert asked == [profile.pretrained, RANDOM_WEIGHTS, profile.pretrained]
+    name = profile.open_clip_model
+    assert {k[0] for k in grid} == {"world", "random-init", "shuffled", "swapped"}
+    assert grid[("shuffled", name, "SAE", 0)].mds.n_pairs == 12
