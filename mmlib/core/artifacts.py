@@ -42,7 +42,7 @@ import sys
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -286,6 +286,11 @@ class Artifact:
     tensors: dict[str, torch.Tensor]
     meta: dict[str, Any]
     verified_by: str = "sha256"
+
+
+#: Folder under the artifact root that holds one lock file per key being computed (:func:`load_or_compute`); hidden,
+#: so that listings of the kinds skip it.
+LOCKS_DIR = ".locks"
 
 
 def artifact_path(kind: str, key: str, root: Path | None = None) -> Path:
@@ -604,8 +609,44 @@ def load_or_compute(kind: str, key: str,
         if any(artifact_path(kind, key, root).parent.glob(f".{glob_escape(key)}.*.tmp")):
             remove_stale_temporaries(kind, key, root)
         return found
-    _writable_kind_folder(kind, key, root)
-    remove_stale_temporaries(kind, key, root)
-    tensors, meta = compute()
-    save_artifact(kind, key, tensors, meta, root)
-    return load_artifact(kind, key, root)
+    folder = _writable_kind_folder(kind, key, root)
+    with _compute_lock(folder.parent / LOCKS_DIR / kind / f"{key}.lock"):
+        try:  # another process may have computed it while this one waited for the lock
+            return load_artifact(kind, key, root)
+        except (FileNotFoundError, CorruptArtifactError):
+            pass
+        remove_stale_temporaries(kind, key, root)
+        tensors, meta = compute()
+        save_artifact(kind, key, tensors, meta, root)
+        return load_artifact(kind, key, root)
+
+
+@contextlib.contextmanager
+def _compute_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (created if missing, kept afterwards) while computing one key.
+
+    Processes that need the same missing artifact at once (e.g. two notebooks run in parallel) then compute it once:
+    the second waits and loads what the first saved. Where ``fcntl`` or locking is not available (another OS, a file
+    system without locks) it does nothing: both compute, and the atomic rename keeps one complete result.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+b")  # noqa: SIM115 - closed below, after the lock is released
+    except OSError:
+        yield
+        return
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        except OSError:
+            yield
+            return
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -150,3 +150,35 @@ def test_trained_keys_depend_on_the_thread_count():
     assert model_key(world, TinyClipArch(), one) != model_key(world, TinyClipArch(), two)
     with pytest.raises(ValueError, match="threads"):
         TrainConfig(threads=0)
+
+
+def _compute_in_another_process(root: str, marker: str) -> None:
+    """Child of the concurrency test: load_or_compute the same key, appending to ``marker`` when it computes."""
+    import time as _time
+
+    def compute():
+        with open(marker, "a") as f:
+            f.write("x")
+        _time.sleep(1.0)  # long enough for the other process to arrive while this one computes
+        return {"x": torch.arange(3.0)}, {"who": "child"}
+
+    load_or_compute("k", "shared", compute, root=Path(root))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="advisory locks via fcntl")
+def test_processes_that_need_the_same_missing_artifact_compute_it_once(tmp_path):
+    import multiprocessing as mp
+
+    marker = tmp_path / "computed.txt"
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_compute_in_another_process, args=(str(tmp_path / "store"), str(marker)))
+             for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert marker.read_text() == "x"  # one computed, the other waited and loaded
+    art = load_or_compute("k", "shared", lambda: pytest.fail("recomputed"), root=tmp_path / "store")
+    assert torch.equal(art.tensors["x"], torch.arange(3.0))
+    assert (tmp_path / "store" / ".locks" / "k" / "shared.lock").exists()  # the lock file stays, hidden
