@@ -287,7 +287,7 @@ class MapGrid(Mapping[tuple[str, str, str, int], MapResult]):
 def map_grid(profile: Profile, worlds: Sequence[str] = WORLDS, models: Sequence[str] | None = None,
              maps: Sequence[str] = MAP_NAMES, seeds: Sequence[int] | None = None,
              rule: CategoryRule | str = DEFAULT_RULE, progress: bool = False,
-             setups: Mapping[str, Setup] | None = None) -> MapGrid:
+             setups: Mapping[str, Setup] | None = None, pairs: str | Path | None = None) -> MapGrid:
     """Every (world, model, map, seed) a chapter needs: each feature map, its MDS in both forms and its categories.
 
     Parameters
@@ -310,6 +310,9 @@ def map_grid(profile: Profile, worlds: Sequence[str] = WORLDS, models: Sequence[
     setups : mapping, optional
         world -> :class:`Setup` already built (e.g. by :func:`setup` with ``pairs=`` on the paper profile); the
         missing worlds are set up here.
+    pairs : str or Path, optional
+        ``paper`` profile: the real corpus each setup made here embeds as its train split (default
+        ``profile.pairs``; see :func:`setup`).
 
     Returns
     -------
@@ -332,10 +335,11 @@ def map_grid(profile: Profile, worlds: Sequence[str] = WORLDS, models: Sequence[
     setups = dict(setups or {})
     for w in worlds:
         if w == "swapped" and "world" not in setups:
-            setups["world"] = setup(profile, models=models, progress=progress)
+            setups["world"] = setup(profile, models=models, progress=progress, pairs=pairs)
         if w not in setups:
             setups[w] = (setups["world"] if w == "swapped" else
                          setup(profile, null=(w == "null"), models=models, progress=progress,
+                               pairs=None if w == "null" else pairs,
                                control=w if w in ("random-init", "shuffled") else None))
     models = tuple(setups[worlds[0]].models if models is None else models)
     cells = list(itertools.product(worlds, models, maps, seeds))

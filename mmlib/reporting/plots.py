@@ -152,8 +152,11 @@ def mds_histogram(ax: plt.Axes, world: np.ndarray, null: np.ndarray | None = Non
 
 
 def mds_grid(panels: Mapping[tuple[str, str], tuple[np.ndarray, np.ndarray | None]], bins: int = 20,
-             title: str = "", thresholds: Mapping[tuple[str, str], Sequence[float]] | None = None) -> Figure:
-    """A grid of :func:`mds_histogram` panels, keyed ``(row, column)`` -> ``(world scores, null scores)``."""
+             title: str = "", thresholds: Mapping[tuple[str, str], Sequence[float]] | None = None,
+             label: str = "world", null_label: str = "null world") -> Figure:
+    """A grid of :func:`mds_histogram` panels, keyed ``(row, column)`` -> ``(world scores, null scores)``; ``label``
+    and ``null_label`` name the two in each legend (e.g. ``"corpus"`` and ``"random-init control"``).
+    """
     rows = list(dict.fromkeys(r for r, _ in panels))
     cols = list(dict.fromkeys(c for _, c in panels))
     fig, axes = plt.subplots(len(rows), len(cols), figsize=(3.6 * len(cols), 2.9 * len(rows)), squeeze=False,
@@ -165,7 +168,8 @@ def mds_grid(panels: Mapping[tuple[str, str], tuple[np.ndarray, np.ndarray | Non
                 ax.axis("off")
                 continue
             world, null = panels[(r, c)]
-            mds_histogram(ax, world, null, bins, thresholds=(thresholds or {}).get((r, c), ()))
+            mds_histogram(ax, world, null, bins, label=label, null_label=null_label,
+                          thresholds=(thresholds or {}).get((r, c), ()))
             ax.set_title(f"{r} · {c}", fontsize=10)
             ax.legend(fontsize=7)
     if title:
