@@ -45,6 +45,9 @@ WORLDS = ("world", "null")
 #: What :func:`map_grid` takes as ``worlds``: the two worlds and the real-data controls of
 #: :mod:`mmlib.analysis.controls` (``"random-init"``, ``"shuffled"``, ``"swapped"``), which exist on both profiles.
 SETUPS = WORLDS + CONTROLS
+#: How the chapters name each setup in text (the ``"world"`` of the paper profile is its real corpus).
+SETUP_NAMES = {"world": "world", "null": "null world", "random-init": "random-init control",
+               "shuffled": "shuffled pairs", "swapped": "swapped modalities"}
 #: The seed of the random-init control's model (the same untrained model for every map seed).
 RANDOM_INIT_SEED = 0
 #: The seed of the shuffled control's permutation of the captions.
@@ -85,6 +88,18 @@ class Setup:
     def models(self) -> tuple[str, ...]:
         """The model names, in the order they were loaded."""
         return tuple(self.bundles)
+
+
+def baseline_control(profile: Profile) -> str:
+    """The control every chapter sets the world against first: the null world on ``tiny``, where it exists, and the
+    random-init control elsewhere (both answer "what does the pipeline give without learned modality structure?").
+    """
+    return "null" if profile.is_tiny else "random-init"
+
+
+def setup_names(profile: Profile) -> dict[str, str]:
+    """:data:`SETUP_NAMES` for ``profile``: on ``paper`` the ``"world"`` is called ``"corpus"``."""
+    return {**SETUP_NAMES, "world": "world" if profile.is_tiny else "corpus"}
 
 
 def setup(profile: Profile, null: bool = False, models: Sequence[str] | None = None,
