@@ -1,5 +1,6 @@
 # The README's commands. Run from the repository root.
-#   make test       set up .venv, lint (ruff), run the unit tests, then check the notebooks (nbval)
+#   make test       set up .venv, lint (ruff), run the unit tests, then check the notebooks (nbval): every chapter on
+#                   the tiny profile, then every chapter on the paper profile in smoke mode (random weights)
 #   make book       set up .venv, execute every notebook (profile "tiny"), build the book into _build/html
 #   make smoke      run every chapter on the paper profile at random weights on a small real-format corpus (CPU)
 #   make bench      run the full fair benchmarks (several minutes) into _build/bench/ (the book runs the quick ones)
@@ -30,6 +31,21 @@ PIP_NOISE := ^WARNING: Location '[^']*' is ignored: it is neither a file nor a d
 
 .PHONY: help test book smoke bench clean distclean check-determinism
 
+# Two test processes on the two cores (pytest-xdist); nbval gets whole notebooks (--dist loadscope), and the artifact
+# store's per-key locks make a chapter wait for a model another one is training instead of training it again.
+PARALLEL ?= -n 2
+# Where `make test` writes the smoke data and the chapters with their smoke parameters (book/smoke.py --prepare).
+SMOKE_DIR := _build/smoke-nbval
+# $(call nbval_chapters,DIR): nbval on DIR's chapters in parallel, then DIR's claims table (99_*) alone.
+define nbval_chapters
+shopt -s nullglob; nbs=(); last=(); for nb in $(1)/[0-9]*.ipynb; do \
+  case "$$(basename "$$nb")" in 99_*) last+=("$$nb");; *) nbs+=("$$nb");; esac; done; \
+if [ $${#nbs[@]} -eq 0 ]; then echo "==> No notebooks in $(1): notebook checks skipped"; exit 0; fi; \
+echo "$(PY) -m pytest $(PARALLEL) --dist loadscope --nbval-lax --nbval-current-env $${nbs[*]}"; \
+$(PY) -m pytest $(PARALLEL) --dist loadscope --nbval-lax --nbval-current-env "$${nbs[@]}"; \
+if [ $${#last[@]} -gt 0 ]; then $(PY) -m pytest --nbval-lax --nbval-current-env "$${last[@]}"; fi
+endef
+
 # Where check-determinism keeps its two artifact stores and the first run's claims table.
 DETERMINISM_DIR ?= _determinism
 
@@ -44,11 +60,12 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest tests
-	@shopt -s nullglob; nbs=(notebooks/[0-9]*.ipynb); \
-	if [ $${#nbs[@]} -eq 0 ]; then echo "==> No notebooks yet: notebook checks skipped"; exit 0; fi; \
-	echo "$(PY) -m pytest --nbval-lax --nbval-current-env $${nbs[*]}"; \
-	$(PY) -m pytest --nbval-lax --nbval-current-env "$${nbs[@]}"
+	$(PY) -m pytest $(PARALLEL) tests
+	@echo "==> The chapters on the tiny profile (nbval; the claims table last, once every chapter has recorded)"
+	$(call nbval_chapters,notebooks)
+	@echo "==> The chapters on the paper profile in smoke mode: random weights, a small corpus in the real formats"
+	$(PY) book/smoke.py --prepare $(SMOKE_DIR)
+	MMLIB_ARTIFACTS=$(CURDIR)/$(SMOKE_DIR)/artifacts; export MMLIB_ARTIFACTS; $(call nbval_chapters,$(SMOKE_DIR)/notebooks)
 
 book: $(STAMP)
 	rm -rf _build

@@ -29,8 +29,10 @@ Usage (from anywhere; ``make book`` is the usual entry point)::
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import logging
+import multiprocessing as mp
 import os
 import re
 import shutil
@@ -50,6 +52,8 @@ BUILD = REPO / "_build"
 SOURCE_DIR = "notebooks"
 EXECUTED_DIR = "notebooks/_executed"
 KERNEL = "python3"
+#: The claims table's notebook (its name starts so): executed after every chapter, whose verdicts it reads.
+CLAIMS_PREFIX = "99_"
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 #: The environment variable naming one run of the book (mmlib.reporting.claims.RUN_ENV).
@@ -153,10 +157,11 @@ def hide_duplicate_parameters(path: Path) -> bool:
 
 
 # --------------------------------------------------------------------------- step 1: papermill
-def execute(names: list[str], profile: str, log_output: bool, cell_timeout: int | None) -> dict[str, float]:
-    import papermill as pm
-    from papermill.exceptions import PapermillExecutionError
-
+def execute(names: list[str], profile: str, log_output: bool, cell_timeout: int | None,
+            jobs: int = 2) -> dict[str, float]:
+    """Execute the chapters, ``jobs`` at a time, then the claims table (``99_*``), which reads every chapter's
+    verdicts; returns seconds per notebook, in toc order. The first failure stops the build.
+    """
     logging.basicConfig(level=logging.INFO if log_output else logging.WARNING, format="%(message)s")
     missing = [n for n in names if not (REPO / SOURCE_DIR / f"{n}.ipynb").is_file()]
     if missing:
@@ -170,44 +175,80 @@ def execute(names: list[str], profile: str, log_output: bool, cell_timeout: int 
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
     times: dict[str, float] = {}
-    say(f"==> Executing {len(names)} notebook(s) with papermill (kernel {KERNEL}, profile={profile!r}, cwd {REPO})")
-    for i, name in enumerate(names, 1):
-        src = REPO / SOURCE_DIR / f"{name}.ipynb"
-        dst = out_dir / f"{name}.ipynb"
-        say(f"--> [{i}/{len(names)}] {SOURCE_DIR}/{name}.ipynb")
-        t0 = time.perf_counter()
-        try:
-            pm.execute_notebook(
-                str(src),
-                str(dst),
-                parameters={"profile": profile},
-                kernel_name=KERNEL,
-                cwd=str(REPO),
-                progress_bar=False,
-                log_output=log_output,
-                execution_timeout=cell_timeout,
-                # ipykernel 7 logs "Kernel is running over TCP without encryption" at every start (the kernel
-                # is local and short-lived); its own log level only, cell outputs and errors are unaffected.
-                extra_arguments=["--IPKernelApp.log_level=ERROR"],
-            )
-        except PapermillExecutionError as e:
-            elapsed = time.perf_counter() - t0
-            tb = ANSI.sub("", "\n".join(e.traceback or []))
-            fail(
-                f"notebook {SOURCE_DIR}/{name}.ipynb failed after {elapsed:.1f} s\n"
-                f"  in cell In [{e.exec_count}] (cell index {e.cell_index} of the executed copy): "
-                f"{e.ename}: {e.evalue}\n"
-                f"  --- cell source ---\n{textwrap.indent(e.source or '', '  | ')}\n"
-                f"  --- traceback ---\n{textwrap.indent(tb, '  ')}\n"
-                f"  The executed copy with the error is {dst.relative_to(REPO)}"
-            )
-        except Exception as e:  # kernel death, timeout, bad JSON, ...
-            elapsed = time.perf_counter() - t0
-            fail(f"notebook {SOURCE_DIR}/{name}.ipynb failed after {elapsed:.1f} s: {type(e).__name__}: {e}")
-        times[name] = time.perf_counter() - t0
-        hide_duplicate_parameters(dst)
-        say(f"    {name}: {times[name]:.1f} s")
-    return times
+    say(f"==> Executing {len(names)} notebook(s) with papermill (kernel {KERNEL}, profile={profile!r}, cwd {REPO}, "
+        f"{jobs} at a time; the claims table last)")
+    first = [n for n in names if not n.startswith(CLAIMS_PREFIX)]
+    last = [n for n in names if n.startswith(CLAIMS_PREFIX)]
+    for group in (first, last):
+        if not group:
+            continue
+        if jobs == 1 or len(group) == 1:
+            results = (_execute_one(name, profile, log_output, cell_timeout) for name in group)
+            _collect(results, times, len(names))
+            continue
+        # Chapters that need the same model wait for each other through the artifact store's per-key locks.
+        with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(_execute_one, name, profile, log_output, cell_timeout) for name in group]
+            try:
+                _collect((f.result() for f in concurrent.futures.as_completed(futures)), times, len(names))
+            except SystemExit:  # fail fast: do not wait for the notebooks still running
+                for proc in list(getattr(pool, "_processes", {}).values()):
+                    proc.terminate()
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+    return {n: times[n] for n in names}
+
+
+def _collect(results, times: dict[str, float], total: int) -> None:
+    """Record each ``(name, seconds, error)``; the first error stops the build (:func:`fail`)."""
+    for name, seconds, error in results:
+        if error:
+            fail(error)
+        times[name] = seconds
+        hide_duplicate_parameters(REPO / EXECUTED_DIR / f"{name}.ipynb")
+        say(f"    [{len(times)}/{total}] {name}: {seconds:.1f} s")
+
+
+def _execute_one(name: str, profile: str, log_output: bool, cell_timeout: int | None) -> tuple[str, float, str]:
+    """Execute ``notebooks/<name>.ipynb`` into the executed copy; returns ``(name, seconds, error or "")``."""
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    logging.basicConfig(level=logging.INFO if log_output else logging.WARNING, format="%(message)s")
+    src = REPO / SOURCE_DIR / f"{name}.ipynb"
+    dst = REPO / EXECUTED_DIR / f"{name}.ipynb"
+    say(f"--> {SOURCE_DIR}/{name}.ipynb")
+    t0 = time.perf_counter()
+    try:
+        pm.execute_notebook(
+            str(src),
+            str(dst),
+            parameters={"profile": profile},
+            kernel_name=KERNEL,
+            cwd=str(REPO),
+            progress_bar=False,
+            log_output=log_output,
+            execution_timeout=cell_timeout,
+            # ipykernel 7 logs "Kernel is running over TCP without encryption" at every start (the kernel
+            # is local and short-lived); its own log level only, cell outputs and errors are unaffected.
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
+        )
+    except PapermillExecutionError as e:
+        elapsed = time.perf_counter() - t0
+        tb = ANSI.sub("", "\n".join(e.traceback or []))
+        return name, elapsed, (
+            f"notebook {SOURCE_DIR}/{name}.ipynb failed after {elapsed:.1f} s\n"
+            f"  in cell In [{e.exec_count}] (cell index {e.cell_index} of the executed copy): "
+            f"{e.ename}: {e.evalue}\n"
+            f"  --- cell source ---\n{textwrap.indent(e.source or '', '  | ')}\n"
+            f"  --- traceback ---\n{textwrap.indent(tb, '  ')}\n"
+            f"  The executed copy with the error is {dst.relative_to(REPO)}"
+        )
+    except Exception as e:  # kernel death, timeout, bad JSON, ...
+        elapsed = time.perf_counter() - t0
+        return name, elapsed, (f"notebook {SOURCE_DIR}/{name}.ipynb failed after {elapsed:.1f} s: "
+                               f"{type(e).__name__}: {e}")
+    return name, time.perf_counter() - t0, ""
 
 
 # --------------------------------------------------------------------------- prose check
@@ -313,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-nitpicky", action="store_true", help="build without -n")
     p.add_argument("--log-output", action="store_true", help="stream the notebooks' outputs while executing")
     p.add_argument("--cell-timeout", type=int, default=None, help="papermill per-cell timeout in seconds")
+    p.add_argument("--jobs", type=int, default=2, help="notebooks executed at a time (default 2, one per core here)")
     p.add_argument("--compare-claims", metavar="JSON", default=None,
                    help="fail unless this run's claims table equals this earlier _build/claims.json")
     args = p.parse_args(argv)
@@ -332,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
             hide_duplicate_parameters(REPO / EXECUTED_DIR / f"{n}.ipynb")
     else:
         check_kernel()
-        times = execute(names, args.profile, args.log_output, args.cell_timeout)
+        times = execute(names, args.profile, args.log_output, args.cell_timeout, jobs=args.jobs)
     t_exec = time.perf_counter() - t_start
     check_prose(names)
 

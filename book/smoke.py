@@ -16,7 +16,9 @@ word list) cannot run here with the real weights and data, so this run checks th
 The verdicts of a random-weight model mean nothing and are recorded under ``claims/paper`` of the smoke artifact root
 only. Exit status 1 if any chapter failed.
 
-Usage: ``python book/smoke.py [--only 00_world_and_models ...] [--keep-going] [--cell-timeout S]``.
+Usage: ``python book/smoke.py [--only 00_world_and_models ...] [--keep-going] [--cell-timeout S]``; with
+``--prepare DIR`` it only writes the data and the parameterised chapters into ``DIR`` for nbval (``make test`` runs
+them that way, two at a time).
 """
 
 from __future__ import annotations
@@ -82,14 +84,43 @@ def run_chapter(name: str, parameters: dict, cell_timeout: int | None) -> tuple[
     return "ok", time.perf_counter() - t0, ""
 
 
+def prepare_notebooks(folder: Path, names: list[str], parameters: dict) -> list[Path]:
+    """Write each chapter with its smoke parameters injected (papermill ``prepare_only``: nothing is executed) into
+    ``folder``, for ``pytest --nbval-lax`` to execute (``make test``); returns the written paths.
+    """
+    import papermill as pm
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in names:
+        src, dst = REPO / build.SOURCE_DIR / f"{name}.ipynb", folder / f"{name}.ipynb"
+        declared = set(pm.inspect_notebook(str(src)))
+        pm.execute_notebook(str(src), str(dst), parameters={k: v for k, v in parameters.items() if k in declared},
+                            prepare_only=True, kernel_name=build.KERNEL, progress_bar=False)
+        written.append(dst)
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", help="chapters to run (default: every chapter of _toc.yml)")
     parser.add_argument("--keep-going", action="store_true", help="run every chapter even after a failure")
     parser.add_argument("--cell-timeout", type=int, default=None, help="papermill per-cell timeout in seconds")
     parser.add_argument("--pairs", type=int, default=64, help="pairs of the smoke corpus (default 64)")
+    parser.add_argument("--prepare", metavar="DIR", type=Path, default=None,
+                        help="only write the smoke data and the chapters with their parameters injected into DIR "
+                             "(DIR/notebooks/), for nbval to execute with MMLIB_ARTIFACTS=DIR/artifacts")
     args = parser.parse_args(argv)
     names = args.only or build.toc_notebooks()
+    if args.prepare is not None:
+        folder = args.prepare.resolve()
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        written = prepare_notebooks(folder / "notebooks", names, prepare(folder, args.pairs))
+        build.say(f"==> {len(written)} chapters with the smoke parameters in {folder / 'notebooks'}; run them with "
+                  f"MMLIB_ARTIFACTS={folder / 'artifacts'} pytest --nbval-lax --nbval-current-env "
+                  f"{folder / 'notebooks'}/*.ipynb")
+        return 0
     shutil.rmtree(OUT, ignore_errors=True)
     (OUT / "executed").mkdir(parents=True)
     os.environ["MMLIB_ARTIFACTS"] = str(OUT / "artifacts")
