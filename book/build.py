@@ -279,6 +279,21 @@ def check_prose(names: list[str], profile: str = "tiny") -> None:
 #: Where the quick benchmarks write the Performance page's generated content (git-ignored; book/performance.md
 #: includes results.md from there).
 PERFORMANCE_DIR = REPO / "book" / "_generated" / "performance"
+GPU_BUDGET_DIR = REPO / "book" / "_generated" / "gpu_budget"
+
+
+def _generate(args: list[str], out_dir: Path, expected: str, what: str) -> float:
+    """Run ``python <args> --out out_dir`` from a clean ``out_dir``; it must write ``expected`` there. Returns the
+    seconds it took; a failure stops the build, naming ``what`` the output is for.
+    """
+    shutil.rmtree(out_dir, ignore_errors=True)
+    cmd = [sys.executable, *args, "--out", str(out_dir)]
+    say(f"==> {what}: " + " ".join(["python", *cmd[1:]]))
+    t0 = time.perf_counter()
+    rc = subprocess.run(cmd, cwd=REPO).returncode
+    if rc != 0 or not (out_dir / expected).is_file():
+        fail(f"python {' '.join(args)} exited with status {rc} ({what})")
+    return time.perf_counter() - t0
 
 
 def generate_performance() -> float:
@@ -286,14 +301,17 @@ def generate_performance() -> float:
 
     Returns the seconds it took (budget: 2 min on 2 cores). A failure stops the build.
     """
-    shutil.rmtree(PERFORMANCE_DIR, ignore_errors=True)
-    cmd = [sys.executable, str(REPO / "benchmarks" / "report.py"), "--quick", "--out", str(PERFORMANCE_DIR)]
-    say("==> Performance page: " + " ".join(["python", *cmd[1:]]))
-    t0 = time.perf_counter()
-    rc = subprocess.run(cmd, cwd=REPO).returncode
-    if rc != 0 or not (PERFORMANCE_DIR / "results.md").is_file():
-        fail(f"benchmarks/report.py --quick exited with status {rc} (the Performance page's content)")
-    return time.perf_counter() - t0
+    return _generate([str(REPO / "benchmarks" / "report.py"), "--quick"], PERFORMANCE_DIR, "results.md",
+                     "the Performance page's content")
+
+
+def generate_gpu_budget() -> float:
+    """Write the Colab page's per-chapter GPU-time table (:mod:`mmlib.reporting.gpu_budget`) into
+    :data:`GPU_BUDGET_DIR`: FLOPs counted on the real architectures at random weights, decoding timed here. Returns
+    the seconds it took; a failure stops the build.
+    """
+    return _generate(["-m", "mmlib.reporting.gpu_budget"], GPU_BUDGET_DIR, "gpu_budget.md",
+                     "the Colab page's GPU-time table")
 
 
 # --------------------------------------------------------------------------- step 2: jupyter-book
@@ -381,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.keep_build:
         shutil.rmtree(BUILD, ignore_errors=True)
     t_perf = generate_performance()
+    t_gpu = generate_gpu_budget()
     t0 = time.perf_counter()
     build_html(nitpicky=not args.no_nitpicky)
     t_build = time.perf_counter() - t0
@@ -393,12 +412,13 @@ def main(argv: list[str] | None = None) -> int:
         say(f"    {name:<40} {t:8.1f} s")
     say(f"    {'notebook execution (all)':<40} {t_exec:8.1f} s")
     say(f"    {'performance benchmarks (quick)':<40} {t_perf:8.1f} s")
+    say(f"    {'GPU-time table (Colab page)':<40} {t_gpu:8.1f} s")
     say(f"    {'jupyter-book build':<40} {t_build:8.1f} s")
     say(f"    {'total':<40} {total:8.1f} s")
     (BUILD / "timings.json").write_text(
         json.dumps(
             {"profile": args.profile, "notebooks_s": times, "execute_s": t_exec, "performance_s": t_perf,
-             "build_s": t_build, "total_s": total},
+             "gpu_budget_s": t_gpu, "build_s": t_build, "total_s": total},
             indent=2,
         )
     )

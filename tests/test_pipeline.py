@@ -160,3 +160,12 @@ def test_paper_controls_load_random_weights(artifact_root, tiny_clip, make_csv_c
     name = profile.open_clip_model
     assert {k[0] for k in grid} == {"world", "random-init", "shuffled", "swapped"}
     assert grid[("shuffled", name, "SAE", 0)].mds.n_pairs == 12
+
+
+def test_baseline_control_and_setup_names_follow_the_profile():
+    from mmlib.pipeline import baseline_control, setup_names
+
+    tiny, paper = get_profile("tiny"), get_profile("paper")
+    assert baseline_control(tiny) == "null" and baseline_control(paper) == "shuffled"
+    assert setup_names(tiny)["world"] == "world" and setup_names(paper)["world"] == "corpus"
+    assert setup_names(paper)["shuffled"] == "shuffled pairs"

@@ -99,6 +99,16 @@ class Embeddings:
         made._validate(check_values=False)
         return made
 
+    def without_towers(self) -> Embeddings:
+        """The same pairs without the tower activations: the same ``image`` and ``text`` tensors, key, meta and
+        path, neither copied nor scanned again (they were checked when these embeddings were made).
+        """
+        made = object.__new__(type(self))
+        for field in dataclasses.fields(self):
+            value = None if field.name in ("image_tower", "text_tower") else getattr(self, field.name)
+            object.__setattr__(made, field.name, value)
+        return made
+
     def _validate(self, check_values: bool) -> None:
         """Check types, shapes, key, meta and path; with ``check_values`` also that every value is finite."""
         for name in TENSOR_FIELDS:

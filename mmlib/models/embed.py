@@ -529,7 +529,9 @@ def embed_dataset(bundle: ModelBundle, dataset: PairDataset, config: EmbedConfig
     Notes
     -----
     A cached result is returned without touching the model (the resume shards and temporaries a killed run may
-    have left for its key are removed then). Otherwise the artifact root is checked first
+    have left for its key are removed then). Without ``config.towers``, the same pairs already embedded *with* the
+    towers are a cached result too (their ``image`` and ``text``, under that artifact's key): a corpus that one chapter
+    embedded with the towers is not embedded again by the next. Otherwise the artifact root is checked first
     (:func:`~mmlib.core.artifacts.ensure_artifact_root`), then shards of ``config.rows_per_shard`` pairs are
     written to ``<root>/embeddings.parts/<key>-s<shard_size>/`` (valid shards from an interrupted run are reused;
     corrupt ones are recomputed with a ``RuntimeWarning``), merged into the artifact ``<root>/embeddings/<key>/``
@@ -561,6 +563,11 @@ def embed_dataset(bundle: ModelBundle, dataset: PairDataset, config: EmbedConfig
     ranks = _Ranks.from_env(config.device)
     key = embedding_key(bundle, dataset, config)
     cached = _try_load(key, root, warn=ranks.rank == 0)
+    if cached is None and not config.towers:  # the same pairs embedded with the towers too: the corpus once
+        with_towers = _try_load(embedding_key(bundle, dataset, dataclasses.replace(config, towers=True)), root,
+                                warn=ranks.rank == 0)
+        if with_towers is not None:
+            cached = with_towers.without_towers()
     if ranks.all_true(cached is not None):
         if ranks.rank == 0:
             _remove_leftovers(key, root)  # of a run killed between saving the artifact and removing its shards

@@ -197,6 +197,25 @@ def test_second_run_is_a_cache_hit(tiny_clip, synthetic_pairs, artifact_root, co
     assert calls == [] and again.key == first.key and torch.equal(again.image, first.image)
 
 
+def test_pairs_embedded_with_towers_serve_a_request_without_them(tiny_clip, synthetic_pairs, artifact_root,
+                                                                 count_batches):
+    """The corpus is embedded once: chapter 01 embeds it with the towers, the later chapters without."""
+    ds = synthetic_pairs(6)
+    with_towers = embed_dataset(tiny_clip, ds, dataclasses.replace(SMALL, towers=True), progress=False)
+    untouchable = dataclasses.replace(tiny_clip, model=Untouchable())
+    calls = count_batches()
+    plain = embed_dataset(untouchable, ds, SMALL, progress=False)
+    assert calls == [] and plain.image_tower is None and plain.text_tower is None
+    assert torch.equal(plain.image, with_towers.image) and torch.equal(plain.text, with_towers.text)
+    assert plain.key == with_towers.key and with_towers.image_tower is not None  # the original keeps its towers
+    # the other way round is not a hit: towers asked of pairs embedded without them are computed
+    other = synthetic_pairs(5, seed=2)
+    embed_dataset(tiny_clip, other, SMALL, progress=False)
+    calls = count_batches()
+    assert embed_dataset(tiny_clip, other, dataclasses.replace(SMALL, towers=True), progress=False).image_tower \
+        is not None and sum(calls) == 5
+
+
 def test_stale_inputs_change_the_key_and_recompute(tiny_clip, tiny_arch, synthetic_pairs, artifact_root,
                                                   count_batches):
     calls = count_batches()
