@@ -58,8 +58,8 @@ def run_all(quick: bool, sizes: dict[str, Any] | None = None, log: Callable[[str
             other.append({"measurement": f"{row['comparison']}: scikit-learn's fair tol",
                           "value": f"{row['sklearn_tol']:g}",
                           "detail": f"objective within {row['sklearn_gap']:.1e} of tol={bench_splice.TIGHT:g} "
-                                    f"(limit {bench_splice.OBJECTIVE_TOLERANCE:g}); ADMM's gap "
-                                    f"{row['admm_gap']:.1e}; ADMM speed-up (median) {row['speedup_median']:.1f}x"})
+                                    f"(limit {bench_splice.OBJECTIVE_TOLERANCE:g}); our solver's gap "
+                                    f"{row['admm_gap']:.1e}; speed-up (median) {row['speedup_median']:.1f}x"})
         if "peak_extra_MiB" in row:
             other.append({"measurement": "MDS: peak extra memory of one pass", "value":
                           f"{row['peak_extra_MiB']:.0f} MiB", "detail": row["anchor"]})
