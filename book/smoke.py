@@ -50,19 +50,27 @@ SMOKE_SETTINGS = {
 }
 
 
+#: The chapters' size parameters in the smoke run (each must be declared by some chapter's parameters cell: a name
+#: no chapter declares would be dropped silently, so tests/test_smoke_parameters.py checks them).
+SMOKE_SIZES = {"celeba_limit": 24, "n_eval": 6, "pgd_steps": 2, "n_random": 20, "defence_steps": 1, "defence_batch": 2,
+               "n_def_train": 16, "n_xm": 6, "xm_steps": 2, "n_audit": 32, "n_ref": 4, "sampling_steps": 2,
+               "n_images": 16,
+               "unclip_clip": "ViT-B-32/random"}
+
+
 def prepare(folder: Path, n: int) -> dict[str, str]:
     """Write the smoke data and settings under ``folder``; returns the chapter parameters they provide."""
     from mmlib.case_studies.t2i.unclip import save_tiny_random_unclip
     from mmlib.data.smoke import SmokeConfig, write_smoke_data
 
     data = write_smoke_data(folder / "data", SmokeConfig(n=n, image_size=64, shard_size=16))
-    unclip = save_tiny_random_unclip(folder / "unclip", embed_dim=512)  # conditioned on ViT-B-32's 512-d embeddings
+    # conditioned on ViT-B-32's 512-d embeddings; 16 px images, the resolution chapter 08's probes read
+    unclip = save_tiny_random_unclip(folder / "unclip", embed_dim=512, image_size=16)
     settings = {**SMOKE_SETTINGS, "pairs": data.shards}
     (folder / "settings.json").write_text(json.dumps(settings, indent=1), encoding="utf-8")
     return {"profile": "paper", "settings": str(folder / "settings.json"), "pairs": str(data.csv),
-            "celeba_root": str(data.celeba_root), "celeba_limit": 24, "vocabulary_file": str(data.vocabulary_file),
-            "n_eval": 8, "pgd_steps": 2, "n_random": 20, "defence_steps": 2, "n_images": 16,
-            "unclip": str(unclip), "unclip_clip": "ViT-B-32/random"}
+            "celeba_root": str(data.celeba_root), "vocabulary_file": str(data.vocabulary_file),
+            "unclip": str(unclip), **SMOKE_SIZES}
 
 
 def run_chapter(name: str, parameters: dict, cell_timeout: int | None) -> tuple[str, float, str]:

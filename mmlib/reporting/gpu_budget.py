@@ -939,10 +939,15 @@ def paper_steps(pairs: int = DEFAULT_PAIRS, notebooks: str | os.PathLike = NOTEB
                  f"no group empty: an upper bound) images x {unclip_steps} steps x {evals // unclip_steps} UNet "
                  f"evaluations (guidance {guidance:g}), one VAE decode each"),
     ]
-    vocabulary = nb.get("09", "vocabulary_size")
-    steps.append(Step(ch["09"], "encode the concept vocabulary", 2 * vocabulary, "captions",
-                      {"vitb32_text": 2 * vocabulary}, {"caption": 2 * vocabulary},
-                      how=f"vocabulary_size = {vocabulary} concepts, twice (build_splice centred, and raw)"))
+    vocabulary, n_audit = nb.get("09", "vocabulary_size"), nb.get("09", "N_AUDIT")
+    steps += [
+        Step(ch["09"], "encode the concept vocabulary", 2 * vocabulary, "captions",
+             {"vitb32_text": 2 * vocabulary}, {"caption": 2 * vocabulary},
+             how=f"vocabulary_size = {vocabulary} concepts, twice (build_splice centred, and raw)"),
+        Step(ch["09"], "embed the audit's two generated worlds", 2 * n_audit, "images",
+             {"vitb32_image": 2 * n_audit}, {"world_image": 2 * n_audit},
+             how=f"n_audit = {n_audit} images of the spurious world and of its control"),
+    ]
     n_images, pool = nb.get("10", "n_images"), len(world_descriptions(P.world.factors).texts)
     n_images = min(n_images, n_test)
     steps += [

@@ -67,15 +67,18 @@ def _tiny_tokenizer(folder: Path) -> tuple[Any, int]:
     return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77), len(vocab)
 
 
-def tiny_random_unclip(embed_dim: int = 16, seed: int = 0) -> Any:
+def tiny_random_unclip(embed_dim: int = 16, seed: int = 0, image_size: int = 8) -> Any:
     """A randomly initialised tiny ``StableUnCLIPImg2ImgPipeline`` conditioned on CLIP embeddings of ``embed_dim``.
 
     The same classes as Stable unCLIP (image normaliser, noising scheduler, UNet with a projection class embedding of
-    ``2 * embed_dim``, VAE, CLIP text and vision encoders) at tiny sizes: it generates 8 x 8 images in milliseconds
-    on a CPU. It produces noise, not pictures: it exercises the code path (tests, the smoke run), nothing more.
+    ``2 * embed_dim``, VAE, CLIP text and vision encoders) at tiny sizes: it generates ``image_size`` x
+    ``image_size`` images (an even size >= 8; 8 by default) in milliseconds on a CPU. It produces noise, not
+    pictures: it exercises the code path (tests, the smoke run), nothing more.
     """
     if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim < 2 or embed_dim % 2:
         raise InputError(f"embed_dim must be an even integer >= 2, got {embed_dim!r}")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8 or image_size % 2:
+        raise InputError(f"image_size must be an even integer >= 8 (the UNet halves it once), got {image_size!r}")
     from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableUnCLIPImg2ImgPipeline, UNet2DConditionModel
     from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import StableUnCLIPImageNormalizer
     from transformers import (
@@ -101,7 +104,8 @@ def tiny_random_unclip(embed_dim: int = 16, seed: int = 0) -> Any:
             bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=d, projection_dim=d, intermediate_size=20,
             num_attention_heads=2, num_hidden_layers=1, vocab_size=vocab_size)),
         unet=UNet2DConditionModel(
-            sample_size=8, in_channels=4, out_channels=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            sample_size=image_size, in_channels=4, out_channels=4,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), block_out_channels=(16, 32), attention_head_dim=(2, 4),
             norm_num_groups=8, class_embed_type="projection", projection_class_embeddings_input_dim=2 * d,
             cross_attention_dim=d, layers_per_block=1, use_linear_projection=True),
@@ -113,10 +117,11 @@ def tiny_random_unclip(embed_dim: int = 16, seed: int = 0) -> Any:
     return pipe
 
 
-def save_tiny_random_unclip(folder: str | os.PathLike, embed_dim: int = 16, seed: int = 0) -> Path:
+def save_tiny_random_unclip(folder: str | os.PathLike, embed_dim: int = 16, seed: int = 0,
+                            image_size: int = 8) -> Path:
     """Write :func:`tiny_random_unclip` as a local pipeline folder (``save_pretrained``, safetensors) and return it."""
     folder = Path(os.fspath(folder))
-    tiny_random_unclip(embed_dim, seed).save_pretrained(str(folder), safe_serialization=True)
+    tiny_random_unclip(embed_dim, seed, image_size).save_pretrained(str(folder), safe_serialization=True)
     return folder
 
 

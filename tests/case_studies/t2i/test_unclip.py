@@ -40,6 +40,18 @@ def test_a_saved_tiny_pipeline_loads_back_from_its_folder(tmp_path, tiny_pipe):
         tiny_random_unclip(15)
 
 
+@pytest.mark.parametrize("size", [6, 9, True, 8.0])
+def test_a_bad_image_size_is_refused(size):
+    with pytest.raises(InputError, match="image_size"):
+        tiny_random_unclip(D, image_size=size)
+
+
+def test_the_image_size_sets_the_generated_resolution(tmp_path):
+    folder = save_tiny_random_unclip(tmp_path / "unclip16", D, seed=0, image_size=16)
+    out = unclip_generate(load_unclip_pipeline(str(folder)), torch.zeros(1, D), steps=1, seeds=[0])
+    assert out.shape == (1, 16, 16, 3)
+
+
 def test_generate_from_embeddings_is_seeded_and_conditioned(tiny_pipe):
     assert unclip_embed_dim(tiny_pipe) == D
     z = torch.randn(3, D, generator=torch.Generator().manual_seed(1)) * 5
