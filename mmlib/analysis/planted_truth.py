@@ -26,7 +26,7 @@ from scipy import stats as sps
 from mmlib.analysis.categories import CLASSES, DEAD, Categories, CategoryRule, categorise
 from mmlib.analysis.mds import MDSResult, check_scores, modality_dominance
 from mmlib.core.errors import InputError
-from mmlib.core.stats import bootstrap_ci, format_ci, proportion_ci
+from mmlib.core.stats import bootstrap_ci, cluster_bootstrap_ci, format_ci, proportion_ci
 from mmlib.core.validation import check_finite
 from mmlib.data.planted import PlantedData
 from mmlib.data.world import Factor, ideal_mds
@@ -408,20 +408,24 @@ def mds_vs_ideal(mds: MDSResult | np.ndarray, match: FactorMatch, ideal: Mapping
     Returns
     -------
     DataFrame: ``threshold``, ``n_matched``, ``n_factors`` (distinct matched factors), ``rho``, ``p_value``,
-    ``ci_low``, ``ci_high`` (percentile bootstrap over features, seeded). ``rho`` is NaN with fewer than 3
-    matched features or a constant side.
+    ``ci_low``, ``ci_high`` (percentile bootstrap over features, seeded), and ``cluster_low``, ``cluster_high``
+    (percentile bootstrap over the matched factor values, each value's features drawn together: features that share
+    a factor value are not independent, so this is the interval to read; NaN with fewer than 2 values). ``rho`` is
+    NaN with fewer than 3 matched features or a constant side.
     """
     rows = []
     for t in thresholds:
         m = matched_features(mds, match, ideal, t)
         x, y = m["mds"].to_numpy(), m["ideal_mds"].to_numpy()
-        rho, p, low, high = np.nan, np.nan, np.nan, np.nan
+        rho, p, low, high, c_low, c_high = (np.nan,) * 6
         if len(m) >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0:
             res = sps.spearmanr(x, y)
             rho, p = float(res.statistic), float(res.pvalue)
             low, high = bootstrap_ci(_spearman, x, y, n_boot=n_boot, seed=seed, confidence=confidence)
+            c_low, c_high = cluster_bootstrap_ci(_spearman, x, y, clusters=m["factor"].to_numpy(), n_boot=n_boot,
+                                                 seed=seed, confidence=confidence)
         rows.append(dict(threshold=t, n_matched=len(m), n_factors=int(m["factor"].nunique()), rho=rho,
-                         p_value=p, ci_low=low, ci_high=high))
+                         p_value=p, ci_low=low, ci_high=high, cluster_low=c_low, cluster_high=c_high))
     return pd.DataFrame(rows)
 
 

@@ -30,17 +30,63 @@ def bootstrap_ci(statistic: Callable[..., float], *samples: np.ndarray, n_boot: 
     -------
     (low, high); ``(nan, nan)`` when fewer than 2 rows or no finite resample.
     """
-    arrays = [np.asarray(s) for s in samples]
-    if not arrays:
-        raise ValueError("bootstrap_ci needs at least one sample")
+    arrays = _paired_samples("bootstrap_ci", samples)
     n = len(arrays[0])
-    if any(len(a) != n for a in arrays):
-        raise ValueError(f"samples differ in length: {[len(a) for a in arrays]}")
     if n < 2:
         return (float("nan"), float("nan"))
     rng = np.random.default_rng(seed)
     values = np.array([statistic(*(a[idx] for a in arrays)) for idx in rng.integers(0, n, size=(n_boot, n))],
                       dtype=float)
+    return _percentiles(values, confidence)
+
+
+def _paired_samples(name: str, samples: Sequence) -> list[np.ndarray]:
+    """``samples`` as arrays of one length (ValueError naming ``name`` otherwise)."""
+    arrays = [np.asarray(s) for s in samples]
+    if not arrays:
+        raise ValueError(f"{name} needs at least one sample")
+    if any(len(a) != len(arrays[0]) for a in arrays):
+        raise ValueError(f"samples differ in length: {[len(a) for a in arrays]}")
+    return arrays
+
+
+def cluster_bootstrap_ci(statistic: Callable[..., float], *samples: np.ndarray, clusters: np.ndarray | Sequence,
+                         n_boot: int = 1000, seed: int = 0, confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic(*samples)`` that resamples whole clusters of rows.
+
+    Rows that share a cluster (e.g. features matched to the same planted factor value) are not independent: a
+    bootstrap over rows then gives an interval far too narrow. This one draws clusters with replacement and keeps all
+    rows of each drawn cluster (as often as it was drawn).
+
+    Parameters
+    ----------
+    statistic : callable
+        ``statistic(*resampled) -> float``; a NaN result (e.g. a resample with a constant side) is ignored.
+    *samples : arrays ``(n, ...)``
+        Resampled together.
+    clusters : ``(n,)``
+        The cluster label of every row (any hashable values).
+
+    Returns
+    -------
+    (low, high); ``(nan, nan)`` with fewer than 2 clusters or no finite resample.
+    """
+    if not samples:
+        raise ValueError("cluster_bootstrap_ci needs at least one sample")
+    labels = np.asarray(clusters)
+    arrays = _paired_samples("cluster_bootstrap_ci", (*samples, labels))[:-1]
+    n = len(labels)
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be at least 1, got {n_boot}")
+    _, codes = np.unique(labels, return_inverse=True)
+    members = [np.flatnonzero(codes == c) for c in range(codes.max() + 1)] if n else []
+    if len(members) < 2:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    values = np.empty(n_boot)
+    for b, drawn in enumerate(rng.integers(0, len(members), size=(n_boot, len(members)))):
+        idx = np.concatenate([members[c] for c in drawn])
+        values[b] = statistic(*(a[idx] for a in arrays))
     return _percentiles(values, confidence)
 
 
@@ -60,9 +106,16 @@ def mean_bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0,
     return _percentiles(means, confidence)
 
 
+#: How :func:`across_seeds` builds an interval: a Student-t interval of the mean (can leave a bounded range, e.g.
+#: give a proportion above 1 with 3 seeds), or the percentile bootstrap of the mean over seeds (always inside the
+#: range of the seeds' values, so inside any range they respect).
+SEED_INTERVALS = ("t", "percentile")
+
+
 def across_seeds(table: pd.DataFrame, value: str | Sequence[str], by: str | Sequence[str] = (),
-                 seed_column: str = "seed", confidence: float = 0.95, min_seeds: int = 3) -> pd.DataFrame:
-    """Mean and Student-t interval of ``value`` column(s) across training seeds.
+                 seed_column: str = "seed", confidence: float = 0.95, min_seeds: int = 3,
+                 method: str = "t", n_boot: int = 2000, boot_seed: int = 0) -> pd.DataFrame:
+    """Mean and interval (Student-t, or percentile bootstrap: ``method``) of ``value`` column(s) across seeds.
 
     Parameters
     ----------
@@ -70,6 +123,10 @@ def across_seeds(table: pd.DataFrame, value: str | Sequence[str], by: str | Sequ
         One row per (seed, group), e.g. the concatenated results of one notebook run per seed.
     value : column name(s) to aggregate.
     by : column name(s) that define the groups (e.g. ``"map"``, ``"m"``).
+    method : ``"t"`` or ``"percentile"`` (:data:`SEED_INTERVALS`)
+        ``"percentile"`` never leaves the range of the seeds' values (a count stays >= 0, a proportion in [0, 1]);
+        it uses ``n_boot`` draws seeded with ``boot_seed``. With 3 seeds it is coarse (at most 10 distinct resample
+        means): read it as the spread of the seeds, not as a sharp interval.
 
     Returns
     -------
@@ -79,6 +136,8 @@ def across_seeds(table: pd.DataFrame, value: str | Sequence[str], by: str | Sequ
     constant) is left out of that value's statistics: ``n_seeds`` counts the seeds that remain, and with fewer
     than 2 of them ``mean`` and the interval are NaN (:func:`format_ci` prints ``"n/a"``).
     """
+    if method not in SEED_INTERVALS:
+        raise ValueError(f"method must be one of {SEED_INTERVALS}, got {method!r}")
     values = [value] if isinstance(value, str) else list(value)
     by = [by] if isinstance(by, str) else list(by)
     missing = [c for c in [*values, *by, seed_column] if c not in table.columns]
@@ -96,9 +155,13 @@ def across_seeds(table: pd.DataFrame, value: str | Sequence[str], by: str | Sequ
             x = group.groupby(seed_column)[v].mean().to_numpy(dtype=float)
             x = x[np.isfinite(x)]
             mean, std = (float(x.mean()), float(x.std(ddof=1))) if len(x) > 1 else (np.nan, np.nan)
-            half = sps.t.ppf(0.5 + confidence / 2, len(x) - 1) * std / np.sqrt(len(x)) if len(x) > 1 else np.nan
+            if method == "percentile":
+                low, high = mean_bootstrap_ci(x, n_boot=n_boot, seed=boot_seed, confidence=confidence)
+            else:
+                half = sps.t.ppf(0.5 + confidence / 2, len(x) - 1) * std / np.sqrt(len(x)) if len(x) > 1 else np.nan
+                low, high = mean - half, mean + half
             rows.append({**dict(zip(by, key)), "value": v, "n_seeds": len(x), "mean": mean, "std": std,
-                         "ci_low": mean - half, "ci_high": mean + half})
+                         "ci_low": low, "ci_high": high})
     return pd.DataFrame(rows)
 
 

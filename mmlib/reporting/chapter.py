@@ -29,6 +29,7 @@ from tqdm import TqdmWarning
 from mmlib.core.stats import format_ci
 from mmlib.profiles import Profile, apply_settings, get_profile
 from mmlib.reporting.claims import Verdict, record_verdicts
+from mmlib.reporting.verdict_rules import Decision
 
 #: Environment variables that make Hugging Face libraries fail at once instead of trying the network.
 OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -144,6 +145,17 @@ class Chapter:
     def verdict(self, claim: str, verdict: str, evidence: str) -> Verdict:
         """A :class:`~mmlib.reporting.claims.Verdict` of this chapter."""
         return Verdict(claim, verdict, evidence, self.name)
+
+    def decided(self, claim: str, decision: Decision, note: str = "") -> Verdict:
+        """The :class:`~mmlib.reporting.claims.Verdict` of a :func:`mmlib.reporting.verdict_rules.decide` decision:
+        its verdict, its evidence (tests, preconditions, reason; ``note`` first when given), its precondition status
+        and its margin.
+        """
+        if not isinstance(decision, Decision):
+            raise TypeError(f"decided() takes a verdict_rules.Decision, got {type(decision).__name__}")
+        evidence = (note.rstrip() + " " if note else "") + decision.evidence()
+        return Verdict(claim, decision.verdict, evidence, self.name, precondition=decision.precondition_status,
+                       margin=decision.margin)
 
     def elapsed(self) -> float:
         """Seconds since the chapter started."""

@@ -33,6 +33,11 @@ RUN_ENV = "MMLIB_RUN_ID"
 #: The three verdicts a claim can get.
 VERDICTS = ("reproduced", "not reproduced", "inconclusive")
 
+#: The shared rule of :mod:`mmlib.reporting.verdict_rules` (quoted by the claims decided with it).
+SHARED = ("Shared rule: reproduced if every test of every map lies on the claimed side, not reproduced if any lies on "
+          "the other side (controls included), inconclusive otherwise; inconclusive, naming it, if a power "
+          "precondition fails.")
+
 #: How per-map verdicts combine into one (the words of :func:`combine_verdicts`), quoted by the rules below.
 COMBINED = ("reproduced if every map supports it, not reproduced if at least one map contradicts it and none supports "
             "it, inconclusive otherwise")
@@ -71,14 +76,13 @@ class Claim:
 #: Every claim the book tests, in the paper's order.
 CLAIMS: tuple[Claim, ...] = (
     Claim("5.1a", "The MDS mass of the feature maps leans to the image side.", "03_mds",
-          "Per trainable map (SAE, NCL) of the tiny CLIP, across map seeds: supported if the interval of mean "
-          "MDS - 0.5 lies above 0 and the interval of the world - null difference of the mean lies above 0; "
-          f"contradicted if the interval of mean MDS - 0.5 lies below 0. Combined: {COMBINED}."),
+          "Per trainable map (SAE, NCL) of the first model, across map seeds: the interval of mean MDS - 0.5 and the "
+          f"interval of the world - baseline difference of the mean, each above 0. {SHARED} Precondition: the "
+          "pipeline recovers the classes of a planted dictionary."),
     Claim("5.1b", "DeCLIP separates the modalities more than CLIP (more modality-specific features).", "03_mds",
-          "Separation = share of alive features with MDS < 0.1 or > 0.9. Per trainable map: supported if the interval "
-          "of DeCLIP-like - CLIP lies above 0 and the interval of that difference minus the same difference in the "
-          f"null world lies above 0; contradicted if the interval of DeCLIP-like - CLIP lies below 0. Combined: "
-          f"{COMBINED}."),
+          "Separation = share of alive features with MDS < 0.1 or > 0.9. Per trainable map: the interval of "
+          "DeCLIP-like - CLIP and the interval of that difference minus the same difference in the baseline, each "
+          f"above 0. {SHARED} Preconditions: two models to compare; the pipeline recovers planted classes."),
     Claim("5.2", "ImgD/TextD/CrossD align with intuition: ImgD ≈ visual attributes, TextD ≈ linguistic content, "
                  "CrossD ≈ shared concepts.", "04_categories",
           "Features matched to a planted factor value; the factor's role gives the expected class. Per trainable map: "
@@ -173,18 +177,32 @@ class Verdict:
         What was measured (numbers with intervals), in one or two sentences.
     chapter : str
         The notebook that measured it; must be the claim's registered chapter.
+    precondition : str
+        The status of the claim's power preconditions (:attr:`mmlib.reporting.verdict_rules.Decision.
+        precondition_status`: ``"met (...)"``, ``"failed: ..."``), or ``"not stated"`` for a verdict decided without
+        the shared rules of :mod:`mmlib.reporting.verdict_rules`.
+    margin : float
+        How far the verdict is from changing (:attr:`mmlib.reporting.verdict_rules.Decision.margin`); NaN when not
+        stated.
     """
 
     claim: str
     verdict: str
     evidence: str
     chapter: str
+    precondition: str = "not stated"
+    margin: float = float("nan")
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
             raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
         if not self.evidence:
             raise ValueError(f"the verdict on claim {self.claim!r} needs its evidence")
+        if not isinstance(self.precondition, str) or not self.precondition:
+            raise ValueError(f"the verdict on claim {self.claim!r} needs a precondition status (or 'not stated')")
+        if isinstance(self.margin, bool) or not isinstance(self.margin, (int, float)):
+            raise TypeError(f"the margin of claim {self.claim!r} must be a number (NaN: not stated), got "
+                            f"{self.margin!r}")
         registered = claim(self.claim)
         if registered.chapter != self.chapter:
             raise ValueError(f"claim {self.claim} is tested by chapter {registered.chapter!r} (mmlib.reporting.claims."
@@ -271,10 +289,13 @@ def load_verdicts(profile: str = "tiny", root: Path | None = None) -> pd.DataFra
     for path in sorted(claims_dir(profile, root).glob("*.json")):
         payload = json.loads(path.read_text())
         for v in payload["verdicts"]:
-            v = Verdict(**{k: v[k] for k in ("claim", "verdict", "evidence", "chapter")})
+            v = Verdict(**{k: v[k] for k in ("claim", "verdict", "evidence", "chapter")},
+                        precondition=v.get("precondition", "not stated"),
+                        margin=float("nan") if v.get("margin") is None else float(v["margin"]))
             rows.append({**dataclasses.asdict(v), "statement": v.statement, "profile": payload["profile"],
                          "written": payload["written"], "run": payload.get("run")})
-    columns = ["claim", "statement", "verdict", "evidence", "chapter", "profile", "written", "run"]
+    columns = ["claim", "statement", "verdict", "evidence", "chapter", "precondition", "margin", "profile", "written",
+               "run"]
     return pd.DataFrame(rows, columns=columns).sort_values(["claim", "chapter"], ignore_index=True)
 
 
@@ -290,6 +311,8 @@ def claims_table(profile: str = "tiny", root: Path | None = None) -> pd.DataFram
         rows.append(dict(claim=c.id, statement=c.statement, chapter=c.chapter, rule=c.rule, section=c.section,
                          verdict=r["verdict"] if r is not None else "not recorded",
                          evidence=r["evidence"] if r is not None else "",
+                         precondition=r["precondition"] if r is not None else "",
+                         margin=r["margin"] if r is not None else float("nan"),
                          profile=profile, written=r["written"] if r is not None else None,
                          run=r["run"] if r is not None else None))
     return pd.DataFrame(rows)
@@ -317,13 +340,24 @@ def table_problems(table: pd.DataFrame, run: str | None = None, max_age: timedel
 
 
 def claims_markdown(table: pd.DataFrame) -> str:
-    """The claims table as a Markdown table (claim, the paper's claim, verdict, evidence, chapter) and its tally."""
+    """The claims table as a Markdown table (claim, the paper's claim, verdict, margin, power preconditions, evidence,
+    chapter) and its tally.
+    """
     def cell(text: object) -> str:
         return str(text).replace("|", "\\|").replace("\n", " ")
 
-    lines = ["| claim | paper's claim | verdict | evidence | chapter |", "|---|---|---|---|---|"]
-    lines += [f"| {cell(r.claim)} | {cell(r.statement)} | **{cell(r.verdict)}** | {cell(r.evidence)} | "
-              f"{cell(r.chapter)} |" for r in table.itertuples()]
+    def margin(value: object) -> str:
+        return f"{value:+.3f}" if isinstance(value, float) and value == value else "n/a"
+
+    lines = ["| claim | paper's claim | verdict | margin | power preconditions | evidence | chapter |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {cell(r.claim)} | {cell(r.statement)} | **{cell(r.verdict)}** | {margin(getattr(r, 'margin', None))} "
+              f"| {cell(getattr(r, 'precondition', '') or 'not stated')} | {cell(r.evidence)} | {cell(r.chapter)} |"
+              for r in table.itertuples()]
     tally = table.verdict.value_counts().reindex([*VERDICTS, "not recorded"], fill_value=0)
     counts = ", ".join(f"{n} {v}" for v, n in tally.items() if n or v in VERDICTS)
-    return "\n".join(lines) + f"\n\n**Tally:** {counts} (of {len(table)} claims)."
+    preconditions = table.get("precondition", pd.Series("", index=table.index)).fillna("").astype(str)
+    blind = int(((table.verdict == "inconclusive") & preconditions.str.startswith("failed")).sum())
+    stated = int((preconditions.str.startswith("met") | preconditions.str.startswith("failed")).sum())
+    return ("\n".join(lines) + f"\n\n**Tally:** {counts} (of {len(table)} claims); {blind} inconclusive for a failed "
+            f"power precondition; {stated} of {len(table)} claims decided with stated preconditions.")

@@ -129,9 +129,23 @@ def test_mds_vs_ideal_hand_computed():
     row = table.set_index("threshold").loc[0.3]
     assert row.rho == pytest.approx(1.0) and row.n_factors == 4
     assert -1 <= row.ci_low <= row.ci_high <= 1
-    assert np.isnan(table.iloc[2].rho)  # 2 features: no correlation
+    assert -1 <= row.cluster_low <= row.cluster_high <= 1
+    assert np.isnan(table.iloc[2].rho) and np.isnan(table.iloc[2].cluster_low)  # 2 features: no correlation
     m = matched_features(mds, match, ideal, 0.0)
     assert m.feature.tolist() == [0, 1, 2, 3, 4] and m.ideal_mds.tolist() == [0, 0.25, 0.5, 1, 1]
+
+
+def test_mds_vs_ideal_cluster_interval_sees_shared_factor_values():
+    """Ten features on each of three factor values, a perfect rank order between values but noise within: a bootstrap
+    over features treats 30 points as independent, the one over factor values sees three clusters and is wider.
+    """
+    rng = np.random.default_rng(1)
+    names = np.repeat(["a", "b", "c"], 10)
+    ideal = {"a": 0.0, "b": 0.5, "c": 1.0}
+    mds = np.repeat([0.2, 0.5, 0.8], 10) + rng.normal(0, 0.15, 30)
+    row = mds_vs_ideal(mds, _match(list(names), [0.9] * 30), ideal, thresholds=(0.0,), n_boot=300).iloc[0]
+    assert row.n_factors == 3 and row.rho > 0.5
+    assert row.cluster_high - row.cluster_low > row.ci_high - row.ci_low
 
 
 def test_ideal_mds_by_factor_drops_unseen_factors():

@@ -97,3 +97,53 @@ def test_format_ci_column_is_a_series_even_for_an_empty_table():
     assert list(table.iloc[:0].assign(cell=empty).columns) == ["mean", "ci_low", "ci_high", "cell"]
     with pytest.raises(TypeError):
         format_ci_column([1, 2])
+
+
+# ------------------------------------------------------------------------- feasible intervals, cluster bootstrap
+
+
+def test_percentile_interval_across_seeds_stays_in_range():
+    """Three seeds' proportions near 1: the t interval leaves [0, 1], the percentile bootstrap cannot."""
+    table = pd.DataFrame({"seed": [0, 1, 2], "share": [0.90, 1.00, 0.99]})
+    t_row = across_seeds(table, "share").iloc[0]
+    p_row = across_seeds(table, "share", method="percentile").iloc[0]
+    assert t_row.ci_high > 1  # the problem the percentile method fixes
+    assert 0.90 <= p_row.ci_low <= p_row["mean"] <= p_row.ci_high <= 1.00
+    assert p_row["mean"] == pytest.approx(t_row["mean"])
+    again = across_seeds(table, "share", method="percentile").iloc[0]
+    assert (again.ci_low, again.ci_high) == (p_row.ci_low, p_row.ci_high)  # seeded
+    with pytest.raises(ValueError, match="method"):
+        across_seeds(table, "share", method="wald")
+
+
+def test_cluster_bootstrap_is_wider_than_a_row_bootstrap_for_clustered_rows():
+    """30 rows in 3 clusters of identical rows: a row bootstrap sees 30 independent points, a cluster bootstrap 3."""
+    from mmlib.core.stats import cluster_bootstrap_ci
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=3)
+    x = np.repeat(centres, 10)
+    clusters = np.repeat(["a", "b", "c"], 10)
+    rows = bootstrap_ci(np.mean, x, n_boot=500)
+    whole = cluster_bootstrap_ci(np.mean, x, clusters=clusters, n_boot=500)
+    assert whole[1] - whole[0] > 1.5 * (rows[1] - rows[0])
+    # each resample mean is a mean of the 3 centres drawn with replacement (equal cluster sizes)
+    assert centres.min() - 1e-12 <= whole[0] <= whole[1] <= centres.max() + 1e-12
+    assert cluster_bootstrap_ci(np.mean, x, clusters=clusters, n_boot=500) == whole  # seeded
+
+
+def test_cluster_bootstrap_keeps_pairs_together_and_validates():
+    from mmlib.core.stats import cluster_bootstrap_ci
+
+    x = np.arange(6.0)
+    seen = []
+    cluster_bootstrap_ci(lambda a, b: seen.append((a.copy(), b.copy())) or 0.0, x, 10 * x,
+                         clusters=[0, 0, 1, 1, 2, 2], n_boot=20)
+    assert all(np.array_equal(b, 10 * a) and len(a) % 2 == 0 for a, b in seen)
+    assert all(math.isnan(v) for v in cluster_bootstrap_ci(np.mean, x, clusters=np.zeros(6)))  # one cluster
+    with pytest.raises(ValueError, match="length"):
+        cluster_bootstrap_ci(np.mean, x, clusters=[0, 1])
+    with pytest.raises(ValueError, match="at least one sample"):
+        cluster_bootstrap_ci(np.mean, clusters=[0, 1])
+    with pytest.raises(ValueError, match="n_boot"):
+        cluster_bootstrap_ci(np.mean, x, clusters=[0, 0, 1, 1, 2, 2], n_boot=0)

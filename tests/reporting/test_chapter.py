@@ -70,3 +70,16 @@ def test_checks_raise_on_tiny_and_are_reported_on_paper(artifact_root, capsys):
     assert paper.missed() == ["2. colour"] and [o for _, o in paper.checks] == ["MISSED", "skipped", "OK"]
     with pytest.raises(ValueError):
         paper.check("", True)
+
+
+def test_decided_turns_a_decision_into_a_verdict(artifact_root, capsys):
+    from mmlib.reporting.verdict_rules import IntervalTest, Precondition, decide
+
+    ch = start_chapter("03_mds")
+    decision = decide([IntervalTest("mean MDS - 0.5", -0.1, -0.2, -0.05)], [Precondition("power", True, "ok")])
+    verdict = ch.decided("5.1a", decision, note="SAE and NCL.")
+    assert verdict.verdict == "not reproduced" and verdict.chapter == "03_mds"
+    assert verdict.evidence.startswith("SAE and NCL. mean MDS - 0.5 = -0.100 [-0.200, -0.050]")
+    assert verdict.precondition == "met (power)" and verdict.margin == pytest.approx(-0.05)
+    with pytest.raises(TypeError, match="Decision"):
+        ch.decided("5.1a", "reproduced")  # type: ignore[arg-type]

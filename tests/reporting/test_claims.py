@@ -107,3 +107,37 @@ def test_table_problems_and_markdown(tmp_path, monkeypatch):
     text = claims_markdown(done)
     assert text.count("\n|") == 3 and "**reproduced**" in text
     assert "1 reproduced, 0 not reproduced, 1 inconclusive (of 2 claims)" in text
+
+
+def test_verdicts_carry_preconditions_and_margins_through_the_table(tmp_path):
+    """A verdict decided with the shared rules keeps its precondition status and margin on disk and in the table; the
+    tally counts the claims left inconclusive by a failed precondition.
+    """
+    from mmlib.reporting.claims import claims_markdown
+    from mmlib.reporting.verdict_rules import IntervalTest, Precondition, decide
+
+    blind = decide([IntervalTest("effect", 0.3, 0.2, 0.4)], [Precondition("model reads the attribute", False, "0.50")])
+    clear = decide([IntervalTest("effect", 0.3, 0.2, 0.4)], [Precondition("positive control", True, "0.9")])
+    record_verdicts("03_mds", [
+        Verdict("5.1a", blind.verdict, blind.evidence(), "03_mds", blind.precondition_status, blind.margin),
+        Verdict("5.1b", clear.verdict, clear.evidence(), "03_mds", clear.precondition_status, clear.margin),
+    ], root=tmp_path)
+    table = load_verdicts(root=tmp_path).set_index("claim")
+    assert table.precondition["5.1a"] == "failed: model reads the attribute"
+    assert table.precondition["5.1b"] == "met (positive control)" and table.margin["5.1b"] == pytest.approx(0.2)
+    assert table.margin["5.1a"] != table.margin["5.1a"]  # NaN: decided by the precondition, no margin
+    full = claims_table(root=tmp_path)
+    text = claims_markdown(full[full.claim.isin(["5.1a", "5.1b"])])
+    assert "| **inconclusive** | n/a | failed: model reads the attribute |" in text
+    assert "| **reproduced** | +0.200 | met (positive control) |" in text
+    assert "1 inconclusive for a failed power precondition; 2 of 2 claims decided with stated preconditions" in text
+    # a verdict recorded without the rules says so
+    record_verdicts("05_removal", [_v("5.4", chapter="05_removal")], root=tmp_path)
+    assert load_verdicts(root=tmp_path).set_index("claim").precondition["5.4"] == "not stated"
+
+
+@pytest.mark.parametrize("kwargs, error", [(dict(precondition=""), ValueError), (dict(margin="0.1"), TypeError),
+                                           (dict(margin=True), TypeError)])
+def test_bad_precondition_or_margin_is_refused(kwargs, error):
+    with pytest.raises(error):
+        Verdict("5.1a", "reproduced", "e", "03_mds", **kwargs)
