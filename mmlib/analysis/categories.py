@@ -8,6 +8,12 @@ Rules ([ours], Method page `method-categories`; the paper does not give its thre
 
 Dead features (NaN MDS) get the label ``"dead"`` and belong to no class. Rules can be given as objects or as
 strings: ``"sigma"``, ``"sigma:1.5"``, ``"fixed"`` (0.6/0.4), ``"fixed:0.7/0.3"``.
+
+A *minimum support* ([ours], Method page `method-categories`): a feature's support is the number of pairs on which
+it fires, on either side (:meth:`mmlib.analysis.mds.MDSResult.support`). With ``min_support = m > 0``, an alive
+feature that fires on fewer than ``m`` pairs is labelled ``"rare"`` and, like a dead one, belongs to no class and
+does not enter ``mu`` and ``sigma``: its MDS is a ratio over a handful of pairs. ``min_support = 0`` (default)
+categorises every alive feature.
 """
 
 from __future__ import annotations
@@ -20,12 +26,14 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import cohen_kappa_score
 
-from mmlib.analysis.mds import MDSResult, check_scores
+from mmlib.analysis.mds import MDSResult, check_min_support, check_scores
 from mmlib.core.errors import ArgumentTypeError, ConfigError, InputError
 from mmlib.core.validation import at_least, between, one_of, validate_config
 
 CLASSES: tuple[str, ...] = ("ImgD", "TextD", "CrossD")
 DEAD = "dead"
+#: The label of an alive feature that fires on fewer pairs than the minimum support: it belongs to no class.
+RARE = "rare"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,12 +113,20 @@ class Categories:
     Attributes
     ----------
     labels : (K,) array of str
-        ``"ImgD"``, ``"TextD"``, ``"CrossD"`` or ``"dead"``.
+        ``"ImgD"``, ``"TextD"``, ``"CrossD"``, ``"dead"`` or ``"rare"`` (alive, below ``min_support``).
     scores : (K,) float array
         The MDS they were computed from (NaN = dead).
     rule : CategoryRule
     low, high : float
         The thresholds actually used.
+    min_support : int
+        The minimum support the classes were cut with (0: none).
+    support : (K,) int array or None
+        Pairs each feature fires on (None when categorised from bare scores).
+    mass : (K,) float array or None
+        Each feature's activation mass over the pairs (None when categorised from bare scores or a result
+        without it): with ``support``, what activity-matched controls match
+        (:mod:`mmlib.analysis.matched_controls`).
     """
 
     labels: np.ndarray
@@ -118,65 +134,97 @@ class Categories:
     rule: CategoryRule
     low: float
     high: float
+    min_support: int = 0
+    support: np.ndarray | None = None
+    mass: np.ndarray | None = None
 
     @property
     def alive(self) -> np.ndarray:
-        """``(K,)`` bool."""
-        return self.labels != DEAD
+        """``(K,)`` bool: the features that got a class. With a minimum support, rare features are left out like
+        dead ones (every alive feature otherwise).
+        """
+        return np.isin(self.labels, CLASSES)
 
     def mask(self, name: str) -> np.ndarray:
-        """``(K,)`` bool mask of one class (``"ImgD"``, ``"TextD"``, ``"CrossD"`` or ``"dead"``)."""
-        if name not in (*CLASSES, DEAD):
-            raise InputError(f"unknown class {name!r}; choose one of {(*CLASSES, DEAD)}")
+        """``(K,)`` bool mask of one class (``"ImgD"``, ``"TextD"``, ``"CrossD"``, ``"dead"`` or ``"rare"``)."""
+        if name not in (*CLASSES, DEAD, RARE):
+            raise InputError(f"unknown class {name!r}; choose one of {(*CLASSES, DEAD, RARE)}")
         return self.labels == name
 
     def sizes(self) -> dict[str, int]:
-        """Number of features per class, and of dead features."""
-        return {name: int((self.labels == name).sum()) for name in (*CLASSES, DEAD)}
+        """Number of features per class, of dead features and of rare ones (alive, below the minimum support)."""
+        return {name: int((self.labels == name).sum()) for name in (*CLASSES, DEAD, RARE)}
 
     def to_frame(self) -> pd.DataFrame:
         """One row per feature: ``feature``, ``mds``, ``category``."""
         return pd.DataFrame({"feature": np.arange(len(self.labels)), "mds": self.scores, "category": self.labels})
 
 
-def categorise(mds: MDSResult | np.ndarray, rule: CategoryRule | str = DEFAULT_RULE) -> Categories:
-    """Assign every alive feature to ImgD, TextD or CrossD.
+def categorise(mds: MDSResult | np.ndarray, rule: CategoryRule | str = DEFAULT_RULE, min_support: int = 0
+               ) -> Categories:
+    """Assign every alive feature with at least ``min_support`` active pairs to ImgD, TextD or CrossD.
 
     Parameters
     ----------
     mds : MDSResult or (K,) array
-        Scores; NaN marks a dead feature.
+        Scores; NaN marks a dead feature. An :class:`~mmlib.analysis.mds.MDSResult` also gives the support (and
+        activation mass) of each feature, which a minimum support needs.
     rule : CategoryRule or str
+    min_support : int
+        Features alive on fewer pairs are labelled ``"rare"``: no class, and left out of the rule's thresholds.
 
     Returns
     -------
     Categories
+
+    Raises
+    ------
+    InputError
+        for a negative or non-integer ``min_support``, a positive one with bare scores (no support counts), or
+        no feature left to categorise.
     """
     rule = parse_rule(rule)
     scores = _scores(mds)
+    min_support = check_min_support(min_support)
+    result = mds if isinstance(mds, MDSResult) else None
+    if min_support and result is None:
+        raise InputError(f"min_support={min_support} needs each feature's support: pass the MDSResult, not bare "
+                         "scores")
     alive = np.isfinite(scores)
-    low, high = rule.thresholds(scores[alive])
+    support = result.support() if result is not None else None
+    kept = alive if support is None else alive & (support >= min_support)
+    if not kept.any():
+        raise InputError(f"no feature fires on at least min_support={min_support} pairs (largest support "
+                         f"{int(support.max())} of {result.n_pairs}): nothing to categorise; lower min_support")
+    low, high = rule.thresholds(scores[kept])
     labels = np.full(len(scores), DEAD, dtype=object)
-    labels[alive] = "CrossD"
-    labels[alive & (scores > high)] = "ImgD"
-    labels[alive & (scores < low)] = "TextD"
-    return Categories(labels=labels.astype(str), scores=scores, rule=rule, low=float(low), high=float(high))
+    labels[alive] = RARE
+    labels[kept] = "CrossD"
+    labels[kept & (scores > high)] = "ImgD"
+    labels[kept & (scores < low)] = "TextD"
+    mass = result.activation_mass if result is not None else None
+    return Categories(labels=labels.astype(str), scores=scores, rule=rule, low=float(low), high=float(high),
+                      min_support=min_support, support=support,
+                      mass=None if mass is None else np.asarray(mass, dtype=np.float64))
 
 
-def class_sizes(mds: MDSResult | np.ndarray, rules: Iterable[CategoryRule | str] | None = None) -> pd.DataFrame:
-    """Class sizes under each rule (default :func:`rule_grid`).
+def class_sizes(mds: MDSResult | np.ndarray, rules: Iterable[CategoryRule | str] | None = None,
+                min_support: int = 0) -> pd.DataFrame:
+    """Class sizes under each rule (default :func:`rule_grid`), at a minimum support (see :func:`categorise`).
 
     Returns
     -------
-    DataFrame: ``rule``, ``low``, ``high``, ``n_alive``, ``n_dead``, then ``n_<class>`` and ``share_<class>``
-    (share of the alive features) per class.
+    DataFrame: ``rule``, ``min_support``, ``low``, ``high``, ``n_alive`` (features in a class), ``n_dead``,
+    ``n_rare`` (alive, below the minimum support), then ``n_<class>`` and ``share_<class>`` (share of the
+    features in a class) per class.
     """
     rows = []
     for rule in _rules(rules):
-        cats = categorise(mds, rule)
+        cats = categorise(mds, rule, min_support)
         sizes = cats.sizes()
         n_alive = int(cats.alive.sum())
-        rows.append(dict(rule=cats.rule.name, low=cats.low, high=cats.high, n_alive=n_alive, n_dead=sizes[DEAD],
+        rows.append(dict(rule=cats.rule.name, min_support=cats.min_support, low=cats.low, high=cats.high,
+                         n_alive=n_alive, n_dead=sizes[DEAD], n_rare=sizes[RARE],
                          **{f"n_{c}": sizes[c] for c in CLASSES},
                          **{f"share_{c}": sizes[c] / n_alive for c in CLASSES}))
     return pd.DataFrame(rows)

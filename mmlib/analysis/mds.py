@@ -155,6 +155,9 @@ class MDSResult:
         Pairs seen.
     form : {"paired", "aggregate"}
     eps : float
+    activation_mass : (K,) float64 array or None
+        ``sum_i a_I[i, k] + a_T[i, k]``: the feature's total activation over the pairs (both sides); None when the
+        result was built without it (:meth:`mass` then says so).
     """
 
     scores: np.ndarray
@@ -164,6 +167,7 @@ class MDSResult:
     n_pairs: int
     form: str
     eps: float
+    activation_mass: np.ndarray | None = None
 
     @property
     def n_features(self) -> int:
@@ -174,6 +178,35 @@ class MDSResult:
     def n_alive(self) -> int:
         """The number of features that fired on at least one pair."""
         return self.n_features - self.n_dead
+
+    def support(self) -> np.ndarray:
+        """The support ``(K,)`` int64 of every feature: the pairs on which it fires, on the image or the text side
+        (``|P_k|``, a copy of :attr:`n_active_pairs`; 0 for a dead feature).
+        """
+        return np.asarray(self.n_active_pairs, dtype=np.int64).copy()
+
+    def supported(self, min_support: int = 0) -> np.ndarray:
+        """``(K,)`` bool: the alive features whose support is at least ``min_support`` pairs (0: every alive one).
+
+        Raises
+        ------
+        InputError
+            for a ``min_support`` that is not a non-negative integer.
+        """
+        return self.alive & (self.support() >= check_min_support(min_support))
+
+    def mass(self) -> np.ndarray:
+        """The activation mass ``(K,)`` float64 of every feature (``sum_i a_I + a_T``, see :attr:`activation_mass`).
+
+        Raises
+        ------
+        InputError
+            when this result carries no mass (built by hand without ``activation_mass``).
+        """
+        if self.activation_mass is None:
+            raise InputError("this MDSResult carries no activation mass; compute it with modality_dominance or "
+                             "MDSAccumulator.result, which record it, or pass activation_mass=(K,) sums")
+        return np.asarray(self.activation_mass, dtype=np.float64).copy()
 
     def alive_scores(self) -> np.ndarray:
         """MDS ``(n_alive,)`` of the alive features."""
@@ -369,7 +402,7 @@ class MDSAccumulator:
         scores = torch.where(alive, scores.clamp(0.0, 1.0), torch.nan)
         return MDSResult(scores=scores.numpy(), alive=alive.numpy(), n_dead=int((~alive).sum()),
                          n_active_pairs=self.n_active.numpy().copy(), n_pairs=self.n_pairs, form=form,
-                         eps=self.eps)
+                         eps=self.eps, activation_mass=(self.image_sum + self.text_sum).numpy().copy())
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -502,6 +535,14 @@ def _check_eps(eps: float) -> None:
     if isinstance(eps, bool) or not isinstance(eps, (int, float, np.integer, np.floating)) or \
             not (np.isfinite(eps) and eps >= 0):
         raise InputError(f"eps must be a finite non-negative number, got {eps!r}")
+
+
+def check_min_support(min_support: int) -> int:
+    """``min_support`` as an int, checked: a non-negative integer number of pairs (InputError otherwise)."""
+    if isinstance(min_support, bool) or not isinstance(min_support, (int, np.integer)) or min_support < 0:
+        raise InputError(f"min_support must be a non-negative integer number of pairs, got {min_support!r}; "
+                         "pass 0 to keep every alive feature")
+    return int(min_support)
 
 
 def check_scores(scores: MDSResult | ArrayLike, name: str = "mds") -> np.ndarray:

@@ -1,8 +1,12 @@
 """Feature-group removal: zero a group of features (e.g. ImgD, TextD, CrossD) and measure what breaks.
 
 The paper's claim (Method page, `claim-5-4`) is that removing CrossD features hurts downstream accuracy least. [ours]
-Every group removal is compared with removing the same number of random alive features, over many seeded
-draws, so "hurts least" is judged against chance rather than against the other groups alone.
+Every group removal is compared with removing random control sets of features, over many seeded draws, so "hurts
+least" is judged against chance rather than against the other groups alone. The controls are drawn by a
+:class:`~mmlib.analysis.matched_controls.ControlSampler`: as many random alive features as the group
+(``"size"``, the default), or features that fire as often and as strongly as the group's (``"activity"``,
+:class:`~mmlib.analysis.matched_controls.ActivityMatched`), so that a near-silent group is not compared with active
+features.
 
 How a removal reaches the representation:
 
@@ -24,6 +28,7 @@ then ties, and a tie counted in the match's favour would make a destructive remo
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -32,7 +37,14 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from mmlib.analysis.categories import CLASSES, Categories, group_masks, random_feature_mask
+from mmlib.analysis.categories import CLASSES, Categories, group_masks
+from mmlib.analysis.matched_controls import (
+    ActivityMatched,
+    ControlSampler,
+    MatchFallbackWarning,
+    SizeMatched,
+    match_quality,
+)
 from mmlib.analysis.retrieval import recall_at_k
 from mmlib.analysis.zero_shot import zero_shot_accuracy
 from mmlib.core.errors import InputError
@@ -44,6 +56,8 @@ from mmlib.feature_maps.base import FeatureMapLike
 from mmlib.models.prompts import caption_scaled, class_embeddings
 
 METRICS: tuple[str, ...] = ("zero_shot", "recall@1")
+#: Control samplers :func:`class_removals` builds by name from the categories.
+CONTROLS: tuple[str, ...] = ("size", "activity")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -96,23 +110,32 @@ class RemovalData:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class RemovalReport:
-    """Group removals against size-matched random removals.
+    """Group removals against random control removals.
 
     Attributes
     ----------
     table : DataFrame
         One row per (group, metric): ``group``, ``n_removed``, ``metric``, ``original`` (raw embeddings),
         ``base`` (through the map, nothing removed), ``removed``, ``removed_ci_low/high`` (Wilson),
-        ``drop`` (base - removed), ``random_drop_mean``, ``random_drop_low/high`` (central interval of the
-        random drops), ``p_less`` and ``p_greater`` (empirical one-sided p-values ``(1 + #{random <= drop})
-        / (1 + R)`` and ``(1 + #{random >= drop}) / (1 + R)``: a small ``p_less`` means the group hurts less
-        than random removal), ``n_random``.
+        ``drop`` (base - removed), ``control`` (the main control's name), ``random_drop_mean``,
+        ``random_drop_low/high`` (central interval of its random drops), ``p_less`` and ``p_greater`` (empirical
+        one-sided p-values ``(1 + #{random <= drop}) / (1 + R)`` and ``(1 + #{random >= drop}) / (1 + R)``: a small
+        ``p_less`` means the group hurts less than random removal), ``n_random``; for every further control ``c``,
+        ``random_drop_mean_<c>``, ``p_less_<c>`` and ``p_greater_<c>``.
     random_drops : DataFrame
-        ``group``, ``metric``, ``draw``, ``drop``: every random draw, for histograms.
+        ``group``, ``metric``, ``draw``, ``drop`` (and ``control``): every random draw, for histograms.
+    control_sets : DataFrame or None
+        ``group``, ``control``, ``draw``, ``features`` (indices of the drawn set), ``n_fallback`` (group features
+        matched outside their stratum) and ``excludes_group``.
+    matching : DataFrame or None
+        One row per (group, control): :func:`mmlib.analysis.matched_controls.match_quality` (median support and
+        mass of the group and of its controls), where the features' activity is known.
     """
 
     table: pd.DataFrame
     random_drops: pd.DataFrame
+    control_sets: pd.DataFrame | None = None
+    matching: pd.DataFrame | None = None
 
 
 @torch.inference_mode()
@@ -131,8 +154,9 @@ def remove_features(feature_map: FeatureMapLike, z: torch.Tensor, modality: str,
 
 def group_removal(feature_map: FeatureMapLike, data: RemovalData, groups: Mapping[str, np.ndarray], *,
                   alive: np.ndarray | None = None, n_random: int = 200, seed: int = 0, edit_text: bool = True,
-                  confidence: float = 0.95, progress: bool = False) -> RemovalReport:
-    """Remove each group of features and compare with removing as many random alive features.
+                  confidence: float = 0.95, progress: bool = False,
+                  controls: Sequence[ControlSampler] | None = None) -> RemovalReport:
+    """Remove each group of features and compare with removing random control sets.
 
     Parameters
     ----------
@@ -140,12 +164,16 @@ def group_removal(feature_map: FeatureMapLike, data: RemovalData, groups: Mappin
     data : RemovalData
     groups : name -> (K,) bool mask, e.g. ``{c: categories.mask(c) for c in CLASSES}``
     alive : (K,) bool, optional
-        Features random removals draw from (default: all). Draws are uniform without replacement among the
-        alive features (a draw may overlap the group).
+        Features the default control draws from (default: all): as many as the group, uniformly without
+        replacement (a draw may overlap the group). Not with ``controls``.
     n_random : int
-        Random draws per group (seeded by ``seed`` and the group's position).
+        Random draws per group and control (seeded by ``seed``, the group's position and, after the first, the
+        control's position).
     edit_text : bool
         Remove the features from the class prompts and captions too.
+    controls : sequence of ControlSampler, optional
+        The control samplers (distinct names); the first is the main one (``random_drop_*``, ``p_less``), each
+        further one adds ``random_drop_mean_<name>`` and its p-values. Default: ``[SizeMatched(alive)]``.
 
     Returns
     -------
@@ -158,39 +186,51 @@ def group_removal(feature_map: FeatureMapLike, data: RemovalData, groups: Mappin
                for side, z, mod in (("image", data.image_emb, "image"), ("text", data.text_emb, "text"),
                                     ("classes", data.class_emb, "text"))}
     n_features = enc["image"].shape[1]
-    alive_idx = np.flatnonzero(np.ones(n_features, bool) if alive is None else _mask(alive, n_features, "alive"))
+    samplers = _samplers(controls, alive, n_features)
     original = _metrics(data, data.image_emb, data.text_emb, data.class_emb)
     base = _evaluate(feature_map, data, enc, None, edit_text)
-    rows, draws = [], []
+    rows, draws, sets = [], [], []
     for g, (name, mask) in enumerate(groups.items()):
         mask = _mask(mask, n_features, f"group {name!r}")
         k = int(mask.sum())
         if k == 0:
             raise InputError(f"group {name!r} is empty: nothing to remove")
-        if k > len(alive_idx):
-            raise InputError(f"group {name!r} has {k} features but only {len(alive_idx)} are alive to draw from")
         removed = _evaluate(feature_map, data, enc, mask, edit_text)
-        rng = np.random.default_rng([seed, g])
-        random_drops: dict[str, list[float]] = {m: [] for m in removed}
-        for draw in tqdm(range(n_random), desc=f"random removals ({name})", disable=not progress):
-            rand = random_feature_mask(rng, alive_idx, k, n_features)
-            for metric, value in _evaluate(feature_map, data, enc, rand, edit_text).items():
-                random_drops[metric].append(base[metric] - value)
-                draws.append(dict(group=name, metric=metric, draw=draw, drop=base[metric] - value))
+        random_drops: dict[str, dict[str, list[float]]] = {}
+        for i, sampler in enumerate(samplers):
+            rng = np.random.default_rng([seed, g] if i == 0 else [seed, g, i])
+            random_drops[sampler.name] = {m: [] for m in removed}
+            n_fallback = 0
+            for draw in tqdm(range(n_random), desc=f"{sampler.name} controls ({name})", disable=not progress):
+                with warnings.catch_warnings():  # counted here and warned once per group below
+                    warnings.simplefilter("ignore", MatchFallbackWarning)
+                    control = sampler.draw(rng, mask)
+                n_fallback += control.n_fallback
+                sets.append(dict(group=name, control=sampler.name, draw=draw,
+                                 features=tuple(np.flatnonzero(control.mask).tolist()),
+                                 n_fallback=control.n_fallback, excludes_group=control.excludes_group))
+                for metric, value in _evaluate(feature_map, data, enc, control.mask, edit_text).items():
+                    random_drops[sampler.name][metric].append(base[metric] - value)
+                    draws.append(dict(group=name, metric=metric, draw=draw, drop=base[metric] - value,
+                                      control=sampler.name))
+            if n_fallback:
+                warnings.warn(f"group {name!r}, {sampler.name} controls: {n_fallback} of {k * n_random} group "
+                              "features matched outside their stratum", MatchFallbackWarning, stacklevel=2)
         for metric, value in removed.items():
             drop = base[metric] - value
-            r = np.asarray(random_drops[metric])
-            tail = 100 * (1 - confidence) / 2
-            low, high = np.percentile(r, [tail, 100 - tail]) if len(r) else (np.nan, np.nan)
             n = len(data.image_emb)
             ci = proportion_ci(round(value * n), n, confidence)
-            rows.append(dict(group=name, n_removed=k, metric=metric, original=original[metric], base=base[metric],
-                             removed=value, removed_ci_low=ci[0], removed_ci_high=ci[1], drop=drop,
-                             random_drop_mean=float(r.mean()) if len(r) else np.nan, random_drop_low=float(low),
-                             random_drop_high=float(high),
-                             p_less=(1 + int((r <= drop + 1e-12).sum())) / (1 + len(r)),
-                             p_greater=(1 + int((r >= drop - 1e-12).sum())) / (1 + len(r)), n_random=len(r)))
-    return RemovalReport(pd.DataFrame(rows), pd.DataFrame(draws, columns=["group", "metric", "draw", "drop"]))
+            row = dict(group=name, n_removed=k, metric=metric, original=original[metric], base=base[metric],
+                       removed=value, removed_ci_low=ci[0], removed_ci_high=ci[1], drop=drop,
+                       control=samplers[0].name)
+            for i, sampler in enumerate(samplers):
+                row.update(_compare(drop, np.asarray(random_drops[sampler.name][metric]), confidence,
+                                    "" if i == 0 else f"_{sampler.name}", main=i == 0))
+            rows.append(row)
+    return RemovalReport(pd.DataFrame(rows),
+                         pd.DataFrame(draws, columns=["group", "metric", "draw", "drop", "control"]),
+                         pd.DataFrame(sets, columns=["group", "control", "draw", "features", "n_fallback",
+                                                     "excludes_group"]))
 
 
 # ------------------------------------------------------------------------------------------ the chapter's grid
@@ -234,12 +274,12 @@ def removal_tasks(split: WorldSplit, emb: Embeddings, encode: Callable[[list[str
 
 
 def class_removals(feature_map: FeatureMapLike, categories: Categories, tasks: Mapping[str, RemovalData], *,
-                   n_random: int = 200, seed: int = 0, classes: Sequence[str] = CLASSES, edit_text: bool = True
-                   ) -> RemovalReport:
-    """Remove each non-empty class of ``categories`` on every task, against size-matched random removals.
+                   n_random: int = 200, seed: int = 0, classes: Sequence[str] = CLASSES, edit_text: bool = True,
+                   controls: Sequence[str] = ("size",)) -> RemovalReport:
+    """Remove each non-empty class of ``categories`` on every task, against random control removals.
 
     The groups are :func:`mmlib.analysis.categories.group_masks` of ``classes`` (empty ones left out, in the
-    order of ``classes``); the random removals draw from the alive features (:func:`group_removal`, seeded by
+    order of ``classes``); the random removals draw from the features in a class (:func:`group_removal`, seeded by
     ``seed`` and the group's position, so every task sees the same draws).
 
     Parameters
@@ -252,24 +292,40 @@ def class_removals(feature_map: FeatureMapLike, categories: Categories, tasks: M
         E.g. :func:`removal_tasks`; run in sorted order of their names.
     n_random, seed, edit_text
         As in :func:`group_removal`.
+    controls : sequence of {"size", "activity"}
+        The control samplers, the main one first: ``"size"`` (:class:`~mmlib.analysis.matched_controls.SizeMatched`
+        among the features in a class) and ``"activity"``
+        (:class:`~mmlib.analysis.matched_controls.ActivityMatched` on the categories' support and mass, drawn outside
+        the group where the other classified features are enough, ``exclude_group="auto"``).
 
     Returns
     -------
     RemovalReport
-        Its table has a ``task`` column and ``excess`` = ``drop - random_drop_mean`` (the drop beyond a
-        size-matched random removal); its random drops have a ``task`` column.
+        Its table has a ``task`` column, ``excess`` = ``drop - random_drop_mean`` (the drop beyond the main
+        control) and ``excess_<c>`` for every further control; its random drops have a ``task`` column; its
+        ``matching`` (where the categories carry support and mass) gives the match quality of every control.
     """
     if not tasks:
         raise InputError("no tasks to run the removals on")
     groups = group_masks(categories, classes, skip_empty=True)
     if not groups:
         raise InputError(f"every class of {list(classes)} is empty (sizes {categories.sizes()}): nothing to remove")
-    reports = {task: group_removal(feature_map, tasks[task], groups, alive=categories.alive, n_random=n_random,
-                                   seed=seed, edit_text=edit_text) for task in sorted(tasks)}
+    samplers = [_named_sampler(c, categories) for c in controls]
+    reports = {task: group_removal(feature_map, tasks[task], groups, n_random=n_random, seed=seed,
+                                   edit_text=edit_text, controls=samplers) for task in sorted(tasks)}
     table = pd.concat([r.table.assign(task=t) for t, r in reports.items()], ignore_index=True)
     table["excess"] = table["drop"] - table["random_drop_mean"]
+    for sampler in samplers[1:]:
+        table[f"excess_{sampler.name}"] = table["drop"] - table[f"random_drop_mean_{sampler.name}"]
     draws = pd.concat([r.random_drops.assign(task=t) for t, r in reports.items()], ignore_index=True)
-    return RemovalReport(table, draws)
+    sets = next(iter(reports.values())).control_sets  # the same draws on every task
+    matching = None
+    if categories.support is not None and categories.mass is not None:
+        matching = pd.DataFrame([dict(group=g, control=c, **match_quality(groups[g], [_set_mask(f, len(
+            categories.labels)) for f in s.features], categories.support, categories.mass),
+            n_fallback=int(s.n_fallback.sum()), excludes_group=bool(s.excludes_group.all()))
+            for (g, c), s in sets.groupby(["group", "control"], sort=False)])
+    return RemovalReport(table, draws, sets, matching)
 
 
 def stack_reports(reports: Mapping[tuple[Any, ...], Any], attribute: str = "table",
@@ -300,7 +356,8 @@ def stack_reports(reports: Mapping[tuple[Any, ...], Any], attribute: str = "tabl
     return pd.concat(frames, ignore_index=True)
 
 
-def crossd_margin(table: pd.DataFrame, by: Sequence[str] = ("map",), target: str = "CrossD") -> pd.DataFrame:
+def crossd_margin(table: pd.DataFrame, by: Sequence[str] = ("map",), target: str = "CrossD",
+                  excess: str = "excess") -> pd.DataFrame:
     """The quantity the verdict on claim 5.4 is computed from, per seed.
 
     For each combination of ``by`` and seed, a group's excess drop is averaged over the rows (the tasks);
@@ -314,6 +371,7 @@ def crossd_margin(table: pd.DataFrame, by: Sequence[str] = ("map",), target: str
         Columns ``seed``, ``group``, ``excess`` and ``by``; one row per (``by``, seed, group, task).
     by : columns that separate the analyses (e.g. the map; filter the world beforehand).
     target : the group whose removal is claimed to hurt least.
+    excess : the column of excess drops (``"excess"``: beyond the main control; e.g. ``"excess_size"``).
 
     Returns
     -------
@@ -322,10 +380,10 @@ def crossd_margin(table: pd.DataFrame, by: Sequence[str] = ("map",), target: str
         and ``others`` (the smallest other). NaN where the target, or every other group, is empty in that seed.
     """
     by = list(by)
-    missing = [c for c in (*by, "seed", "group", "excess") if c not in table.columns]
+    missing = [c for c in (*by, "seed", "group", excess) if c not in table.columns]
     if missing:
         raise InputError(f"columns {missing} not in the table (columns: {list(table.columns)})")
-    mean = table.groupby([*by, "seed", "group"], sort=False)["excess"].mean().unstack("group")
+    mean = table.groupby([*by, "seed", "group"], sort=False)[excess].mean().unstack("group")
     crossd = mean[target] if target in mean.columns else pd.Series(np.nan, index=mean.index)
     others = mean.drop(columns=target, errors="ignore").min(axis=1, skipna=True)
     out = pd.DataFrame({"d": crossd - others, "crossd": crossd, "others": others}).reset_index()
@@ -333,7 +391,7 @@ def crossd_margin(table: pd.DataFrame, by: Sequence[str] = ("map",), target: str
 
 
 def crossd_margin_ci(table: pd.DataFrame, by: Sequence[str] = ("map",), target: str = "CrossD",
-                     confidence: float = 0.95, min_seeds: int = 3) -> pd.DataFrame:
+                     confidence: float = 0.95, min_seeds: int = 3, excess: str = "excess") -> pd.DataFrame:
     """Mean and Student-t interval over seeds of :func:`crossd_margin`'s ``d``, ``crossd`` and ``others``.
 
     Returns
@@ -343,11 +401,58 @@ def crossd_margin_ci(table: pd.DataFrame, by: Sequence[str] = ("map",), target: 
         ``"others"``), ``n_seeds``, ``mean``, ``std``, ``ci_low``, ``ci_high``. Per claim 5.4's rule, ``d``'s
         interval below 0 supports the claim for that map, above 0 contradicts it.
     """
-    return across_seeds(crossd_margin(table, by, target), ["d", "crossd", "others"], by=list(by),
+    return across_seeds(crossd_margin(table, by, target, excess), ["d", "crossd", "others"], by=list(by),
                         confidence=confidence, min_seeds=min_seeds)
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+def _samplers(controls: Sequence[ControlSampler] | None, alive: np.ndarray | None, n_features: int
+              ) -> list[ControlSampler]:
+    if controls is None:
+        return [SizeMatched(np.ones(n_features, bool) if alive is None else _mask(alive, n_features, "alive"))]
+    if alive is not None:
+        raise InputError("alive is the pool of the default size-matched control; with controls=, give each "
+                         "sampler its pool instead")
+    samplers = list(controls)
+    names = [getattr(s, "name", None) for s in samplers]
+    if not samplers or not all(callable(getattr(s, "draw", None)) for s in samplers) or len(set(names)) != len(names):
+        raise InputError(f"controls must be one or more ControlSampler objects with distinct names, got {names}")
+    return samplers
+
+
+def _named_sampler(name: str, categories: Categories) -> ControlSampler:
+    if name == "size":
+        return SizeMatched(categories.alive)
+    if name == "activity":
+        if categories.support is None or categories.mass is None:
+            raise InputError("activity-matched controls need each feature's support and activation mass: "
+                             "categorise the MDSResult (not bare scores)")
+        return ActivityMatched(categories.support, categories.mass, categories.alive, exclude_group="auto")
+    raise InputError(f"unknown control {name!r}; choose from {CONTROLS}")
+
+
+def _compare(drop: float, r: np.ndarray, confidence: float, suffix: str, main: bool) -> dict[str, float]:
+    """The group's drop against one control's random drops ``r`` (R,): mean, (main only) central interval and
+    count, and the empirical one-sided p-values, each column name ending in ``suffix``.
+    """
+    out = {f"random_drop_mean{suffix}": float(r.mean()) if len(r) else np.nan}
+    if main:
+        tail = 100 * (1 - confidence) / 2
+        low, high = np.percentile(r, [tail, 100 - tail]) if len(r) else (np.nan, np.nan)
+        out.update(random_drop_low=float(low), random_drop_high=float(high))
+    out[f"p_less{suffix}"] = (1 + int((r <= drop + 1e-12).sum())) / (1 + len(r))
+    out[f"p_greater{suffix}"] = (1 + int((r >= drop - 1e-12).sum())) / (1 + len(r))
+    if main:
+        out["n_random"] = len(r)
+    return out
+
+
+def _set_mask(features: Sequence[int], n_features: int) -> np.ndarray:
+    mask = np.zeros(n_features, bool)
+    mask[list(features)] = True
+    return mask
+
+
 def _mask(mask: np.ndarray | torch.Tensor, n_features: int, what: str) -> np.ndarray:
     mask = np.asarray(mask)
     if mask.dtype != bool:

@@ -27,7 +27,7 @@ def test_sigma_rule_hand_computed():
     cats = categorise(SCORES)
     assert cats.low == pytest.approx(0.5 - SIGMA) and cats.high == pytest.approx(0.5 + SIGMA)
     assert cats.labels.tolist() == ["TextD", "CrossD", "CrossD", "CrossD", "CrossD", "ImgD", "dead"]
-    assert cats.sizes() == {"ImgD": 1, "TextD": 1, "CrossD": 4, "dead": 1}
+    assert cats.sizes() == {"ImgD": 1, "TextD": 1, "CrossD": 4, "dead": 1, "rare": 0}
     assert cats.mask("ImgD").tolist() == [False, False, False, False, False, True, False]
     assert cats.alive.sum() == 6 and cats.rule.name == "mu±1σ"
     narrow = categorise(SCORES, "sigma:0.5")
@@ -114,3 +114,38 @@ def test_partition_and_mirror_symmetry(values, rule):
     # equal up to floating-point ties at the thresholds
     near = (np.abs(scores - cats.low) < 1e-9) | (np.abs(scores - cats.high) < 1e-9)
     assert all(swap[a] == b for a, b, n in zip(cats.labels, mirrored.labels, near) if not n)
+
+
+# 4 pairs x 4 features: 0 fires on one pair (image), 1 on four (text only), 2 on four (image only), 3 on four
+# (half and half): support [1, 4, 4, 4], MDS [1, 0, 1, 0.5]
+MS_I = np.array([[1.0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 1, 1]])
+MS_T = np.array([[0.0, 1, 0, 1], [0, 1, 0, 1], [0, 1, 0, 1], [0, 1, 0, 1]])
+
+
+def test_min_support_hand_computed():
+    mds = modality_dominance(MS_I, MS_T)
+    # min_support 0: mu = 0.625, sigma = sqrt(0.6875 / 4) = 0.4146 -> (0.210, 1.040): no ImgD, 1 TextD
+    every = categorise(mds)
+    assert every.labels.tolist() == ["CrossD", "TextD", "CrossD", "CrossD"]
+    assert every.high == pytest.approx(0.625 + np.sqrt(0.6875 / 4)) and every.min_support == 0
+    # min_support 2: feature 0 is rare; over [0, 1, 0.5] mu = 0.5, sigma = sqrt(0.5 / 3) = 0.408 -> feature 2 ImgD
+    cut = categorise(mds, min_support=2)
+    assert cut.labels.tolist() == ["rare", "TextD", "ImgD", "CrossD"]
+    assert cut.high == pytest.approx(0.5 + np.sqrt(0.5 / 3)) and cut.min_support == 2
+    assert cut.sizes() == {"ImgD": 1, "TextD": 1, "CrossD": 1, "dead": 0, "rare": 1}
+    assert cut.alive.tolist() == [False, True, True, True]  # a rare feature takes part in nothing
+    assert cut.support.tolist() == [1, 4, 4, 4] and cut.mass.tolist() == [1.0, 4.0, 4.0, 8.0]
+    assert categorise(mds, min_support=1).labels.tolist() == every.labels.tolist()
+    table = class_sizes(mds, ["sigma"], min_support=2).iloc[0]
+    assert (table.n_alive, table.n_rare, table.n_dead, table.min_support, table.n_ImgD) == (3, 1, 0, 2, 1)
+    assert categorise(SCORES).support is None and categorise(SCORES).mass is None
+
+
+def test_min_support_errors():
+    mds = modality_dominance(MS_I, MS_T)
+    with pytest.raises(ValueError, match="pass the MDSResult, not bare scores"):
+        categorise(SCORES, min_support=2)
+    with pytest.raises(ValueError, match="no feature fires on at least min_support=5 pairs"):
+        categorise(mds, min_support=5)
+    with pytest.raises(ValueError, match="non-negative integer"):
+        categorise(mds, min_support=-1)

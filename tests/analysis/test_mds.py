@@ -321,3 +321,25 @@ def test_the_fused_pass_equals_the_blocked_one_across_kernel_blocks(dtype):
         with pytest.raises(InputError, match=r"a_text"):
             fused.update(a_i, broken)
         assert torch.equal(fused.ratio_sum, before)
+
+
+def test_support_and_mass_hand_computed():
+    r = modality_dominance(A_I, A_T)
+    assert r.support().tolist() == [2, 2, 3, 0] and r.support().dtype == np.int64
+    # feature 0: 1 + 2; feature 1: 5 + 1; feature 2: (3 + 1) + (0 + 2) + (1 + 1); feature 3: dead
+    np.testing.assert_allclose(r.mass(), [3.0, 6.0, 8.0, 0.0])
+    assert r.supported().tolist() == [True, True, True, False]
+    assert r.supported(3).tolist() == [False, False, True, False]
+    assert not r.supported(4).any()
+    agg = modality_dominance(A_I, A_T, form="aggregate")
+    np.testing.assert_allclose(agg.mass(), r.mass())
+
+
+def test_support_errors():
+    r = modality_dominance(A_I, A_T)
+    for bad in (-1, 1.5, True, "3"):
+        with pytest.raises(ValueError, match="min_support must be a non-negative integer"):
+            r.supported(bad)
+    import dataclasses
+    with pytest.raises(ValueError, match="carries no activation mass"):
+        dataclasses.replace(r, activation_mass=None).mass()

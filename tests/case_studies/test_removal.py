@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from mmlib.analysis.categories import categorise, random_feature_mask
+from mmlib.analysis.matched_controls import MatchFallbackWarning, SizeMatched
+from mmlib.analysis.mds import modality_dominance
 from mmlib.case_studies.removal import (
     RemovalData,
     RemovalReport,
@@ -91,7 +93,7 @@ def test_errors():
         group_removal(SignSplit(), DATA, {"g": np.ones(3, bool)})
     with pytest.raises(ValueError, match="boolean"):
         group_removal(SignSplit(), DATA, {"g": np.array([1, 0, 0, 0])})
-    with pytest.raises(ValueError, match="only 1 are alive"):
+    with pytest.raises(ValueError, match="pool holds only 1"):
         group_removal(SignSplit(), DATA, {"g": np.array([1, 1, 0, 0], bool)}, alive=GROUP)
     with pytest.raises(ValueError, match="no groups"):
         group_removal(SignSplit(), DATA, {})
@@ -191,3 +193,42 @@ def test_crossd_margin_hand_computed():
         crossd_margin(table.drop(columns="map"))
 
 
+
+
+def test_class_removals_against_activity_matched_and_size_matched_controls():
+    # Features: 0 = +dim0 (ImgD, fires on 1 pair), 1 = +dim1 (CrossD, 3 pairs), 2 = -dim0 (TextD, 3 pairs), 3 dead
+    a_i = np.array([[2.0, 1.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 1.0, 0.1, 0.0]])
+    a_t = np.array([[0.0, 1.0, 2.0, 0.0], [0.0, 1.0, 2.0, 0.0], [0.0, 1.0, 2.0, 0.0]])
+    cats = categorise(modality_dominance(a_i, a_t), "fixed:0.7/0.3")
+    assert cats.labels.tolist() == ["ImgD", "CrossD", "TextD", "dead"]
+    tasks = {"zs": RemovalData(DATA.image_emb, class_emb=DATA.class_emb, labels=DATA.labels),
+             "ret": RemovalData(DATA.image_emb, text_emb=DATA.text_emb)}
+    with pytest.warns(MatchFallbackWarning, match="'ImgD', activity controls: 20 of 20"):  # no other fires once
+        report = class_removals(SignSplit(), cats, tasks, n_random=20, seed=1, controls=("activity", "size"))
+    t = report.table
+    assert set(t.control) == {"activity"}
+    np.testing.assert_allclose(t["excess"], t["drop"] - t["random_drop_mean"])
+    np.testing.assert_allclose(t["excess_size"], t["drop"] - t["random_drop_mean_size"])
+    assert set(report.random_drops.control) == {"activity", "size"} and len(report.random_drops) == 2 * 3 * 2 * 20
+    sets = report.control_sets
+    assert len(sets) == 3 * 2 * 20 and (sets.features.map(len) == 1).all()
+    for group, feature in (("ImgD", 0), ("CrossD", 1), ("TextD", 2)):
+        drawn = sets[(sets.group == group) & (sets.control == "activity")].features
+        assert all(feature not in f for f in drawn)  # activity-matched controls exclude the group
+    assert set(sets[sets.control == "activity"].features.map(lambda f: f[0])) <= {0, 1, 2}  # never the dead one
+    m = report.matching.set_index(["group", "control"])
+    assert m.loc[("ImgD", "activity"), "support_group"] == 1.0 and m.loc[("CrossD", "size"), "n_group"] == 1
+    assert m.loc[("ImgD", "activity"), "excludes_group"]
+    # TextD (support 3, mass 6.1) falls in CrossD's stratum (support 3, mass 6): log2 bins (1, 2) both
+    assert m.loc[("TextD", "activity"), "support_control"] == 3.0 and m.loc[("TextD", "activity"), "n_fallback"] == 0
+    margin = crossd_margin(t.assign(seed=0, map="SAE"), excess="excess_size")
+    assert len(margin) == 1 and np.isfinite(margin.d.iloc[0])
+    with pytest.raises(ValueError, match="unknown control"):
+        class_removals(SignSplit(), cats, tasks, n_random=2, controls=("nearest",))
+    with pytest.raises(ValueError, match="support and activation mass"):
+        class_removals(SignSplit(), categorise(np.array([0.9, 0.5, 0.1, np.nan]), "fixed:0.7/0.3"), tasks,
+                       n_random=2, controls=("activity",))
+    with pytest.raises(ValueError, match="alive is the pool"):
+        group_removal(SignSplit(), DATA, {"g": GROUP}, alive=GROUP, controls=[SizeMatched(GROUP)])
+    with pytest.raises(ValueError, match="distinct names"):
+        group_removal(SignSplit(), DATA, {"g": GROUP}, controls=[SizeMatched(~GROUP), SizeMatched(~GROUP)])
