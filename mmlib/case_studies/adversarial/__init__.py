@@ -18,6 +18,9 @@ Modules, one per question of chapter 07:
 * ``steering``: the v3 cross-modal adversarial examples (:func:`steering_attack`) and their effect on retrieval in
   both directions (:func:`cross_modal_effect`, :func:`steering_measures`, :func:`selectivity`,
   :func:`measure_summary`).
+* ``verdicts``: the tests and power preconditions of claims 5.6a and 5.6b, as data (:func:`defence_tests`,
+  :func:`defence_preconditions`, :func:`steering_tests`, :func:`steering_preconditions`,
+  :func:`paired_mean_difference`).
 
 Every public name is re-exported here: ``from mmlib.case_studies.adversarial import zero_shot_attack`` works.
 """
@@ -64,6 +67,13 @@ from mmlib.case_studies.adversarial.steering import (
     steering_attack,
     steering_measures,
 )
+from mmlib.case_studies.adversarial.verdicts import (
+    defence_preconditions,
+    defence_tests,
+    paired_mean_difference,
+    steering_preconditions,
+    steering_tests,
+)
 
 __all__ = [
     # attacks
@@ -80,4 +90,6 @@ __all__ = [
     # steering
     "steering_attack", "cross_modal_effect", "random_targets", "steering_measures", "selectivity",
     "measure_summary", "best_caption",
+    # verdicts
+    "paired_mean_difference", "defence_tests", "defence_preconditions", "steering_tests", "steering_preconditions",
 ]
