@@ -14,6 +14,9 @@ Modules
     The decomposition model (:class:`Splice`, :func:`build_splice`): dictionary, modality means, penalty.
 ``analyses``
     Sparsity sweeps, concept interventions, spurious-correlation detection and feature naming.
+``evidence``
+    The interval tests and power preconditions of claims 6.1a and 6.1b (penalty rule, faithfulness, planted
+    recovery, lift difference).
 
 Every public name of the modules is re-exported here.
 """
@@ -41,9 +44,16 @@ from mmlib.companions.splice.analyses import (
     tied_concept_lift,
     tied_hits,
     tied_value,
+    tied_weights,
     top_concepts,
     with_wilson_intervals,
     zero_shot_tasks,
+)
+from mmlib.companions.splice.evidence import (
+    faithfulness_tests,
+    lift_difference,
+    planted_sparse_recovery,
+    sparse_penalty,
 )
 from mmlib.companions.splice.model import Splice, SpliceDecomposition, build_splice, center_embeddings, modality_mean
 from mmlib.companions.splice.vocabulary import (
@@ -63,6 +73,7 @@ __all__ = [
     "modality_mean", "center_embeddings", "Splice", "SpliceDecomposition", "build_splice",
     "sparsity_sweep", "top_concepts", "remove_concepts", "intervene", "intervention_report",
     "class_concept_weights", "factor_weight_share", "spurious_concepts", "zero_shot_tasks",
-    "with_wilson_intervals", "faithful_penalties", "tied_value", "tied_concept_lift", "tied_hits",
+    "with_wilson_intervals", "faithful_penalties", "tied_value", "tied_weights", "tied_concept_lift", "tied_hits",
     "SpuriousAudit", "audit_spurious", "name_features",
+    "sparse_penalty", "faithfulness_tests", "planted_sparse_recovery", "lift_difference",
 ]

@@ -34,8 +34,8 @@ from mmlib.models.prompts import class_embeddings, encode_texts
 
 __all__ = ["sparsity_sweep", "top_concepts", "remove_concepts", "intervene", "intervention_report",
            "class_concept_weights", "factor_weight_share", "spurious_concepts", "zero_shot_tasks",
-           "with_wilson_intervals", "faithful_penalties", "tied_value", "tied_concept_lift", "tied_hits",
-           "SpuriousAudit", "audit_spurious", "name_features"]
+           "with_wilson_intervals", "faithful_penalties", "tied_value", "tied_weights", "tied_concept_lift",
+           "tied_hits", "SpuriousAudit", "audit_spurious", "name_features"]
 
 def sparsity_sweep(splice: Splice, image_emb: torch.Tensor, class_emb: torch.Tensor,
                    labels: torch.Tensor | np.ndarray, l1_penalties: Sequence[float],
@@ -294,6 +294,31 @@ def tied_value(class_index: np.ndarray | int) -> np.ndarray:
     return SPURIOUS_BACKGROUND[np.asarray(class_index) % len(SPURIOUS_BACKGROUND)]
 
 
+def tied_weights(weights: torch.Tensor, vocabulary: ConceptVocabulary, n_classes: int,
+                 factor: str = "background") -> np.ndarray:
+    """Per decomposition and class ``c``, the summed weight on the concepts of ``factor`` naming :func:`tied_value`
+    ``(c)``.
+
+    Parameters
+    ----------
+    weights : Tensor
+        ``(n, K)`` decompositions.
+    n_classes : int
+
+    Returns
+    -------
+    array
+        ``(n, n_classes)``.
+    """
+    w_all = weights.float().cpu().numpy()
+    out = np.zeros((len(w_all), n_classes))
+    for c in range(n_classes):
+        cols = [j for j, (f, v) in enumerate(zip(vocabulary.factors, vocabulary.values))
+                if f == factor and v == tied_value(c)]
+        out[:, c] = w_all[:, cols].sum(1)
+    return out
+
+
 def tied_concept_lift(weights: torch.Tensor, labels: np.ndarray, vocabulary: ConceptVocabulary,
                       factor: str = "background") -> np.ndarray:
     """Per class, the lift of the weight on the concepts of its tied value of ``factor``.
@@ -315,14 +340,8 @@ def tied_concept_lift(weights: torch.Tensor, labels: np.ndarray, vocabulary: Con
         ``(C,)`` one lift per class index.
     """
     labels = np.asarray(labels)
-    w_all = weights.float().cpu().numpy()
-    lifts = []
-    for c in range(int(labels.max()) + 1):
-        cols = [j for j, (f, v) in enumerate(zip(vocabulary.factors, vocabulary.values))
-                if f == factor and v == tied_value(c)]
-        w = w_all[:, cols].sum(1)
-        lifts.append(w[labels == c].mean() - w[labels != c].mean())
-    return np.array(lifts)
+    tied = tied_weights(weights, vocabulary, int(labels.max()) + 1, factor)
+    return np.array([tied[labels == c, c].mean() - tied[labels != c, c].mean() for c in range(tied.shape[1])])
 
 
 def tied_hits(top: pd.DataFrame, vocabulary: ConceptVocabulary, class_names: Sequence[str],
@@ -357,6 +376,10 @@ class SpuriousAudit:
         :func:`spurious_concepts` per shape class, the shape concepts left out.
     background_accuracy : float
         Dense zero-shot background accuracy on the world's images (whether the model reads backgrounds at all).
+    tied_weight : array, optional
+        ``(n, C)`` :func:`tied_weights` of each audited image (for intervals of the lift).
+    labels : array, optional
+        ``(n,)`` shape class of each audited image.
     """
 
     strength: float
@@ -365,6 +388,8 @@ class SpuriousAudit:
     lift: dict[str, float]
     top: pd.DataFrame
     background_accuracy: float
+    tied_weight: np.ndarray | None = None
+    labels: np.ndarray | None = None
 
 
 def audit_spurious(splice: Splice, bundle: ModelBundle, config: WorldConfig, embed: EmbedConfig,
@@ -400,7 +425,8 @@ def audit_spurious(splice: Splice, bundle: ModelBundle, config: WorldConfig, emb
     tie_rate = float(np.mean(part.values("background") == tied_value(labels)))
     return SpuriousAudit(strength=config.spurious, tie_rate=tie_rate,
                          hits=tied_hits(found, splice.vocabulary, shapes), lift=dict(zip(shapes, lift.tolist())),
-                         top=found, background_accuracy=zero_shot_accuracy(emb.image, *background))
+                         top=found, background_accuracy=zero_shot_accuracy(emb.image, *background),
+                         tied_weight=tied_weights(weights, splice.vocabulary, len(shapes)), labels=np.asarray(labels))
 
 
 def name_features(splice: Splice, directions: torch.Tensor, l1_penalty: float, config: AdmmConfig | None = None,

@@ -25,6 +25,7 @@ from mmlib.companions.splice.analyses import (
     tied_concept_lift,
     tied_hits,
     tied_value,
+    tied_weights,
     with_wilson_intervals,
     zero_shot_tasks,
 )
@@ -125,6 +126,8 @@ def test_tied_background_lift_and_hits(planted_splice):
     assert tied_hits(top, vocab, names[1:] + names[:1]) == 0  # class names shifted: no class tops its own tie
     shuffled = np.random.default_rng(0).permutation(labels)
     assert (np.abs(tied_concept_lift(dec.weights, shuffled, vocab)) < 0.2).all()
+    tied = tied_weights(dec.weights, vocab, 4)
+    assert tied.shape == (len(labels), 4) and (tied[np.arange(len(labels)), labels] > 0.3).all()
 
 
 @pytest.mark.slow
@@ -137,6 +140,7 @@ def test_audit_spurious_on_a_small_world(tiny_clip):
     assert 0 <= audit.hits <= 4 and set(audit.lift) == set(default_factors()[0].values)
     assert set(audit.top.columns) >= {"class", "rank", "concept", "factor", "lift"}
     assert "shape" not in set(audit.top["factor"]) and 0.0 <= audit.background_accuracy <= 1.0
+    assert audit.tied_weight.shape == (40, 4) and audit.labels.shape == (40,)
     control = audit_spurious(splice, tiny_clip, dataclasses.replace(config, spurious=0.0), EmbedConfig(batch_size=64))
     assert control.tie_rate < 0.6
 
