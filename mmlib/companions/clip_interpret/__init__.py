@@ -12,6 +12,9 @@ Modules
 ``textspan``
     TextSpan per head, each head's property and its consistency, the model-level scores
     (:func:`head_property_scores`) and their random-assignment baseline.
+``evidence``
+    The interval and the planted positive control of claim 6.2b (:func:`association_excess`,
+    :func:`planted_head_recovery`).
 ``analyses``
     Property-based and per-head nearest neighbours, topic and contrastive segmentation, and which heads write the
     book's features.
@@ -49,6 +52,7 @@ from mmlib.companions.clip_interpret.decomposition import (
     vision_transformer,
     world_images,
 )
+from mmlib.companions.clip_interpret.evidence import association_excess, planted_head_recovery
 from mmlib.companions.clip_interpret.textspan import (
     TextPool,
     TextSpanResult,
@@ -71,4 +75,5 @@ __all__ = [
     "head_text_neighbors", "head_heatmap", "contrastive_heatmap", "upsample_heatmap", "head_feature_projections",
     "attribution_by_category", "neighbour_agreement", "dominant_property", "value_queries", "per_head_neighbours",
     "segmentation_maps", "share_by_head",
+    "association_excess", "planted_head_recovery",
 ]
