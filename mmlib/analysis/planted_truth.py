@@ -214,6 +214,97 @@ def planted_accuracy_table(runs: Mapping[str, tuple[PlantedFeatures, Sequence[fl
     return pd.DataFrame(rows)
 
 
+#: The measures of :func:`planted_precision_table`, in its row order within a rule.
+PRECISION_MEASURES: tuple[str, ...] = ("precision", "recall", "null share")
+
+
+def planted_precision_table(rules: Mapping[str, tuple[Categories | Sequence[str], Categories | Sequence[str]]],
+                            features: PlantedFeatures, min_cosine: float, *, min_precision: float | None = None,
+                            max_null_share: float | None = None, mapping: Mapping[str, str] = PLANTED_TO_CATEGORY,
+                            confidence: float = 0.95) -> pd.DataFrame:
+    """Precision and recall of ImgD and TextD on a planted dictionary, and their false share on a shared-only one.
+
+    * **precision** of class ``c``: of *all* features labelled ``c``, the share that match (cosine ``>= min_cosine``)
+      an atom whose planted class maps to ``c``; a labelled feature that matches no atom counts as a false label;
+    * **recall** of ``c``: of the alive features matching an atom of that class, the share labelled ``c``;
+    * **null share**: of the alive features on the dictionary with shared atoms only, the share labelled ImgD or
+      TextD (every one of them is an artefact there).
+
+    Parameters
+    ----------
+    rules : mapping
+        Rule name -> (labels ``(K,)`` of the features of ``features``, labels ``(K0,)`` of the features of the map
+        trained on the shared-only dictionary), each a :class:`~mmlib.analysis.categories.Categories` (e.g. of
+        :func:`~mmlib.analysis.categories.categorise` or
+        :func:`~mmlib.analysis.calibrated_categories.calibrated_categories`) or an array of labels. A feature
+        counts as alive when its label is a class (not ``"dead"`` or ``"rare"``).
+    features : PlantedFeatures
+        The planted dictionary's features (their matched atoms).
+    min_cosine : float
+        The matching threshold (:meth:`PlantedFeatures.matched`).
+    min_precision, max_null_share : float, optional
+        Targets: a ``target`` and a ``meets`` column (point estimates against them; recall has no target).
+    mapping : planted class -> expected category
+    confidence : level of the Wilson intervals
+
+    Returns
+    -------
+    DataFrame, one row per (rule, measure, category): ``rule``, ``measure`` (:data:`PRECISION_MEASURES`),
+    ``category`` (``"ImgD"``, ``"TextD"``, or ``"ImgD+TextD"`` for the null share), ``k``, ``n``, ``value`` (k / n,
+    NaN when n = 0), ``ci_low``, ``ci_high`` (Wilson), ``false_nearest`` (precision rows: false labels whose
+    nearest atom, at any cosine, is of the labelled class: right class, direction below the matching threshold),
+    and with targets ``target`` and ``meets``.
+    """
+    if not rules:
+        raise InputError("no rules given")
+    matched = features.matched(min_cosine)
+    unknown = sorted({str(c) for c in features.atom_class if c not in mapping})
+    if unknown:
+        raise InputError(f"planted classes {unknown} not in the mapping {dict(mapping)}")
+    nearest = np.array([mapping[c] for c in features.atom_class], dtype=object)  # (K,) class of the nearest atom
+    expected = np.where(matched, nearest, None)
+    rows = []
+    for name, (planted_labels, null_labels) in rules.items():
+        got = _labels(planted_labels, len(matched), f"rule {name!r}: planted labels")
+        null = _labels(null_labels, None, f"rule {name!r}: shared-only labels")
+        alive = np.isin(got, CLASSES)
+        for c in CLASSES[:2]:
+            labelled, right = got == c, expected == c
+            rows.append(dict(rule=name, measure="precision", category=c, k=int((labelled & right).sum()),
+                             n=int(labelled.sum()), false_nearest=int((labelled & ~right & (nearest == c)).sum())))
+            rows.append(dict(rule=name, measure="recall", category=c, k=int((labelled & right).sum()),
+                             n=int((alive & right).sum())))
+        null_alive = np.isin(null, CLASSES)
+        rows.append(dict(rule=name, measure="null share", category="+".join(CLASSES[:2]),
+                         k=int(np.isin(null, CLASSES[:2]).sum()), n=int(null_alive.sum())))
+    table = pd.DataFrame(rows)
+    table["value"] = [k / n if n else np.nan for k, n in zip(table.k, table.n)]
+    bounds = [proportion_ci(k, n, confidence) for k, n in zip(table.k, table.n)]
+    table["ci_low"], table["ci_high"] = [b[0] for b in bounds], [b[1] for b in bounds]
+    table = table[["rule", "measure", "category", "k", "n", "value", "ci_low", "ci_high", "false_nearest"]]
+    if min_precision is not None or max_null_share is not None:
+        targets = {"precision": min_precision, "null share": max_null_share}
+        target = [targets.get(m) for m in table.measure]
+        table["target"] = [np.nan if t is None else float(t) for t in target]
+        table["meets"] = pd.Series([None if t is None or not np.isfinite(v) else bool(v >= t if m == "precision"
+                                                                                    else v <= t)
+                                    for m, t, v in zip(table.measure, target, table.value)], dtype=object)
+    return table
+
+
+def _labels(labels: Categories | Sequence[str], n: int | None, name: str) -> np.ndarray:
+    """Category labels ``(K,)`` as an object array, checked (known labels, ``n`` of them when given)."""
+    out = np.asarray(labels.labels if isinstance(labels, Categories) else labels, dtype=object)
+    if out.ndim != 1 or (n is not None and len(out) != n):
+        raise InputError(f"{name}: expected {n if n is not None else 'K'} labels (K,), got shape {out.shape}")
+    bad = sorted({str(x) for x in out if x not in (*CLASSES, DEAD, "rare")})
+    if bad:
+        raise InputError(f"{name}: unknown labels {bad}; expected {(*CLASSES, DEAD, 'rare')}")
+    if not np.isin(out, CLASSES).any():
+        raise InputError(f"{name}: no feature is alive (every label dead or rare): nothing to score")
+    return out
+
+
 # ------------------------------------------------------------------------------------------- model level
 class GroundTruth(Protocol):
     """What :func:`match_features` reads from a :class:`mmlib.data.world.WorldSplit` (same order as activations)."""

@@ -308,3 +308,50 @@ def test_matched_by_factor_annotate_and_extreme_share():
     assert (share["ci_low"], share["ci_high"]) == pytest.approx(proportion_ci(2, 3))
     none = extreme_share(m[m.ideal_mds != 0.5])
     assert none["matched_at_half"] == 0 and np.isnan(none["share_extreme"]) and np.isnan(none["ci_low"])
+
+
+def _six_features():
+    from mmlib.analysis.planted_truth import PlantedFeatures
+
+    classes = np.array(["image", "text", "image", "shared", "image", "text"])
+    return PlantedFeatures(mds=modality_dominance(np.eye(6), np.eye(6)), cosine=np.array([.95, .95, .5, .95, .95, .8]),
+                           atom=np.arange(6), atom_class=classes, n_atoms=6)
+
+
+def test_planted_precision_table_hand_computed():
+    from mmlib.analysis.categories import categorise
+    from mmlib.analysis.planted_truth import planted_precision_table
+
+    features = _six_features()
+    planted = ["ImgD", "TextD", "ImgD", "ImgD", "CrossD", "TextD"]
+    null = ["CrossD", "ImgD", "dead", "TextD", "rare"]
+    table = planted_precision_table({"hand": (planted, null)}, features, 0.9, min_precision=0.9,
+                                    max_null_share=0.7).set_index(["measure", "category"])
+    # ImgD: features 0 (image atom), 2 (no atom at 0.9; nearest an image atom), 3 (a shared atom)
+    assert table.loc[("precision", "ImgD"), ["k", "n", "false_nearest"]].tolist() == [1, 3, 1]
+    assert table.loc[("recall", "ImgD"), ["k", "n"]].tolist() == [1, 2]  # image atoms matched by features 0 and 4
+    assert table.loc[("precision", "TextD"), ["k", "n", "false_nearest"]].tolist() == [1, 2, 1]
+    assert table.loc[("recall", "TextD"), "value"] == 1.0
+    null_row = table.loc[("null share", "ImgD+TextD")]
+    assert (null_row.k, null_row.n) == (2, 3) and null_row.value == pytest.approx(2 / 3)
+    assert (null_row.ci_low, null_row.ci_high) == pytest.approx(proportion_ci(2, 3))
+    assert table.meets.tolist() == [False, None, False, None, True] and np.isnan(table.target.iloc[1])
+    # Categories are accepted as labels; without targets there is no target column
+    cats = categorise(np.array([0.95, 0.05, 0.9, 0.5, 0.5, 0.1]), "fixed:0.8/0.2")
+    plain = planted_precision_table({"fixed": (cats, cats)}, features, 0.9)
+    assert "meets" not in plain and plain.value.iloc[0] == 0.5  # ImgD = features 0 and 2
+
+
+def test_planted_precision_table_errors():
+    from mmlib.analysis.planted_truth import planted_precision_table
+
+    features = _six_features()
+    ok = ["CrossD"] * 6
+    with pytest.raises(ValueError, match="no rules"):
+        planted_precision_table({}, features, 0.9)
+    with pytest.raises(ValueError, match="expected 6 labels"):
+        planted_precision_table({"r": (ok[:5], ok)}, features, 0.9)
+    with pytest.raises(ValueError, match="unknown labels"):
+        planted_precision_table({"r": (ok, ["Img"])}, features, 0.9)
+    with pytest.raises(ValueError, match="no feature is alive"):
+        planted_precision_table({"r": (ok, ["dead", "rare"])}, features, 0.9)
