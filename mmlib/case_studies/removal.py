@@ -155,7 +155,7 @@ def remove_features(feature_map: FeatureMapLike, z: torch.Tensor, modality: str,
 def group_removal(feature_map: FeatureMapLike, data: RemovalData, groups: Mapping[str, np.ndarray], *,
                   alive: np.ndarray | None = None, n_random: int = 200, seed: int = 0, edit_text: bool = True,
                   confidence: float = 0.95, progress: bool = False,
-                  controls: Sequence[ControlSampler] | None = None) -> RemovalReport:
+                  controls: Sequence[ControlSampler] | None = None, warn_fallback: bool = True) -> RemovalReport:
     """Remove each group of features and compare with removing random control sets.
 
     Parameters
@@ -174,6 +174,9 @@ def group_removal(feature_map: FeatureMapLike, data: RemovalData, groups: Mappin
     controls : sequence of ControlSampler, optional
         The control samplers (distinct names); the first is the main one (``random_drop_*``, ``p_less``), each
         further one adds ``random_drop_mean_<name>`` and its p-values. Default: ``[SizeMatched(alive)]``.
+    warn_fallback : bool
+        One :class:`~mmlib.analysis.matched_controls.MatchFallbackWarning` per group and control whose draws matched
+        features outside their stratum (they are counted in ``control_sets`` either way).
 
     Returns
     -------
@@ -213,7 +216,7 @@ def group_removal(feature_map: FeatureMapLike, data: RemovalData, groups: Mappin
                     random_drops[sampler.name][metric].append(base[metric] - value)
                     draws.append(dict(group=name, metric=metric, draw=draw, drop=base[metric] - value,
                                       control=sampler.name))
-            if n_fallback:
+            if n_fallback and warn_fallback:
                 warnings.warn(f"group {name!r}, {sampler.name} controls: {n_fallback} of {k * n_random} group "
                               "features matched outside their stratum", MatchFallbackWarning, stacklevel=2)
         for metric, value in removed.items():
@@ -303,7 +306,9 @@ def class_removals(feature_map: FeatureMapLike, categories: Categories, tasks: M
     RemovalReport
         Its table has a ``task`` column, ``excess`` = ``drop - random_drop_mean`` (the drop beyond the main
         control) and ``excess_<c>`` for every further control; its random drops have a ``task`` column; its
-        ``matching`` (where the categories carry support and mass) gives the match quality of every control.
+        ``matching`` (where the categories carry support and mass) gives the match quality of every control, with
+        ``n_fallback`` (group features matched outside their stratum, over all draws) and ``fallback_share`` (of
+        the ``n_group x n_draws`` matches).
     """
     if not tasks:
         raise InputError("no tasks to run the removals on")
@@ -312,7 +317,8 @@ def class_removals(feature_map: FeatureMapLike, categories: Categories, tasks: M
         raise InputError(f"every class of {list(classes)} is empty (sizes {categories.sizes()}): nothing to remove")
     samplers = [_named_sampler(c, categories) for c in controls]
     reports = {task: group_removal(feature_map, tasks[task], groups, n_random=n_random, seed=seed,
-                                   edit_text=edit_text, controls=samplers) for task in sorted(tasks)}
+                                   edit_text=edit_text, controls=samplers, warn_fallback=False)
+               for task in sorted(tasks)}  # fallbacks are counted in the matching table, not warned per task
     table = pd.concat([r.table.assign(task=t) for t, r in reports.items()], ignore_index=True)
     table["excess"] = table["drop"] - table["random_drop_mean"]
     for sampler in samplers[1:]:
@@ -325,6 +331,8 @@ def class_removals(feature_map: FeatureMapLike, categories: Categories, tasks: M
             categories.labels)) for f in s.features], categories.support, categories.mass),
             n_fallback=int(s.n_fallback.sum()), excludes_group=bool(s.excludes_group.all()))
             for (g, c), s in sets.groupby(["group", "control"], sort=False)])
+        if not matching.empty:
+            matching["fallback_share"] = matching.n_fallback / (matching.n_group * matching.n_draws)
     return RemovalReport(table, draws, sets, matching)
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from mmlib.analysis.categories import categorise, random_feature_mask
-from mmlib.analysis.matched_controls import MatchFallbackWarning, SizeMatched
+from mmlib.analysis.matched_controls import ActivityMatched, MatchFallbackWarning, SizeMatched
 from mmlib.analysis.mds import modality_dominance
 from mmlib.case_studies.removal import (
     RemovalData,
@@ -203,7 +205,8 @@ def test_class_removals_against_activity_matched_and_size_matched_controls():
     assert cats.labels.tolist() == ["ImgD", "CrossD", "TextD", "dead"]
     tasks = {"zs": RemovalData(DATA.image_emb, class_emb=DATA.class_emb, labels=DATA.labels),
              "ret": RemovalData(DATA.image_emb, text_emb=DATA.text_emb)}
-    with pytest.warns(MatchFallbackWarning, match="'ImgD', activity controls: 20 of 20"):  # no other fires once
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MatchFallbackWarning)  # counted in the matching table, not warned
         report = class_removals(SignSplit(), cats, tasks, n_random=20, seed=1, controls=("activity", "size"))
     t = report.table
     assert set(t.control) == {"activity"}
@@ -219,6 +222,11 @@ def test_class_removals_against_activity_matched_and_size_matched_controls():
     m = report.matching.set_index(["group", "control"])
     assert m.loc[("ImgD", "activity"), "support_group"] == 1.0 and m.loc[("CrossD", "size"), "n_group"] == 1
     assert m.loc[("ImgD", "activity"), "excludes_group"]
+    # no other feature fires on a single pair: every ImgD match falls back to the nearest stratum
+    assert m.loc[("ImgD", "activity"), "n_fallback"] == 20 and m.loc[("ImgD", "activity"), "fallback_share"] == 1.0
+    with pytest.warns(MatchFallbackWarning, match="'ImgD', activity controls: 20 of 20"):
+        group_removal(SignSplit(), tasks["zs"], {"ImgD": cats.mask("ImgD")}, n_random=20,
+                      controls=[ActivityMatched(cats.support, cats.mass, cats.alive)])
     # TextD (support 3, mass 6.1) falls in CrossD's stratum (support 3, mass 6): log2 bins (1, 2) both
     assert m.loc[("TextD", "activity"), "support_control"] == 3.0 and m.loc[("TextD", "activity"), "n_fallback"] == 0
     margin = crossd_margin(t.assign(seed=0, map="SAE"), excess="excess_size")
