@@ -123,13 +123,16 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("5.7a", "Larger interventions on TextD features give stronger control of high-level semantics.",
           "08_text_to_image",
           "Delta = control(TextD, alpha = 1) - control(alpha = 0), and Delta minus the same gain for a size-matched "
-          "random set, over references with bootstrap intervals: supported if both intervals lie above 0; "
-          "contradicted if Delta's upper bound is below the minimum useful effect or the excess over random lies "
-          "below 0."),
+          "random set, over references with bootstrap intervals, each above 0. "
+          f"{SHARED} Preconditions: the edit can move the generated image's colour (positive control: the CrossD "
+          "edit's control gain has a lower bound above 0.05); TextD carries at least 5 % of the prompts' SAE "
+          "activation."),
     Claim("5.7b", "ImgD interventions keep more of the reference image's visual detail.", "08_text_to_image",
-          "At alpha = 1, preservation(ImgD) - preservation(TextD) and - preservation(CrossD), over references with "
-          "bootstrap intervals: supported if both lie above 0, contradicted if either lies below 0; inconclusive "
-          "when the decoder reproduces none of the preserved factors (preservation cannot be measured)."),
+          "At alpha = 1, preservation(ImgD) - preservation(TextD), - preservation(CrossD) and - preservation of a "
+          "size-matched random set, over references with bootstrap intervals, each above 0. "
+          f"{SHARED} Preconditions: the decoder reproduces at least one preserved factor (preservation can be "
+          "measured); the ImgD class is non-empty and its edit moves the embedding (mean 1 - cos at alpha = 1 at "
+          "least 0.001)."),
     Claim("6.1a", "SpLiCE decompositions are sparse and faithful: high cosine to the dense embedding and retained "
                   "zero-shot accuracy at low L0.", "09_splice",
           "At the smallest penalty of the sweep with mean L0 <= 10 (chosen without looking at accuracy), with "
