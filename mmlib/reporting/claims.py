@@ -106,11 +106,12 @@ CLAIMS: tuple[Claim, ...] = (
           f"least 0.01 on average (the removals compared are visible). {SHARED}"),
     Claim("5.5", "Female recognition relies mostly on ImgD features; male recognition is hurt most by removing "
                  "TextD features.", "06_gender_bias",
-          "Precondition: the model recognises the attribute (balanced accuracy interval above 0.5), else "
-          "inconclusive. The margin of a value = excess drop of its expected class (ImgD for female, TextD for male) "
-          "minus the largest excess drop of the other classes. Per map: supported if both margins' intervals over the "
-          "seeds lie above 0 and the same analysis finds no such pattern in the null world or the planted null "
-          f"control; contradicted if either lies below 0. Combined: {COMBINED}."),
+          "The margin of a value = excess drop of its expected class (ImgD for female, TextD for male) minus the "
+          "largest excess drop of the other classes. Tests per map: both margins' intervals over the seeds above 0, "
+          "and margin(world) - margin(null world) per value, paired by seed, above 0 where it has an interval. "
+          f"{SHARED} Preconditions: the model recognises the attribute (balanced accuracy interval above 0.5); per "
+          "map, the positive control recovers the planted asymmetry (planted embeddings: both margins above 0; "
+          "planted null: not)."),
     Claim("5.6a", "Alignment training on TextD features gives the best adversarial defence (v1), compared with ImgD "
                   "and CrossD.", "07_adversarial",
           "Per map: robust accuracy of the TextD-aligned model minus that of the ImgD-aligned one, and minus that of "
