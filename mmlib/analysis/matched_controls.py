@@ -25,6 +25,7 @@ from typing import Literal, Protocol
 import numpy as np
 import pandas as pd
 
+from mmlib.analysis.categories import random_feature_mask
 from mmlib.core.errors import InputError
 
 #: ``exclude_group`` choices of :class:`ActivityMatched`: always, never, or when the pool outside the group allows.
@@ -66,7 +67,7 @@ class ControlSampler(Protocol):
 @dataclasses.dataclass(frozen=True, eq=False)
 class SizeMatched:
     """Control sets as large as the group, drawn uniformly without replacement from ``pool`` (they may overlap the
-    group): the same draw as :func:`mmlib.analysis.categories.random_feature_mask` for the same ``rng`` state.
+    group), by :func:`mmlib.analysis.categories.random_feature_mask`: the same draw for the same ``rng`` state.
 
     Attributes
     ----------
@@ -85,9 +86,7 @@ class SizeMatched:
         group = _bool_mask(group, len(self.pool), "group")
         k, idx = int(group.sum()), np.flatnonzero(self.pool)
         _check_size(k, len(idx), "pool")
-        mask = np.zeros(len(self.pool), bool)
-        mask[rng.choice(idx, size=k, replace=False)] = True
-        return ControlDraw(mask, 0, False)
+        return ControlDraw(random_feature_mask(rng, idx, k, len(self.pool)), 0, False)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
