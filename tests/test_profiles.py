@@ -99,3 +99,15 @@ def test_bad_settings_files_are_refused(tmp_path, content, message):
         path.write_bytes(content)
     with pytest.raises(InputError, match=message):
         apply_settings(get_profile("paper"), path)
+
+
+def test_embed_dim_of_each_profile():
+    assert get_profile("tiny").embed_dim == get_profile("tiny").arch.embed_dim == 64
+    assert get_profile("paper").embed_dim == 512  # ViT-B-32, read from open_clip's config
+    assert get_profile("paper", open_clip_model="ViT-L-14").embed_dim == 768
+
+
+def test_tiny_sae_is_sized_by_the_rule_not_the_papers_8d():
+    tiny = get_profile("tiny")
+    assert (tiny.sae.K, tiny.sae.l1_coef) == (2 * tiny.embed_dim, 0.05)  # chapter 02, check 9, re-derives it
+    assert get_profile("paper").sae.K == 8 * get_profile("paper").embed_dim
