@@ -25,7 +25,7 @@ from typing import Literal, Protocol
 import numpy as np
 import pandas as pd
 
-from mmlib.analysis.categories import random_feature_mask
+from mmlib.analysis.categories import RANDOM_PREFIX, Categories, group_masks, random_feature_mask
 from mmlib.core.errors import InputError
 
 #: ``exclude_group`` choices of :class:`ActivityMatched`: always, never, or when the pool outside the group allows.
@@ -193,6 +193,35 @@ class ActivityMatched:
         mask = np.zeros(len(self.pool), bool)
         mask[chosen] = True
         return ControlDraw(mask, len(unmatched), bool(exclude))
+
+
+def matched_group_masks(categories: Categories, groups: Sequence[str], sampler: ControlSampler, seed: int = 0,
+                        skip_empty: bool = False, n_fallback: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+    """Feature masks ``(K,)`` of the named groups, as :func:`mmlib.analysis.categories.group_masks`, except that each
+    random group ``"random:<class>"`` is one draw of ``sampler`` for that class (e.g. :class:`ActivityMatched`)
+    instead of a size-matched one; the draw of the group at position ``i`` is seeded by ``[seed, i]``.
+
+    ``n_fallback``: a dict to receive, per random group, the class features its draw matched outside their stratum
+    (:attr:`ControlDraw.n_fallback`); given, the draws' :class:`MatchFallbackWarning` is not raised (the caller reports
+    the counts). Not given, the sampler warns as usual.
+
+    Raises
+    ------
+    InputError
+        as :func:`~mmlib.analysis.categories.group_masks` (an unknown or empty group), or when ``sampler`` cannot
+        draw (e.g. a pool too small for the group).
+    """
+    out = group_masks(categories, groups, seed=seed, skip_empty=skip_empty)
+    for i, g in enumerate(groups):
+        if g.startswith(RANDOM_PREFIX) and g in out:
+            with warnings.catch_warnings():
+                if n_fallback is not None:
+                    warnings.simplefilter("ignore", MatchFallbackWarning)
+                draw = sampler.draw(np.random.default_rng([seed, i]), categories.mask(g[len(RANDOM_PREFIX):]))
+            out[g] = draw.mask
+            if n_fallback is not None:
+                n_fallback[g] = draw.n_fallback
+    return out
 
 
 def match_quality(group: np.ndarray, controls: Sequence[np.ndarray], support: np.ndarray,

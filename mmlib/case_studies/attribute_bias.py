@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from mmlib.analysis.categories import DEFAULT_RULE, Categories, CategoryRule, categorise
 from mmlib.analysis.mds import modality_dominance
 from mmlib.analysis.zero_shot import zero_shot_predict
-from mmlib.case_studies.removal import RemovalData, group_removal, remove_features
+from mmlib.case_studies.removal import RemovalData, group_removal, named_sampler, remove_features
 from mmlib.core.errors import ConfigError, InputError
 from mmlib.core.stats import across_seeds, format_ci, proportion_ci
 from mmlib.core.validation import between, check_finite, greater_than, validate_config
@@ -437,7 +437,8 @@ def recognition_table(task: AttributeTask, image_emb: torch.Tensor | None = None
 # ------------------------------------------------------------------------------------------------ removals
 @dataclasses.dataclass(frozen=True, eq=False)
 class BiasRemovalReport:
-    """Group removals per value against size-matched random removals.
+    """Group removals per value against random removals (size- or activity-matched: the ``controls`` of
+    :func:`bias_removal`, the main one first).
 
     Attributes
     ----------
@@ -446,7 +447,9 @@ class BiasRemovalReport:
         ``original`` (raw embeddings), ``base`` (through the map, nothing removed), ``removed`` and its Wilson
         ``removed_ci_low/high``, ``drop`` (base - removed), ``random_drop_mean``, ``random_drop_low/high``
         (central interval of the random drops), ``excess`` (drop - random_drop_mean), ``p_less``,
-        ``p_greater`` (as :class:`mmlib.case_studies.removal.RemovalReport`), ``n_random``.
+        ``p_greater`` (as :class:`mmlib.case_studies.removal.RemovalReport`), ``n_random``, ``control`` (the main
+        control's name) and ``n_fallback`` (group features its draws matched outside their stratum); per further
+        control ``random_drop_mean_<name>`` and ``excess_<name>``.
     gaps : DataFrame
         One row per (subset, group): ``a``, ``b``, ``gap_drop`` = drop(a) - drop(b) (positive: the removal
         hurts ``a`` more), the same for the paired random draws (``random_gap_mean``, ``random_gap_low/high``),
@@ -463,7 +466,8 @@ class BiasRemovalReport:
 def bias_removal(feature_map: FeatureMapLike, task: AttributeTask, groups: Mapping[str, np.ndarray], *,
                  alive: np.ndarray | None = None, n_random: int = 50, seed: int = 0, edit_text: bool = True,
                  subsets: Sequence[str] | None = None, pair: tuple[str, str] | None = None,
-                 confidence: float = 0.95, progress: bool = False) -> BiasRemovalReport:
+                 confidence: float = 0.95, progress: bool = False, categories: Categories | None = None,
+                 controls: Sequence[str] = ("size",)) -> BiasRemovalReport:
     """Remove each feature group and measure the zero-shot accuracy of every value, against random removals.
 
     Parameters
@@ -473,11 +477,18 @@ def bias_removal(feature_map: FeatureMapLike, task: AttributeTask, groups: Mappi
     task : AttributeTask
     groups : name -> (K,) bool mask, e.g. ``{c: categories.mask(c) for c in CLASSES}``
     alive : (K,) bool, optional
-        Features the random removals draw from.
+        Features the size-matched random removals draw from (without ``categories``).
     n_random, seed, edit_text, confidence, progress
         Passed to :func:`mmlib.case_studies.removal.group_removal` (the same seed for every value: paired draws).
     subsets : names of the task's subsets to run; default every non-empty one.
     pair : the two values of the gap (default the first two).
+    categories : Categories, optional
+        The categories the groups come from; needed by ``controls`` (their alive features, support and mass).
+    controls : sequence of {"size", "activity"}
+        With ``categories``: the control samplers (:func:`mmlib.case_studies.removal.named_sampler`), the main one
+        first. ``excess``, the gaps and ``random_drops`` use the main control; every further control adds
+        ``random_drop_mean_<name>`` and ``excess_<name>`` to the table. Without ``categories``: size-matched draws
+        among ``alive``.
 
     Returns
     -------
@@ -495,6 +506,19 @@ def bias_removal(feature_map: FeatureMapLike, task: AttributeTask, groups: Mappi
             raise InputError(f"subset {name!r} is empty: no image to evaluate")
     a, b = pair or task.values[:2]
     value_index(task.values, a), value_index(task.values, b)
+    if categories is None:
+        if tuple(controls) != ("size",):
+            raise InputError(f"controls {list(controls)} need the categories the groups come from (their support and "
+                             "activation mass): pass categories=...")
+        samplers = None  # group_removal's default: size-matched draws among `alive`
+    else:
+        if alive is not None:
+            raise InputError("pass alive or categories, not both: with categories the controls draw among its alive "
+                             "features")
+        if not controls:
+            raise InputError("controls must name at least one control sampler, e.g. ('activity', 'size')")
+        samplers = [named_sampler(c, categories) for c in controls]
+    main = samplers[0].name if samplers else "size"
     tables, draws, gaps = [], [], []
     for subset in names:
         per_value = {}
@@ -502,10 +526,14 @@ def bias_removal(feature_map: FeatureMapLike, task: AttributeTask, groups: Mappi
             m = torch.from_numpy(task.mask(subset) & (task.labels == i))
             data = RemovalData(task.image_emb[m], class_emb=task.class_emb, labels=task.labels[m.numpy()])
             rep = group_removal(feature_map, data, groups, alive=alive, n_random=n_random, seed=seed,
-                                edit_text=edit_text, confidence=confidence, progress=progress)
+                                edit_text=edit_text, confidence=confidence, progress=progress, controls=samplers,
+                                warn_fallback=False)  # fallbacks are counted in the table
             t = rep.table[rep.table.metric == "zero_shot"].drop(columns="metric")
-            tables.append(t.assign(subset=subset, value=value, n=int(m.sum())))
-            d = rep.random_drops[rep.random_drops.metric == "zero_shot"].drop(columns="metric")
+            fallback = rep.control_sets[rep.control_sets.control == main].groupby("group").n_fallback.sum()
+            tables.append(t.assign(subset=subset, value=value, n=int(m.sum()),
+                                   n_fallback=t.group.map(fallback).fillna(0).astype(int)))
+            d = rep.random_drops[(rep.random_drops.metric == "zero_shot") & (rep.random_drops.control == main)]
+            d = d.drop(columns=["metric", "control"])
             draws.append(d.assign(subset=subset, value=value))
             per_value[value] = (t.set_index("group"), d)
         (ta, da), (tb, db) = per_value[a], per_value[b]
@@ -523,6 +551,8 @@ def bias_removal(feature_map: FeatureMapLike, task: AttributeTask, groups: Mappi
                              p_greater=(1 + int((r >= gap - 1e-12).sum())) / (1 + len(r))))
     table = pd.concat(tables, ignore_index=True)
     table["excess"] = table["drop"] - table["random_drop_mean"]
+    for sampler in (samplers or [])[1:]:
+        table[f"excess_{sampler.name}"] = table["drop"] - table[f"random_drop_mean_{sampler.name}"]
     first = ["subset", "value", "n", "group"]
     table = table[first + [c for c in table.columns if c not in first]]
     draws_frame = pd.concat(draws, ignore_index=True)[["subset", "value", "group", "draw", "drop"]]

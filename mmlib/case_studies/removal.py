@@ -315,7 +315,7 @@ def class_removals(feature_map: FeatureMapLike, categories: Categories, tasks: M
     groups = group_masks(categories, classes, skip_empty=True)
     if not groups:
         raise InputError(f"every class of {list(classes)} is empty (sizes {categories.sizes()}): nothing to remove")
-    samplers = [_named_sampler(c, categories) for c in controls]
+    samplers = [named_sampler(c, categories) for c in controls]
     reports = {task: group_removal(feature_map, tasks[task], groups, n_random=n_random, seed=seed,
                                    edit_text=edit_text, controls=samplers, warn_fallback=False)
                for task in sorted(tasks)}  # fallbacks are counted in the matching table, not warned per task
@@ -428,7 +428,11 @@ def _samplers(controls: Sequence[ControlSampler] | None, alive: np.ndarray | Non
     return samplers
 
 
-def _named_sampler(name: str, categories: Categories) -> ControlSampler:
+def named_sampler(name: str, categories: Categories) -> ControlSampler:
+    """The control sampler called ``name`` (one of :data:`CONTROLS`) for the features of ``categories``: ``"size"``
+    draws among the alive features, ``"activity"`` matches support and activation mass (outside the group where the
+    pool allows). ``InputError`` for another name, or ``"activity"`` on categories without support and mass.
+    """
     if name == "size":
         return SizeMatched(categories.alive)
     if name == "activity":

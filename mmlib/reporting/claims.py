@@ -106,7 +106,8 @@ CLAIMS: tuple[Claim, ...] = (
           f"least 0.01 on average (the removals compared are visible). {SHARED}"),
     Claim("5.5", "Female recognition relies mostly on ImgD features; male recognition is hurt most by removing "
                  "TextD features.", "06_gender_bias",
-          "The margin of a value = excess drop of its expected class (ImgD for female, TextD for male) minus the "
+          "The margin of a value = excess drop (drop minus the mean drop of activity-matched random removals) of its "
+          "expected class (ImgD for female, TextD for male) minus the "
           "largest excess drop of the other classes. Tests per map: both margins' intervals over the seeds above 0, "
           "and margin(world) - margin(null world) per value, paired by seed, above 0 where it has an interval. "
           f"{SHARED} Preconditions: the model recognises the attribute (balanced accuracy interval above 0.5); per "
@@ -127,14 +128,14 @@ CLAIMS: tuple[Claim, ...] = (
           "feature moves the target caption (positive control)."),
     Claim("5.7a", "Larger interventions on TextD features give stronger control of high-level semantics.",
           "08_text_to_image",
-          "Delta = control(TextD, alpha = 1) - control(alpha = 0), and Delta minus the same gain for a size-matched "
-          "random set, over references with bootstrap intervals, each above 0. "
+          "Delta = control(TextD, alpha = 1) - control(alpha = 0), and Delta minus the same gain for an "
+          "activity-matched random set, over references with bootstrap intervals, each above 0. "
           f"{SHARED} Preconditions: the edit can move the generated image's colour (positive control: the CrossD "
           "edit's control gain has a lower bound above 0.05); TextD carries at least 5 % of the prompts' SAE "
           "activation."),
     Claim("5.7b", "ImgD interventions keep more of the reference image's visual detail.", "08_text_to_image",
           "At alpha = 1, preservation(ImgD) - preservation(TextD), - preservation(CrossD) and - preservation of a "
-          "size-matched random set, over references with bootstrap intervals, each above 0. "
+          "activity-matched random set, over references with bootstrap intervals, each above 0. "
           f"{SHARED} Preconditions: the decoder reproduces at least one preserved factor (preservation can be "
           "measured); the ImgD class is non-empty and its edit moves the embedding (mean 1 - cos at alpha = 1 at "
           "least 0.001)."),

@@ -6,17 +6,21 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmlib.analysis.categories import random_feature_mask
+from mmlib.analysis.categories import categorise, random_feature_mask
 from mmlib.analysis.matched_controls import (
     ActivityMatched,
     MatchFallbackWarning,
     SizeMatched,
     match_quality,
+    matched_group_masks,
     quality_table,
 )
+from mmlib.analysis.mds import modality_dominance
+from mmlib.core.errors import InputError
 
 # 200 features: 10 near-silent group features (support 2-4), 30 near-silent others (support 1-5) and 160 active
 # ones (support 100-1000); mass = 0.5 x support.
@@ -153,3 +157,47 @@ def test_property_size_and_exclusion(support, seed, data):
             np.random.default_rng(seed), group)
     assert draw.mask.sum() == k and not (draw.mask & group).any()
     assert 0 <= draw.n_fallback <= k
+
+
+def test_matched_group_masks_draw_random_groups_with_the_sampler():
+    acts = np.zeros((100, 6), np.float32)
+    acts[:60, 0], acts[:60, 1] = 1.0, 0.0  # feature 0: image only, busy; feature 1: text only, busy
+    acts_t = np.zeros_like(acts)
+    acts_t[:60, 1] = 1.0
+    acts[:60, 2] = acts_t[:60, 2] = 1.0  # features 2, 3: shared, as busy as 0 and 1
+    acts[:60, 3] = acts_t[:60, 3] = 1.0
+    acts[:2, 4] = acts_t[:2, 4] = 1.0  # features 4, 5: shared and nearly silent
+    acts[:2, 5] = acts_t[:2, 5] = 1.0
+    cats = categorise(modality_dominance(torch.from_numpy(acts), torch.from_numpy(acts_t)), "fixed:0.7/0.3")
+    assert list(cats.labels) == ["ImgD", "TextD", "CrossD", "CrossD", "CrossD", "CrossD"]
+    sampler = ActivityMatched(cats.support, cats.mass, cats.alive)
+    groups = ("ImgD", "random:ImgD", "random:TextD")
+    for seed in range(10):
+        masks = matched_group_masks(cats, groups, sampler, seed=seed)
+        assert list(masks) == list(groups) and masks["ImgD"].tolist() == [True] + [False] * 5
+        for g in ("random:ImgD", "random:TextD"):  # one busy feature outside the class, never a silent one
+            assert masks[g].sum() == 1 and not masks[g][4:].any() and not (masks[g] & cats.mask(g[7:])).any()
+    assert matched_group_masks(cats, groups, sampler, seed=3)["random:ImgD"].tolist() == \
+        matched_group_masks(cats, groups, sampler, seed=3)["random:ImgD"].tolist()
+    with pytest.raises(InputError, match="unknown feature group"):
+        matched_group_masks(cats, ("random:Foo",), sampler)
+
+
+def test_matched_group_masks_count_fallbacks_instead_of_warning():
+    # the pool holds the near-silent group and active features only: every group feature falls back
+    sampler = ActivityMatched(SUPPORT, MASS, GROUP | (SUPPORT >= 100))
+    acts = np.zeros((1000, 200), np.float32)
+    for k, n in enumerate(SUPPORT):
+        acts[:n, k] = 1.0
+    acts_t = acts.copy()
+    acts[:, :10] *= 9.0  # the group: image-dominant, so that the fixed rule labels it ImgD
+    cats = categorise(modality_dominance(torch.from_numpy(acts), torch.from_numpy(acts_t)), "fixed:0.8/0.2")
+    assert cats.mask("ImgD").tolist() == GROUP.tolist()
+    counts: dict[str, int] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MatchFallbackWarning)
+        masks = matched_group_masks(cats, ("random:ImgD",), sampler, seed=0, n_fallback=counts)
+    assert masks["random:ImgD"].sum() == 10 and not (masks["random:ImgD"] & GROUP).any()
+    assert counts == {"random:ImgD": 10}
+    with pytest.warns(MatchFallbackWarning):
+        matched_group_masks(cats, ("random:ImgD",), sampler, seed=0)

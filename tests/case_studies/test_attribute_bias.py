@@ -11,6 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mmlib.analysis.categories import categorise
+from mmlib.analysis.mds import modality_dominance
 from mmlib.case_studies.attribute_bias import (
     ALL,
     AttributeTask,
@@ -221,6 +223,31 @@ def test_bias_removal_draws_are_paired_across_values():
     gaps = rep.gaps.set_index("subset")
     assert list(gaps.index) == [ALL, "half"]
     assert gaps.loc[ALL, "random_gap_mean"] == pytest.approx((d["a"] - d["b"]).mean())
+
+
+def test_bias_removal_activity_matched_controls_draw_the_twin_feature():
+    """Features 0 and 1 fire alike (support 50, same mass), 2 and 3 rarely: the activity-matched control of {0} is
+    always {1}, whose removal costs female images nothing; size-matched draws hit feature 0 a quarter of the time.
+    """
+    acts = np.zeros((100, 4), np.float32)
+    acts[:50, 0] = acts[:50, 1] = 1.0
+    acts[:5, 2], acts[:3, 3] = 1.0, 1.0
+    cats = categorise(modality_dominance(torch.from_numpy(acts), torch.from_numpy(acts)))
+    task = planted_task()
+    groups = {"F": np.array([True, False, False, False]), "M": np.array([False, True, False, False])}
+    rep = bias_removal(Identity(), task, groups, n_random=40, seed=0, edit_text=False, subsets=[ALL],
+                       categories=cats, controls=("activity", "size"))
+    t = rep.table.set_index(["value", "group"])
+    assert t.loc[("female", "F"), "random_drop_mean"] == t.loc[("female", "M"), "drop"] == 0.0
+    assert t.loc[("female", "F"), "excess"] == 1.0 and (t.control == "activity").all() and (t.n_fallback == 0).all()
+    size_mean = t.loc[("female", "F"), "random_drop_mean_size"]
+    assert 0 < size_mean < 1 and t.loc[("female", "F"), "excess_size"] == pytest.approx(1 - size_mean)
+    assert set(rep.random_drops.columns) == {"subset", "value", "group", "draw", "drop"}
+    assert len(rep.random_drops) == 2 * 2 * 40  # values x groups x draws of the main control only
+    with pytest.raises(ValueError, match="need the categories"):
+        bias_removal(Identity(), task, groups, controls=("activity",))
+    with pytest.raises(ValueError, match="not both"):
+        bias_removal(Identity(), task, groups, alive=cats.alive, categories=cats)
 
 
 def test_bias_removal_bad_input():
