@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import numpy as np
 
 from mmlib.data.world import WorldConfig, generate_world
+from mmlib.profiles import get_profile
 
 
 def test_condition_worlds(load_benchmark):
@@ -20,3 +24,19 @@ def test_condition_worlds(load_benchmark):
     words = np.array(bench.MOOD_WORDS)[mood_only.latents.values["mood"]]
     assert all(c == f"a photo that looks {w}" for c, w in zip(mood_only.captions, words))
     assert 0.35 < mood_only.latents.depicted["mood"].mean() < 0.65
+
+
+def test_style_readability_trains_on_the_styled_world(load_benchmark, artifact_root):
+    bench = load_benchmark("glyph_suppression")
+    profile = get_profile("tiny")
+    profile = dataclasses.replace(
+        profile, world=dataclasses.replace(profile.world, n_train=300, n_val=60, n_test=200),
+        clip_train=dataclasses.replace(profile.clip_train, steps=2, warmup=1, batch_size=16))
+    zero_shot, table = bench.style_readability(profile, "colour", "CLIP", n_boot=10)
+    assert list(zero_shot) == list(bench.STYLE_ZERO_SHOT)
+    assert all(0 <= a <= 1 for a in zero_shot.values())
+    assert list(table["factor"]) == [f.name for f in profile.world.factors]
+    # the model was trained (and stored) on the colour world, not on the profile's pattern world
+    stored = [json.loads(p.read_text())["world"] for p in artifact_root.glob("tiny_clip/*/meta.json")]
+    colour_world = generate_world(dataclasses.replace(profile.world, glyph_style="colour"))
+    assert stored == [colour_world.fingerprint]

@@ -14,7 +14,8 @@ for the bias chapter. The *null world* shows and says every factor always: the c
 
 Images are ``(H, W, 3)`` uint8 RGB (default 32 px): an object (shape, colour, texture, size, position) on a
 coloured background, and a bottom *glyph strip* whose slots carry the abstract factors (mood, weather,
-action, owner, gender) when depicted. Captions come from a small grammar with synonyms.
+action, owner, gender) when depicted, as a white pattern or (``glyph_style="colour"``) a colour per value.
+Captions come from a small grammar with synonyms.
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ _BACKGROUNDS = {"black": (0.08, 0.08, 0.08), "white": (0.92, 0.92, 0.92), "purpl
                 "brown": (0.5, 0.33, 0.18)}
 _STRIP = 0.35  # grey level of the glyph strip
 _GLYPH = 1.0   # glyph ink
+#: Fill colours of the ``"colour"`` glyph style, one per value index (cyan, magenta, orange, white): none is an
+#: object or background colour, and none is the strip's grey.
+_GLYPH_COLOURS = np.array([(0.0, 0.9, 0.9), (0.95, 0.1, 0.9), (1.0, 0.55, 0.0), (1.0, 1.0, 1.0)])
+#: How a glyph factor's value is drawn in its slot: a white 5x5 pattern, or a solid block of a value colour.
+GLYPH_STYLES = ("pattern", "colour")
 _OUTLINE = 1.0  # grey level of a 1-px object outline (colour-independent edges); None for no outline
 _RADII = (4.0, 5.5, 7.0, 8.5)  # object radius (px at 32 px) per size value
 #: The factors the renderer draws, with their kind and the most values it can draw for each.
@@ -211,6 +217,11 @@ class WorldConfig:
         shape (circle->black, square->white, triangle->purple, cross->brown) instead of drawn at random.
     noise : float
         Standard deviation of additive pixel noise (in [0, 1] units).
+    glyph_style : {"pattern", "colour"}
+        How a glyph factor's value is drawn in its slot: ``"pattern"`` (the default), one of four white 5x5 patterns
+        (plus, x, ring, bars); ``"colour"``, the slot filled with one of four colours (cyan, magenta, orange, white).
+        The tiny models learn no pattern glyph under the world's full captions, and colour glyphs of mood and gender
+        at the cost of shape's zero-shot accuracy (``benchmarks/glyph_suppression.py --styles``).
     factors : tuple of Factor
     """
 
@@ -223,11 +234,13 @@ class WorldConfig:
     spurious: float = 0.0
     noise: float = 0.03
     factors: tuple[Factor, ...] = dataclasses.field(default_factory=default_factors)
+    glyph_style: str = "pattern"
 
     def __post_init__(self) -> None:
         _as_tuples(self, "factors")
         validate_config(self, n_train=at_least(0), n_val=at_least(0), n_test=at_least(0), image_size=at_least(16),
-                        seed=at_least(0), spurious=between(0.0, 1.0), noise=at_least(0.0))
+                        seed=at_least(0), spurious=between(0.0, 1.0), noise=at_least(0.0),
+                        glyph_style=one_of(*GLYPH_STYLES))
         if self.n_train + self.n_val + self.n_test == 0:
             raise ConfigError("WorldConfig.n_train, n_val and n_test (split sizes) must not all be 0: give at least "
                               "one split a positive size.")
@@ -421,8 +434,11 @@ def render_images(config: WorldConfig, latents: Latents, rng: np.random.Generato
             if not shown.any():
                 continue
             left = int(round(slot * slot_w + (slot_w - glyph_px) / 2))
-            pattern = np.kron(_GLYPHS[v[name] % len(_GLYPHS)], np.ones((g, g), dtype=bool))  # (m, 5g, 5g)
             region = img[:, top:top + glyph_px, left:left + glyph_px, :]
+            if config.glyph_style == "colour":
+                region[shown] = _GLYPH_COLOURS[v[name][shown] % len(_GLYPH_COLOURS)][:, None, None, :]
+                continue
+            pattern = np.kron(_GLYPHS[v[name] % len(_GLYPHS)], np.ones((g, g), dtype=bool))  # (m, 5g, 5g)
             ink = pattern & shown[:, None, None]
             region[ink] = _GLYPH
         if config.noise > 0:

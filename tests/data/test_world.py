@@ -102,6 +102,24 @@ def test_glyph_drawn_only_when_depicted(world):
     assert (mood_slot[~shown] < 160).all()
 
 
+def test_colour_glyphs_fill_the_slot_with_the_value_colour(world):
+    coloured = generate_world(dataclasses.replace(SMALL, glyph_style="colour"))
+    # the same draws: the captions, the latents and every pixel above the glyph strip are those of the pattern world
+    assert coloured.captions == world.captions
+    assert np.array_equal(coloured.images[:, :26], world.images[:, :26])
+    palette = np.array([(0, 230, 230), (242, 26, 230), (255, 140, 0), (255, 255, 255)])
+    # mood's slot (the first of five 6.4-px slots; the 5-px block starts at column 1, rows 26-30), mean over the block
+    block = coloured.images[:, 26:31, 1:6].reshape(len(world.images), -1, 3).mean(1)
+    shown, value = coloured.latents.depicted["mood"], coloured.latents.values["mood"]
+    assert shown.any() and (~shown).any()
+    assert np.abs(block[shown] - palette[value[shown]]).max() < 12  # pixel noise sd 0.03 x 255, averaged over 25 px
+    assert np.abs(block[~shown] - 0.35 * 255).max() < 12  # the strip's grey where mood is not drawn
+    # every value is drawn, and the four value colours are far apart (the blocks tell the values apart)
+    assert set(value[shown]) == {0, 1, 2, 3}
+    means = np.array([block[shown & (value == v)].mean(0) for v in range(4)])
+    assert min(np.linalg.norm(means[a] - means[b]) for a in range(4) for b in range(a + 1, 4)) > 100
+
+
 def test_null_world_shows_and_says_everything():
     w = generate_world(dataclasses.replace(SMALL, null=True))
     for f in w.factors:
@@ -187,6 +205,8 @@ def test_fingerprint_tracks_config_and_code(monkeypatch):
     (dict(factors=default_factors()[:5]), r"needs a 'position' factor"),
     (dict(factors=(*default_factors(), "smell")), r"WorldConfig\.factors\[11\] must be a Factor"),
     (dict(factors=default_factors() + default_factors()[:1]), "factor names must be unique"),
+    (dict(glyph_style="color"), r"WorldConfig\.glyph_style must be one of 'pattern', 'colour', got 'color'"),
+    (dict(glyph_style=None), r"WorldConfig\.glyph_style must be a string, got None"),
 ])
 def test_world_config_rejects_bad_fields(kwargs, message):
     with pytest.raises(ConfigError, match=message):
