@@ -148,15 +148,19 @@ CLAIMS: tuple[Claim, ...] = (
           "planted 5-concept embeddings are recovered at that penalty (mean cosine >= 0.9, mean L0 <= 10)."),
     Claim("6.1b", "SpLiCE detects a spurious correlation in a dataset (concepts over-represented in a class).",
           "09_splice",
-          "The tied background's mean lift over the shape classes in the spurious world minus that in the control "
-          f"world, bootstrap interval (images resampled per world) above 0. {SHARED} Precondition: the model reads "
-          "backgrounds (Wilson lower bound of the dense zero-shot background accuracy on the control world >= 0.35)."),
+          "Per tiny model, the tied background's mean lift over the shape classes in the spurious world minus that in "
+          f"the control world, bootstrap interval (images resampled per world) above 0. {SHARED} Precondition, per "
+          "model: it reads backgrounds (Wilson lower bound of the dense zero-shot background accuracy on the control "
+          "world >= 0.35). The verdict is that of the models with power (verdict_rules.combine_powered): every one "
+          "must show the lift, one contradiction is enough, and a model without power is left out and named."),
     Claim("6.2b", "Some heads specialise in a property: TextSpan descriptions of a head name a consistent property "
                   "(above a random-assignment baseline).", "10_clip_interpret",
           "The association (mean TextSpan consistency over heads) minus the random-assignment baseline's mean, with a "
           f"percentile interval resampling heads and baseline draws together, above 0. {SHARED} Precondition: "
           "synthetic heads planted per property are labelled with their own property for at least half of the "
-          "properties. (That the embedding is a sum of per-head terms, once claim 6.2a, is an identity: unit-tested.)"),
+          "properties. Measured per tiny model; the verdict is that of the models with power "
+          "(verdict_rules.combine_powered). (That the embedding is a sum of per-head terms, once claim 6.2a, is an "
+          "identity: unit-tested.)"),
 )
 
 _BY_ID = {c.id: c for c in CLAIMS}

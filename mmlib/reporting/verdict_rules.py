@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from mmlib.reporting.claims import VERDICTS
 
@@ -296,3 +296,34 @@ def combine(decisions: Sequence[Decision], *, edge: float = EDGE) -> Decision:
     tests = tuple(t for d in decisions for t in d.tests)
     preconditions = tuple(dict.fromkeys(p for d in decisions for p in d.preconditions))  # one shared, said once
     return decide(tests, preconditions, edge=edge)
+
+
+def combine_powered(decisions: Mapping[str, Decision], *, edge: float = EDGE) -> Decision:
+    """One decision from alternative instruments for one measurement (e.g. the same audit run on each tiny model),
+    each with its own power preconditions.
+
+    The verdict is :func:`combine`'s over the instruments whose preconditions all hold: every powered instrument must
+    support the claim, and one powered contradiction is enough to contradict it (no instrument can carry the claim
+    alone while another powered one disagrees). An instrument whose precondition failed is left out, and the reason
+    names it with its failed preconditions: it could not have seen the effect either way. With none powered, the
+    verdict is inconclusive and names every failed precondition. Use :func:`combine` instead when the decisions are
+    parts of one measurement that must all be powered (one per feature map of a claim about every map).
+
+    Parameters
+    ----------
+    decisions : mapping
+        ``{instrument name: Decision}``, at least one; tests must be named apart across the decisions.
+    """
+    if not isinstance(decisions, Mapping) or not decisions or not all(
+            isinstance(k, str) and k and isinstance(d, Decision) for k, d in decisions.items()):
+        raise ValueError(f"combine_powered needs a non-empty mapping of instrument names to Decision, got "
+                         f"{decisions!r}")
+    powered = {name: d for name, d in decisions.items() if not d.failed_preconditions}
+    if not powered:
+        return combine(list(decisions.values()), edge=edge)
+    result = combine(list(powered.values()), edge=edge)
+    left_out = [f"{name} ({'; '.join(d.failed_preconditions)})" for name, d in decisions.items() if name not in powered]
+    if left_out:
+        result = dataclasses.replace(result, reason=result.reason + " Left out for want of power: "
+                                     + ", ".join(left_out) + ".")
+    return result

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mmlib.reporting.verdict_rules import Decision, IntervalTest, Precondition, combine, decide
+from mmlib.reporting.verdict_rules import Decision, IntervalTest, Precondition, combine, combine_powered, decide
 
 
 def t(name="effect", est=0.5, low=0.4, high=0.6, threshold=0.0, direction="above"):
@@ -150,6 +150,32 @@ def test_combine_needs_every_map_and_respects_preconditions():
         combine([])
     shared = combine([decide([t("SAE: effect")], [MET]), decide([t("NCL: effect")], [MET])])
     assert shared.preconditions == (MET,) and shared.evidence().count("positive control recovered") == 1
+
+
+def test_combine_powered_leaves_out_only_the_instruments_without_power():
+    blind_a = Precondition("A reads backgrounds", False, "zero-shot 0.25 [0.23, 0.27]")
+    sees_b = Precondition("B reads backgrounds", True, "zero-shot 0.71 [0.69, 0.73]")
+    sees_c = Precondition("C reads backgrounds", True, "zero-shot 0.80 [0.78, 0.82]")
+    a_blind = decide([t("A: lift", est=-0.5, low=-0.6, high=-0.4)], [blind_a])
+    b_supports = decide([t("B: lift")], [sees_b])
+    # the blind instrument's contradiction does not count; the powered one decides, and the reason names the other
+    one = combine_powered({"A": a_blind, "B": b_supports})
+    assert one.verdict == "reproduced" and one.margin == pytest.approx(0.4)
+    assert "Left out for want of power: A (A reads backgrounds)." in one.reason
+    assert one.precondition_status == "met (B reads backgrounds)"
+    # every powered instrument must support, and one powered contradiction contradicts
+    c_contradicts = decide([t("C: lift", est=-0.5, low=-0.6, high=-0.4)], [sees_c])
+    c_undecided = decide([t("C: lift", est=0.1, low=-0.1, high=0.3)], [sees_c])
+    assert combine_powered({"B": b_supports, "C": c_contradicts}).verdict == "not reproduced"
+    assert combine_powered({"B": b_supports, "C": c_undecided}).verdict == "inconclusive"
+    # none powered: inconclusive, naming every failed precondition
+    b_blind = decide([t("B: lift")], [Precondition("B reads backgrounds", False, "zero-shot 0.26 [0.24, 0.28]")])
+    none = combine_powered({"A": a_blind, "B": b_blind})
+    assert none.verdict == "inconclusive"
+    assert none.failed_preconditions == ("A reads backgrounds", "B reads backgrounds")
+    for bad in ({}, [b_supports], {"B": "reproduced"}, {"": b_supports}):
+        with pytest.raises(ValueError, match="combine_powered needs"):
+            combine_powered(bad)
 
 
 # ------------------------------------------------------------------------------------------ properties of the rule

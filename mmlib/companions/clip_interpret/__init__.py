@@ -52,7 +52,12 @@ from mmlib.companions.clip_interpret.decomposition import (
     vision_transformer,
     world_images,
 )
-from mmlib.companions.clip_interpret.evidence import association_excess, planted_head_recovery
+from mmlib.companions.clip_interpret.evidence import (
+    HeadSpecialisation,
+    association_excess,
+    head_specialisation,
+    planted_head_recovery,
+)
 from mmlib.companions.clip_interpret.textspan import (
     TextPool,
     TextSpanResult,
@@ -75,5 +80,5 @@ __all__ = [
     "head_text_neighbors", "head_heatmap", "contrastive_heatmap", "upsample_heatmap", "head_feature_projections",
     "attribution_by_category", "neighbour_agreement", "dominant_property", "value_queries", "per_head_neighbours",
     "segmentation_maps", "share_by_head",
-    "association_excess", "planted_head_recovery",
+    "association_excess", "planted_head_recovery", "HeadSpecialisation", "head_specialisation",
 ]

@@ -8,18 +8,36 @@ the text embedding naming each image's value of one property must be labelled wi
 TextSpan labelling (:func:`~mmlib.companions.clip_interpret.textspan.textspan`,
 :func:`~mmlib.companions.clip_interpret.textspan.head_properties`) on the same text pool. The chapter turns both into
 the ``IntervalTest`` and ``Precondition`` of :mod:`mmlib.reporting.verdict_rules` (a layer above this one).
+:func:`head_specialisation` runs the whole measurement for one model (decomposition, TextSpan labels, baseline,
+excess and positive control), for a chapter that repeats it on further models.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
-from mmlib.companions.clip_interpret.textspan import TextPool, TextSpanResult, head_properties, textspan
+from mmlib.companions.clip_interpret.decomposition import decompose_images, world_images
+from mmlib.companions.clip_interpret.textspan import (
+    TextPool,
+    TextSpanResult,
+    head_properties,
+    random_assignment_baseline,
+    textspan,
+    textspan_heads,
+    world_descriptions,
+)
 from mmlib.core.errors import InputError
+from mmlib.data.world import World
+from mmlib.models.clip import ModelBundle, TinyClipArch
+from mmlib.models.prompts import encode_texts
 
-__all__ = ["association_excess", "planted_head_recovery"]
+__all__ = ["association_excess", "planted_head_recovery", "HeadSpecialisation", "head_specialisation"]
 
 
 def association_excess(consistency: np.ndarray, null_association: np.ndarray, n_boot: int = 2000, seed: int = 0,
@@ -104,3 +122,50 @@ def planted_head_recovery(text_emb: torch.Tensor, pool: TextPool, k: int = 5, n_
     table = head_properties(results, pool)
     return pd.DataFrame(dict(planted=planted, recovered=table["property"], consistency=table["consistency"],
                              texts=table["texts"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadSpecialisation:
+    """Claim 6.2b's evidence for one model.
+
+    Attributes
+    ----------
+    heads : DataFrame
+        :func:`~mmlib.companions.clip_interpret.textspan.head_properties` of the model's heads (one row per head).
+    null_association : (n_draws,) array
+        The random-assignment baseline's association per draw.
+    excess : dict
+        :func:`association_excess`: ``mean, ci_low, ci_high, association, baseline``.
+    planted : DataFrame
+        :func:`planted_head_recovery` (the positive control).
+    """
+
+    heads: pd.DataFrame
+    null_association: np.ndarray
+    excess: dict
+    planted: pd.DataFrame
+
+    @property
+    def recovered(self) -> float:
+        """Share of the planted properties that the labelling gives back."""
+        return float((self.planted["planted"] == self.planted["recovered"]).mean())
+
+
+def head_specialisation(bundle: ModelBundle, world: World, indices: Sequence[int] | np.ndarray, k: int = 5,
+                        rank: int | None = None, n_draws: int = 1000, planted_noise: float = 0.5, seed: int = 0,
+                        arch: TinyClipArch | None = None, batch_size: int = 256) -> HeadSpecialisation:
+    """Claim 6.2b's measurement on one model: its heads' TextSpan labels on the images ``indices`` of ``world`` (over
+    the world's description pool), the random-assignment baseline of ``n_draws`` draws, the association's excess over
+    it and the planted-head positive control (noise ``planted_noise``), all with ``seed``.
+
+    ``arch``: the tiny architecture that draws the images (None for an open_clip model's own preprocessing).
+    """
+    images = world_images(bundle, world, indices, arch=arch)
+    dec = decompose_images(bundle, images, batch_size=batch_size)
+    pool = world_descriptions(world.factors)
+    text_emb = F.normalize(encode_texts(bundle, list(pool.texts)).float(), dim=-1)
+    spans = textspan_heads(dec, text_emb, pool, k=k, rank=rank)
+    heads = head_properties(spans, pool)
+    null = random_assignment_baseline(spans, pool, n_draws=n_draws, seed=seed)["association"].to_numpy()
+    return HeadSpecialisation(heads, null, association_excess(heads["consistency"].to_numpy(), null, seed=seed),
+                              planted_head_recovery(text_emb, pool, k=k, noise=planted_noise, seed=seed))

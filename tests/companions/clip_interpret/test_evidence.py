@@ -9,9 +9,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmlib.companions.clip_interpret.evidence import association_excess, planted_head_recovery
-from mmlib.companions.clip_interpret.textspan import TextPool
+from mmlib.companions.clip_interpret.decomposition import decompose_images, world_images
+from mmlib.companions.clip_interpret.evidence import association_excess, head_specialisation, planted_head_recovery
+from mmlib.companions.clip_interpret.textspan import (
+    TextPool,
+    head_properties,
+    random_assignment_baseline,
+    textspan_heads,
+    world_descriptions,
+)
 from mmlib.core.errors import InputError
+from mmlib.data.world import WorldConfig, generate_world
+from mmlib.models.clip import TinyClipArch, build_tiny_clip, tiny_bundle
+from mmlib.models.prompts import encode_texts
 
 
 def test_association_excess_is_observed_minus_baseline_with_both_spreads():
@@ -65,3 +75,25 @@ def test_planted_heads_are_not_recovered_when_texts_do_not_tell_properties_apart
         planted_head_recovery(texts[:5], pool)
     with pytest.raises(InputError, match="nothing to plant"):
         planted_head_recovery(texts, pool, k=50)
+
+
+def test_head_specialisation_is_the_chapters_measurement_on_one_model():
+    arch = TinyClipArch(embed_dim=16, vision_width=32, vision_layers=2, vision_head_width=16, text_width=32,
+                        text_layers=1, text_heads=2, stem_channels=())
+    bundle = tiny_bundle(build_tiny_clip(arch, seed=0), arch)
+    world = generate_world(WorldConfig(n_train=0, n_val=0, n_test=60, seed=1))
+    idx = world.indices("test")[:40]
+    spec = head_specialisation(bundle, world, idx, k=3, n_draws=50, planted_noise=0.5, seed=0, arch=arch)
+    # the same steps by hand, as chapter 10 takes them for its main model
+    dec = decompose_images(bundle, world_images(bundle, world, idx, arch=arch))
+    pool = world_descriptions(world.factors)
+    text_emb = F.normalize(encode_texts(bundle, list(pool.texts)).float(), dim=-1)
+    spans = textspan_heads(dec, text_emb, pool, k=3)
+    heads = head_properties(spans, pool)
+    null = random_assignment_baseline(spans, pool, n_draws=50, seed=0)["association"].to_numpy()
+    assert len(spec.heads) == 2 * 2 and spec.heads.equals(heads)
+    np.testing.assert_allclose(spec.null_association, null)
+    assert spec.excess == pytest.approx(association_excess(heads["consistency"].to_numpy(), null, seed=0))
+    planted = planted_head_recovery(text_emb, pool, k=3, noise=0.5, seed=0)
+    assert spec.planted.equals(planted)
+    assert spec.recovered == pytest.approx((planted["planted"] == planted["recovered"]).mean())
