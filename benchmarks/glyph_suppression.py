@@ -20,7 +20,9 @@ both tiny models with the tiny profile's schedule on the tiny world (full captio
 the test-split zero-shot accuracy of shape, colour, mood and gender (joint prompts) and chapter 01's
 Table 1.3: the balanced accuracy of a linear probe per factor from the joint image and text embeddings
 (:func:`mmlib.analysis.factor_readability.readability_table`). About 10 minutes on 2 cores; the models and
-embeddings go to the artifact store, so a rerun only probes.
+embeddings go to the artifact store, so a rerun only probes. ``--embed-dim`` trains the models with another joint
+embedding width, and ``--seed`` with another training seed (both models), to see how much of a difference is
+capacity and how much is one training run.
 """
 
 from __future__ import annotations
@@ -75,6 +77,16 @@ def style_readability(profile, style: str, model: str, n_boot: int = 100):
     return dict(zip(zero_shot["factor"], zero_shot["accuracy"])), table
 
 
+def styled_profile(profile, embed_dim: int | None = None, seed: int | None = None):
+    """``profile`` with the tiny models' joint embedding width and training seed replaced (None: kept)."""
+    if embed_dim is not None:
+        profile = dataclasses.replace(profile, arch=dataclasses.replace(profile.arch, embed_dim=embed_dim))
+    if seed is not None:
+        profile = dataclasses.replace(profile, clip_train=dataclasses.replace(profile.clip_train, seed=seed),
+                                      declip_train=dataclasses.replace(profile.declip_train, seed=seed))
+    return profile
+
+
 def compare_styles(profile) -> None:
     """Print, per glyph style and tiny model, the zero-shot accuracies and the factor probe table."""
     for style in GLYPH_STYLES:
@@ -92,10 +104,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--n-train", type=int, default=4000)
     parser.add_argument("--styles", action="store_true", help="compare the glyph styles on the tiny world instead")
+    parser.add_argument("--embed-dim", type=int, default=None, help="--styles: joint embedding width (default: "
+                        "the tiny profile's)")
+    parser.add_argument("--seed", type=int, default=None, help="--styles: training seed of both models (default: "
+                        "the tiny profile's)")
     args = parser.parse_args()
     profile = get_profile("tiny")
     if args.styles:
-        compare_styles(profile)
+        compare_styles(styled_profile(profile, args.embed_dim, args.seed))
         return
     world_config = dataclasses.replace(profile.world, n_train=args.n_train)
     train = dataclasses.replace(profile.clip_train, steps=args.steps, warmup=min(30, args.steps))

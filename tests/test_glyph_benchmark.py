@@ -40,3 +40,14 @@ def test_style_readability_trains_on_the_styled_world(load_benchmark, artifact_r
     stored = [json.loads(p.read_text())["world"] for p in artifact_root.glob("tiny_clip/*/meta.json")]
     colour_world = generate_world(dataclasses.replace(profile.world, glyph_style="colour"))
     assert stored == [colour_world.fingerprint]
+
+
+def test_styled_profile_replaces_only_width_and_seed(load_benchmark):
+    bench = load_benchmark("glyph_suppression")
+    profile = get_profile("tiny")
+    assert bench.styled_profile(profile) == profile
+    wide = bench.styled_profile(profile, embed_dim=128, seed=3)
+    assert wide.arch == dataclasses.replace(profile.arch, embed_dim=128)
+    assert wide.clip_train == dataclasses.replace(profile.clip_train, seed=3)
+    assert wide.declip_train == dataclasses.replace(profile.declip_train, seed=3)
+    assert wide.world == profile.world
