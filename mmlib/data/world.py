@@ -220,8 +220,10 @@ class WorldConfig:
     glyph_style : {"pattern", "colour"}
         How a glyph factor's value is drawn in its slot: ``"pattern"`` (the default), one of four white 5x5 patterns
         (plus, x, ring, bars); ``"colour"``, the slot filled with one of four colours (cyan, magenta, orange, white).
-        The tiny models learn no pattern glyph under the world's full captions, and colour glyphs of mood and gender
-        at the cost of shape's zero-shot accuracy (``benchmarks/glyph_suppression.py --styles``).
+        Under the world's full captions the tiny models learn no pattern glyph; with colour glyphs they read gender
+        (and the DeCLIP-like model mood) from both modalities; shape's zero-shot accuracy varies with the training seed
+        in either style, and fell with colour glyphs in four of the six runs measured
+        (``benchmarks/glyph_suppression.py --styles``, with ``--embed-dim`` and ``--seed``).
     factors : tuple of Factor
     """
 
