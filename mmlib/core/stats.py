@@ -106,6 +106,12 @@ def mean_bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0,
     return _percentiles(means, confidence)
 
 
+#: Feasible ranges for :func:`across_seeds`'s ``bounds``: a proportion or share, a count or another non-negative
+#: quantity (a size, an error, a rank), and a correlation, cosine or agreement coefficient (kappa).
+PROPORTION: tuple[float, float] = (0.0, 1.0)
+NON_NEGATIVE: tuple[float, float] = (0.0, float("inf"))
+CORRELATION: tuple[float, float] = (-1.0, 1.0)
+
 #: How :func:`across_seeds` builds an interval: a Student-t interval of the mean (can leave a bounded range, e.g.
 #: give a proportion above 1 with 3 seeds), or the percentile bootstrap of the mean over seeds (always inside the
 #: range of the seeds' values, so inside any range they respect).
@@ -114,7 +120,8 @@ SEED_INTERVALS = ("t", "percentile")
 
 def across_seeds(table: pd.DataFrame, value: str | Sequence[str], by: str | Sequence[str] = (),
                  seed_column: str = "seed", confidence: float = 0.95, min_seeds: int = 3,
-                 method: str = "t", n_boot: int = 2000, boot_seed: int = 0) -> pd.DataFrame:
+                 method: str = "t", n_boot: int = 2000, boot_seed: int = 0,
+                 bounds: tuple[float, float] | Mapping[str, tuple[float, float]] | None = None) -> pd.DataFrame:
     """Mean and interval (Student-t, or percentile bootstrap: ``method``) of ``value`` column(s) across seeds.
 
     Parameters
@@ -127,6 +134,12 @@ def across_seeds(table: pd.DataFrame, value: str | Sequence[str], by: str | Sequ
         ``"percentile"`` never leaves the range of the seeds' values (a count stays >= 0, a proportion in [0, 1]);
         it uses ``n_boot`` draws seeded with ``boot_seed``. With 3 seeds it is coarse (at most 10 distinct resample
         means): read it as the spread of the seeds, not as a sharp interval.
+    bounds : (low, high), or a mapping value column -> (low, high), or None
+        The feasible range of a bounded quantity (:data:`PROPORTION`, :data:`NON_NEGATIVE`, :data:`CORRELATION`;
+        a column missing from a mapping is unbounded). The interval is the t interval intersected with the range:
+        the true mean lies in the range, so the intersection covers it exactly when the t interval does (the same
+        coverage), and a count never gets a negative bound nor a proportion one above 1. A seed's value outside its
+        range raises ValueError (the column is not what ``bounds`` says it is).
 
     Returns
     -------
@@ -143,6 +156,7 @@ def across_seeds(table: pd.DataFrame, value: str | Sequence[str], by: str | Sequ
     missing = [c for c in [*values, *by, seed_column] if c not in table.columns]
     if missing:
         raise ValueError(f"columns {missing} not in the table (columns: {list(table.columns)})")
+    ranges = _feasible_ranges(bounds, values)
     rows = []
     groups = table.groupby(by, sort=False) if by else [((), table)]
     for key, group in groups:
@@ -160,9 +174,39 @@ def across_seeds(table: pd.DataFrame, value: str | Sequence[str], by: str | Sequ
             else:
                 half = sps.t.ppf(0.5 + confidence / 2, len(x) - 1) * std / np.sqrt(len(x)) if len(x) > 1 else np.nan
                 low, high = mean - half, mean + half
+            if v in ranges:
+                floor, ceiling = ranges[v]
+                outside = x[(x < floor) | (x > ceiling)]
+                if len(outside):
+                    raise ValueError(f"column {v!r} of group {key!r} has value(s) {outside.tolist()} outside its "
+                                     f"feasible range [{floor}, {ceiling}] (bounds): fix the column or its bounds")
+                low, high = max(low, floor), min(high, ceiling)
             rows.append({**dict(zip(by, key)), "value": v, "n_seeds": len(x), "mean": mean, "std": std,
                          "ci_low": low, "ci_high": high})
     return pd.DataFrame(rows)
+
+
+def _feasible_ranges(bounds, values: list[str]) -> dict[str, tuple[float, float]]:
+    """``bounds`` of :func:`across_seeds` as value column -> ``(low, high)``, checked."""
+    if bounds is None:
+        return {}
+    if isinstance(bounds, Mapping):
+        unknown = sorted(set(bounds) - set(values))
+        if unknown:
+            raise ValueError(f"bounds names column(s) {unknown} that are not aggregated (values: {values})")
+        ranges = dict(bounds)
+    else:
+        ranges = dict.fromkeys(values, bounds)
+    checked = {}
+    for v, pair in ranges.items():
+        try:
+            low, high = (float(b) for b in pair)
+        except (TypeError, ValueError):
+            raise ValueError(f"bounds of {v!r} must be a pair (low, high) of numbers, got {pair!r}") from None
+        if np.isnan(low) or np.isnan(high) or not low < high:
+            raise ValueError(f"bounds of {v!r} must satisfy low < high, got {pair!r}")
+        checked[v] = (low, high)
+    return checked
 
 
 def format_ci(row: Mapping[str, float] | pd.Series, digits: int = 3, signed: bool = False) -> str:

@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats as sps
 
 from mmlib.core.stats import across_seeds, bootstrap_ci, format_ci, mean_bootstrap_ci, proportion_ci
@@ -114,6 +116,41 @@ def test_percentile_interval_across_seeds_stays_in_range():
     assert (again.ci_low, again.ci_high) == (p_row.ci_low, p_row.ci_high)  # seeded
     with pytest.raises(ValueError, match="method"):
         across_seeds(table, "share", method="wald")
+
+
+def test_bounded_interval_is_the_t_interval_inside_the_range():
+    """Hand values: the t interval of (0.90, 1.00, 0.99) is 0.963 +- 0.136; bounded to a proportion its top is 1."""
+    from mmlib.core.stats import CORRELATION, NON_NEGATIVE, PROPORTION
+
+    table = pd.DataFrame({"seed": [0, 1, 2], "share": [0.90, 1.00, 0.99], "count": [0.0, 1.0, 5.0],
+                          "gap": [-0.5, 0.2, 0.4]})
+    t_rows = across_seeds(table, ["share", "count", "gap"]).set_index("value")
+    rows = across_seeds(table, ["share", "count", "gap"],
+                        bounds={"share": PROPORTION, "count": NON_NEGATIVE}).set_index("value")
+    half = sps.t.ppf(0.975, 2) * np.std([0.90, 1.00, 0.99], ddof=1) / np.sqrt(3)
+    assert rows.loc["share", "ci_low"] == pytest.approx(0.9633 - half, abs=1e-4)
+    assert rows.loc["share", "ci_high"] == 1.0 and t_rows.loc["share", "ci_high"] > 1
+    assert rows.loc["count", "ci_low"] == 0.0 and t_rows.loc["count", "ci_low"] < 0
+    assert rows.loc["count", "ci_high"] == t_rows.loc["count", "ci_high"]  # an open top is left alone
+    assert rows.loc["gap"].equals(t_rows.loc["gap"])  # a column without bounds is the t interval
+    one = across_seeds(table, "gap", bounds=CORRELATION).iloc[0]
+    assert -1 <= one.ci_low <= one["mean"] <= one.ci_high <= 1
+    for bad, match in (({"share": (1, 0)}, "low < high"), ({"share": 0.5}, "pair"), ({"nope": PROPORTION}, "nope"),
+                       ({"count": PROPORTION}, "outside its feasible range")):
+        with pytest.raises(ValueError, match=match):
+            across_seeds(table, ["share", "count"], bounds=bad)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0, 1), min_size=2, max_size=6), st.sampled_from([0.8, 0.95, 0.99]))
+def test_bounded_interval_never_leaves_its_range_and_holds_the_mean(values, confidence):
+    from mmlib.core.stats import PROPORTION
+
+    table = pd.DataFrame({"seed": range(len(values)), "share": values})
+    row = across_seeds(table, "share", min_seeds=2, confidence=confidence, bounds=PROPORTION).iloc[0]
+    t_row = across_seeds(table, "share", min_seeds=2, confidence=confidence).iloc[0]
+    assert 0.0 <= row.ci_low <= row["mean"] + 1e-12 and row["mean"] - 1e-12 <= row.ci_high <= 1.0
+    assert row.ci_low >= t_row.ci_low and row.ci_high <= t_row.ci_high  # never wider than the t interval
 
 
 def test_cluster_bootstrap_is_wider_than_a_row_bootstrap_for_clustered_rows():
