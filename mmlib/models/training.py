@@ -71,6 +71,13 @@ class TrainConfig:
     threads : int or None
         torch CPU threads during training (``None``: torch's setting, the machine's cores). Training is
         bit-identical for a fixed count only, so the effective count is part of the model's artifact key.
+    stop_at : tuple of (factor, accuracy) pairs
+        A quality target: training stops at the first check (every ``stop_every`` steps) where every named factor's
+        validation zero-shot accuracy (joint prompts) has reached its accuracy. ``()``: train all ``steps``. The
+        learning-rate schedule stays that of ``steps``, so a stopped model is taken mid-schedule. Chapter 03 uses it
+        to train a world model only as far as the null world's model gets (a quality-matched control).
+    stop_every : int
+        Steps between two checks of ``stop_at``.
     """
 
     steps: int = 600
@@ -86,13 +93,27 @@ class TrainConfig:
     shift: int = 2
     ssl_temperature: float = 0.1
     threads: int | None = None
+    stop_at: tuple[tuple[str, float], ...] = ()
+    stop_every: int = 10
 
     def __post_init__(self) -> None:
         validate_config(self, steps=at_least(1), batch_size=at_least(2), lr=greater_than(0),
                         weight_decay=at_least(0), warmup=at_least(0), seed=at_least(0),
                         image_ssl_weight=at_least(0), text_mlm_weight=at_least(0),
                         mask_prob=between(0, 1, low_open=True, high_open=True), shift=at_least(0),
-                        ssl_temperature=greater_than(0), threads=at_least(1))
+                        ssl_temperature=greater_than(0), threads=at_least(1), stop_every=at_least(1))
+        try:
+            targets = tuple((factor, float(accuracy)) for factor, accuracy in self.stop_at)
+        except (TypeError, ValueError):
+            raise ConfigError(f"TrainConfig.stop_at must be (factor, accuracy) pairs, e.g. (('shape', 0.5),), got "
+                              f"{self.stop_at!r}.") from None
+        for (factor, accuracy), (_, given) in zip(targets, self.stop_at):
+            if not isinstance(factor, str) or not factor or isinstance(given, bool) or not 0 < accuracy <= 1:
+                raise ConfigError(f"TrainConfig.stop_at: each pair is a factor name and an accuracy in (0, 1], got "
+                                  f"{(factor, accuracy)!r}.")
+        if len({f for f, _ in targets}) != len(targets):
+            raise ConfigError(f"TrainConfig.stop_at names a factor twice: {self.stop_at!r}.")
+        object.__setattr__(self, "stop_at", targets)
         if self.declip and (self.batch_size < 4 or self.batch_size % 2):
             raise ConfigError(f"TrainConfig.batch_size: the DeCLIP-like batch holds two views per pair: batch_size "
                               f"must be even and at least 4, got {self.batch_size}")
@@ -179,7 +200,8 @@ def train_tiny_clip(world: World, arch: TinyClipArch = TinyClipArch(), cfg: Trai
 
     History keys: ``step``, ``loss`` (total), ``clip_loss``, ``ssl_loss``, ``mlm_loss``, ``lr`` (every step),
     ``eval_step``, ``val_zs_<factor>`` (validation zero-shot accuracy, joint prompt reading) and
-    ``val_zs1_<factor>`` (the class named alone) every ``eval_every`` steps.
+    ``val_zs1_<factor>`` (the class named alone) every ``eval_every`` steps and at the last step, and
+    ``steps_run`` (one value: fewer than ``cfg.steps`` when ``cfg.stop_at`` stopped the training).
     """
     _check_train_inputs(world, arch, cfg, eval_factors, eval_every)
     with torch_threads(cfg.threads):
@@ -201,6 +223,13 @@ def _check_train_inputs(world, arch, cfg, eval_factors=(), eval_every=1) -> None
         raise InputError(f"eval_factors: unknown factor(s) {unknown}; the world's factors are {names}.")
     if not isinstance(eval_every, int) or isinstance(eval_every, bool) or eval_every < 1:
         raise InputError(f"eval_every must be a positive number of steps, got {eval_every!r}.")
+    unknown = [f for f, _ in cfg.stop_at if f not in names]
+    if unknown:
+        raise InputError(f"TrainConfig.stop_at: unknown factor(s) {unknown}; the world's factors are {names}.")
+    unseen = [f for f, _ in cfg.stop_at if not world.latents.depicted[f][world.indices("val")].any()]
+    if unseen:
+        raise InputError(f"TrainConfig.stop_at: {unseen} is never depicted in the validation split, so its zero-shot "
+                         "accuracy cannot be measured: name a factor the images show.")
 
 
 def _train(world, arch, cfg, progress, eval_factors, eval_every):
@@ -278,7 +307,9 @@ def _train(world, arch, cfg, progress, eval_factors, eval_every):
         for key, value in (("step", step), ("loss", loss), ("clip_loss", clip_loss), ("ssl_loss", ssl),
                            ("mlm_loss", mlm), ("lr", _lr_at(step, cfg))):
             history[key].append(float(value.detach()) if torch.is_tensor(value) else float(value))
-        if (step + 1) % eval_every == 0 or step + 1 == cfg.steps:
+        stop = bool(cfg.stop_at) and (step + 1) % cfg.stop_every == 0 and _reached(
+            model, val_images, world, val_idx, tokenizer, cfg.stop_at)
+        if (step + 1) % eval_every == 0 or step + 1 == cfg.steps or stop:
             model.eval()
             history["eval_step"].append(step + 1)
             with torch.inference_mode():
@@ -290,8 +321,22 @@ def _train(world, arch, cfg, progress, eval_factors, eval_every):
             model.train()
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}",
                             **{f: f"{history[f'val_zs_{f}'][-1]:.2f}" for f in eval_factors})
+        if stop:
+            break
+    history["steps_run"] = [float(len(history["step"]))]
     model.eval()
     return model, history
+
+
+def _reached(model, val_images, world, val_idx, tokenizer, targets) -> bool:
+    """Whether every ``(factor, accuracy)`` target is met on the validation split (joint prompts)."""
+    model.eval()
+    with torch.inference_mode():
+        val_emb = model.encode_image(val_images)
+        reached = all(quick_zero_shot(model, val_images, world, val_idx, factor, tokenizer, image_emb=val_emb)
+                      >= accuracy for factor, accuracy in targets)
+    model.train()
+    return reached
 
 
 def model_key(world: World, arch: TinyClipArch, cfg: TrainConfig) -> str:

@@ -98,6 +98,11 @@ from mmlib.core.errors import ConfigError, InputError  # noqa: E402
     (dict(mask_prob=0.0), "mask_prob"), (dict(shift=-1), "shift"), (dict(ssl_temperature=0.0), "ssl_temperature"),
     (dict(threads=0), "threads"), (dict(threads=2.0), "threads must be an integer or None"),
     (dict(declip="yes"), "declip must be True or False"), (dict(steps="600"), "steps must be an integer"),
+    (dict(stop_at=(("shape",),)), "pairs"), (dict(stop_at=(("shape", 1.5),)), r"accuracy in \(0, 1\]"),
+    (dict(stop_at=(("shape", 0.0),)), "accuracy in"), (dict(stop_at=(("shape", float("nan")),)), "accuracy in"),
+    (dict(stop_at=(("shape", True),)), "accuracy in"), (dict(stop_at=(("", 0.5),)), "factor name"),
+    (dict(stop_at=(("shape", 0.5), ("shape", 0.6))), "twice"), (dict(stop_at="shape"), "must be a tuple"),
+    (dict(stop_every=0), "stop_every"),
 ])
 def test_train_config_rejects_bad_fields(changes, message):
     with pytest.raises(ConfigError, match=message):
@@ -116,3 +121,24 @@ def test_train_inputs_are_checked_before_training(artifact_root):
     with pytest.raises(InputError, match="world must be"):
         load_or_train("world", ARCH, cfg, progress=False)
     assert not artifact_root.exists() or not any(artifact_root.rglob("*.safetensors"))
+
+
+def test_stop_at_stops_at_the_first_check_that_meets_the_target(artifact_root):
+    world = generate_world(dataclasses.replace(WORLD, n_train=64, n_val=32, n_test=8))
+    cfg = TrainConfig(steps=40, batch_size=16, warmup=2)
+    _, full = train_tiny_clip(world, ARCH, cfg, progress=False, eval_every=100)
+    assert full["steps_run"] == [40.0] and full["eval_step"] == [40]
+    # any accuracy above 0 is met at the first check: colour has 4 values, so a model scores > 0 at once
+    easy = dataclasses.replace(cfg, stop_at=(("colour", 1e-9),), stop_every=5)
+    _, stopped = train_tiny_clip(world, ARCH, easy, progress=False, eval_every=100)
+    assert stopped["steps_run"] == [5.0] and len(stopped["loss"]) == 5
+    assert stopped["eval_step"] == [5] and stopped["val_zs_colour"][-1] > 0  # evaluated where it stopped
+    assert stopped["loss"] == full["loss"][:5]  # the same run up to the stop
+    never = dataclasses.replace(cfg, stop_at=(("colour", 1.0), ("shape", 1.0)), stop_every=5)
+    _, through = train_tiny_clip(world, ARCH, never, progress=False, eval_every=100)
+    assert through["steps_run"] == [40.0]  # a target no check meets: all steps
+    assert model_key(world, ARCH, easy) != model_key(world, ARCH, cfg)
+    with pytest.raises(InputError, match="unknown factor"):
+        train_tiny_clip(world, ARCH, dataclasses.replace(cfg, stop_at=(("shapes", 0.5),)), progress=False)
+    with pytest.raises(InputError, match="never depicted"):
+        train_tiny_clip(world, ARCH, dataclasses.replace(cfg, stop_at=(("owner", 0.5),)), progress=False)
