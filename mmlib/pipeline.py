@@ -172,6 +172,61 @@ def setup(profile: Profile, null: bool = False, models: Sequence[str] | None = N
     return Setup(world, bundles, trained, embeddings)
 
 
+#: The factors whose validation zero-shot accuracy (joint prompts) measures a tiny model's quality when a world
+#: model is matched to its null twin (:func:`quality_matched_profile`): the two fully cross-modal factors, which both
+#: worlds show and say always.
+QUALITY_FACTORS = ("shape", "colour")
+
+
+def quality_matched_profile(profile: Profile, null_setup: Setup,
+                            factors: Sequence[str] = QUALITY_FACTORS) -> Profile:
+    """``profile`` whose tiny models stop training once they are as good as their null-world twins.
+
+    The null twins, trained with the world's schedule, are weaker models (chapter 00); training them longer does not
+    close the gap (``benchmarks/null_twin_quality.py``). The match is made the other way: each world model trains with
+    ``TrainConfig.stop_at`` set to its null twin's final validation zero-shot accuracy of each of ``factors``, so it
+    stops at the first check where it is at least as good on every one of them. A world - null difference measured
+    with these models is not one of model quality (on those factors).
+
+    ``null_setup`` is :func:`setup` ``(profile, null=True)`` with both tiny models.
+    """
+    if not profile.is_tiny:
+        raise InputError("quality matching needs the null world's models: the tiny profile only")
+    if not null_setup.world.config.null:
+        raise InputError("null_setup is not the null world's setup: build it with setup(profile, null=True)")
+    missing = [m for m in MODEL_NAMES if m not in null_setup.trained]
+    if missing:
+        raise InputError(f"null_setup lacks the trained null twin(s) {missing}: build it with setup(profile, "
+                         "null=True) and both tiny models")
+
+    def target(name: str) -> tuple[tuple[str, float], ...]:
+        history = null_setup.trained[name].history
+        absent = [f for f in factors if not history.get(f"val_zs_{f}")]
+        if absent:
+            raise InputError(f"the null twin {name!r} has no validation zero-shot accuracy of {absent} in its history")
+        return tuple((f, float(history[f"val_zs_{f}"][-1])) for f in factors)
+
+    return dataclasses.replace(
+        profile, clip_train=dataclasses.replace(profile.clip_train, stop_at=target("CLIP")),
+        declip_train=dataclasses.replace(profile.declip_train, stop_at=target("DeCLIP-like")))
+
+
+def training_quality(setups: Mapping[str, Setup], factors: Sequence[str] = QUALITY_FACTORS) -> pd.DataFrame:
+    """One row per (setup, tiny model): the steps it trained and its final validation zero-shot accuracy per factor.
+
+    ``setups``: name -> :class:`Setup` of the ``tiny`` profile (e.g. the world, its quality-matched twin, the null
+    world). Columns ``setup``, ``model``, ``steps`` and one per factor (joint prompts).
+    """
+    rows = []
+    for name, s in setups.items():
+        for model, trained in s.trained.items():
+            history = trained.history
+            steps = history.get("steps_run", [len(history["step"])])[-1]
+            rows.append(dict(setup=name, model=model, steps=int(steps),
+                             **{f: (history.get(f"val_zs_{f}") or [float("nan")])[-1] for f in factors}))
+    return pd.DataFrame(rows, columns=["setup", "model", "steps", *factors])
+
+
 def trained_maps(setup: Setup, profile: Profile, model: str = "CLIP", seed: int = 0,
                  names: Sequence[str] = MAP_NAMES, progress: bool = False,
                  train: Embeddings | None = None) -> dict[str, TrainedFeatureMap]:

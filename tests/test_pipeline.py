@@ -169,3 +169,33 @@ def test_baseline_control_and_setup_names_follow_the_profile():
     assert baseline_control(tiny) == "null" and baseline_control(paper) == "shuffled"
     assert setup_names(tiny)["world"] == "world" and setup_names(paper)["world"] == "corpus"
     assert setup_names(paper)["shuffled"] == "shuffled pairs"
+
+
+@pytest.mark.slow
+def test_quality_matched_profile_stops_the_world_models_at_their_null_twins_quality(artifact_root, small_tiny):
+    from mmlib.pipeline import QUALITY_FACTORS, quality_matched_profile, training_quality
+
+    profile = dataclasses.replace(small_tiny, clip_train=dataclasses.replace(small_tiny.clip_train, steps=20,
+                                                                             stop_every=2))
+    null = setup(profile, null=True)
+    matched = quality_matched_profile(profile, null)
+    for name, cfg in (("CLIP", matched.clip_train), ("DeCLIP-like", matched.declip_train)):
+        history = null.trained[name].history
+        assert cfg.stop_at == tuple((f, history[f"val_zs_{f}"][-1]) for f in QUALITY_FACTORS)
+        assert dataclasses.replace(cfg, stop_at=()) == (profile.clip_train if name == "CLIP" else
+                                                        profile.declip_train)
+    world = setup(matched, models=("CLIP",))
+    table = training_quality({"matched": world, "null": null})
+    assert list(table.columns) == ["setup", "model", "steps", *QUALITY_FACTORS]
+    assert list(table.model) == ["CLIP", "CLIP", "DeCLIP-like"]
+    row = table.iloc[0]
+    steps = world.trained["CLIP"].history["steps_run"][0]
+    assert row.steps == steps <= 20 and (steps == 20 or steps % 2 == 0)
+    if steps < 20:  # stopped: at least as good as the null twin on every factor
+        assert all(row[f] >= t for f, t in matched.clip_train.stop_at)
+    with pytest.raises(ValueError, match="is not the null world"):
+        quality_matched_profile(profile, world)
+    with pytest.raises(ValueError, match="tiny profile only"):
+        quality_matched_profile(get_profile("paper"), null)
+    with pytest.raises(ValueError, match="lacks the trained null twin"):
+        quality_matched_profile(profile, setup(profile, null=True, models=("CLIP",)))

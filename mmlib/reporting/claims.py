@@ -77,12 +77,14 @@ class Claim:
 CLAIMS: tuple[Claim, ...] = (
     Claim("5.1a", "The MDS mass of the feature maps leans to the image side.", "03_mds",
           "Per trainable map (SAE, NCL) of the first model, across map seeds: the interval of mean MDS - 0.5 and the "
-          f"interval of the world - baseline difference of the mean, each above 0. {SHARED} Precondition: the "
-          "pipeline recovers the classes of a planted dictionary."),
+          "interval of the world - baseline difference of the mean, each above 0; on tiny also the quality-matched "
+          "world (models trained only as far as their null twins) - null difference of the mean, above 0. "
+          f"{SHARED} Precondition: the pipeline recovers the classes of a planted dictionary."),
     Claim("5.1b", "DeCLIP separates the modalities more than CLIP (more modality-specific features).", "03_mds",
           "Separation = share of alive features with MDS < 0.1 or > 0.9. Per trainable map: the interval of "
-          "DeCLIP-like - CLIP and the interval of that difference minus the same difference in the baseline, each "
-          f"above 0. {SHARED} Preconditions: two models to compare; the pipeline recovers planted classes."),
+          "DeCLIP-like - CLIP and the interval of that difference minus the same difference in the baseline (on tiny "
+          "also with the quality-matched world's models), each above 0. "
+          f"{SHARED} Preconditions: two models to compare; the pipeline recovers planted classes."),
     Claim("5.2", "ImgD/TextD/CrossD align with intuition: ImgD ≈ visual attributes, TextD ≈ linguistic content, "
                  "CrossD ≈ shared concepts.", "04_categories",
           "Features matched to a planted factor value; the factor's role gives the expected class. Tests per trainable "
