@@ -24,10 +24,8 @@ import pandas as pd  # noqa: E402
 
 from mmlib.data.world import generate_world  # noqa: E402
 from mmlib.models.training import train_tiny_clip  # noqa: E402
+from mmlib.pipeline import QUALITY_FACTORS  # noqa: E402
 from mmlib.profiles import get_profile  # noqa: E402
-
-#: The factors whose validation zero-shot accuracy is compared (the two fully cross-modal ones).
-QUALITY_FACTORS = ("shape", "colour")
 
 
 def quality_by_length(profile, model: str = "CLIP", multiples=(1, 2, 4)) -> pd.DataFrame:

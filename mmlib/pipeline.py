@@ -220,10 +220,8 @@ def training_quality(setups: Mapping[str, Setup], factors: Sequence[str] = QUALI
     rows = []
     for name, s in setups.items():
         for model, trained in s.trained.items():
-            history = trained.history
-            steps = history.get("steps_run", [len(history["step"])])[-1]
-            rows.append(dict(setup=name, model=model, steps=int(steps),
-                             **{f: (history.get(f"val_zs_{f}") or [float("nan")])[-1] for f in factors}))
+            rows.append(dict(setup=name, model=model, steps=trained.steps_run,
+                             **{f: (trained.history.get(f"val_zs_{f}") or [float("nan")])[-1] for f in factors}))
     return pd.DataFrame(rows, columns=["setup", "model", "steps", *factors])
 
 

@@ -189,7 +189,7 @@ def test_quality_matched_profile_stops_the_world_models_at_their_null_twins_qual
     assert list(table.columns) == ["setup", "model", "steps", *QUALITY_FACTORS]
     assert list(table.model) == ["CLIP", "CLIP", "DeCLIP-like"]
     row = table.iloc[0]
-    steps = world.trained["CLIP"].history["steps_run"][0]
+    steps = world.trained["CLIP"].steps_run
     assert row.steps == steps <= 20 and (steps == 20 or steps % 2 == 0)
     if steps < 20:  # stopped: at least as good as the null twin on every factor
         assert all(row[f] >= t for f, t in matched.clip_train.stop_at)

@@ -130,6 +130,11 @@ class TrainedModel:
     seconds: float
     path: Path
 
+    @property
+    def steps_run(self) -> int:
+        """Steps actually trained: ``train.steps``, or fewer where ``train.stop_at`` stopped the training."""
+        return len(self.history["step"])
+
 
 def images_to_tensor(images: np.ndarray, arch: TinyClipArch) -> torch.Tensor:
     """uint8 ``(n, S, S, 3)`` -> normalised float ``(n, 3, S, S)``, exactly as the bundle's preprocess does."""
@@ -200,8 +205,8 @@ def train_tiny_clip(world: World, arch: TinyClipArch = TinyClipArch(), cfg: Trai
 
     History keys: ``step``, ``loss`` (total), ``clip_loss``, ``ssl_loss``, ``mlm_loss``, ``lr`` (every step),
     ``eval_step``, ``val_zs_<factor>`` (validation zero-shot accuracy, joint prompt reading) and
-    ``val_zs1_<factor>`` (the class named alone) every ``eval_every`` steps and at the last step, and
-    ``steps_run`` (one value: fewer than ``cfg.steps`` when ``cfg.stop_at`` stopped the training).
+    ``val_zs1_<factor>`` (the class named alone) every ``eval_every`` steps and at the last step (``step`` has
+    fewer than ``cfg.steps`` entries when ``cfg.stop_at`` stopped the training).
     """
     _check_train_inputs(world, arch, cfg, eval_factors, eval_every)
     with torch_threads(cfg.threads):
@@ -307,36 +312,28 @@ def _train(world, arch, cfg, progress, eval_factors, eval_every):
         for key, value in (("step", step), ("loss", loss), ("clip_loss", clip_loss), ("ssl_loss", ssl),
                            ("mlm_loss", mlm), ("lr", _lr_at(step, cfg))):
             history[key].append(float(value.detach()) if torch.is_tensor(value) else float(value))
-        stop = bool(cfg.stop_at) and (step + 1) % cfg.stop_every == 0 and _reached(
-            model, val_images, world, val_idx, tokenizer, cfg.stop_at)
-        if (step + 1) % eval_every == 0 or step + 1 == cfg.steps or stop:
-            model.eval()
+        check = bool(cfg.stop_at) and (step + 1) % cfg.stop_every == 0
+        due = (step + 1) % eval_every == 0 or step + 1 == cfg.steps
+        if not (check or due):
+            continue
+        model.eval()
+        with torch.inference_mode():
+            val_emb = model.encode_image(val_images)
+        stop = check and all(quick_zero_shot(model, val_images, world, val_idx, factor, tokenizer, image_emb=val_emb)
+                             >= accuracy for factor, accuracy in cfg.stop_at)
+        if due or stop:
             history["eval_step"].append(step + 1)
-            with torch.inference_mode():
-                val_emb = model.encode_image(val_images)
             for f in eval_factors:
                 for key, reading in ((f"val_zs_{f}", "joint"), (f"val_zs1_{f}", "single")):
                     history[key].append(quick_zero_shot(model, val_images, world, val_idx, f, tokenizer,
                                                         reading=reading, image_emb=val_emb))
-            model.train()
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}",
                             **{f: f"{history[f'val_zs_{f}'][-1]:.2f}" for f in eval_factors})
+        model.train()
         if stop:
             break
-    history["steps_run"] = [float(len(history["step"]))]
     model.eval()
     return model, history
-
-
-def _reached(model, val_images, world, val_idx, tokenizer, targets) -> bool:
-    """Whether every ``(factor, accuracy)`` target is met on the validation split (joint prompts)."""
-    model.eval()
-    with torch.inference_mode():
-        val_emb = model.encode_image(val_images)
-        reached = all(quick_zero_shot(model, val_images, world, val_idx, factor, tokenizer, image_emb=val_emb)
-                      >= accuracy for factor, accuracy in targets)
-    model.train()
-    return reached
 
 
 def model_key(world: World, arch: TinyClipArch, cfg: TrainConfig) -> str:

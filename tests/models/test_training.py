@@ -127,16 +127,16 @@ def test_stop_at_stops_at_the_first_check_that_meets_the_target(artifact_root):
     world = generate_world(dataclasses.replace(WORLD, n_train=64, n_val=32, n_test=8))
     cfg = TrainConfig(steps=40, batch_size=16, warmup=2)
     _, full = train_tiny_clip(world, ARCH, cfg, progress=False, eval_every=100)
-    assert full["steps_run"] == [40.0] and full["eval_step"] == [40]
+    assert len(full["step"]) == 40 and full["eval_step"] == [40]
     # any accuracy above 0 is met at the first check: colour has 4 values, so a model scores > 0 at once
     easy = dataclasses.replace(cfg, stop_at=(("colour", 1e-9),), stop_every=5)
     _, stopped = train_tiny_clip(world, ARCH, easy, progress=False, eval_every=100)
-    assert stopped["steps_run"] == [5.0] and len(stopped["loss"]) == 5
+    assert len(stopped["step"]) == 5 and len(stopped["loss"]) == 5
     assert stopped["eval_step"] == [5] and stopped["val_zs_colour"][-1] > 0  # evaluated where it stopped
     assert stopped["loss"] == full["loss"][:5]  # the same run up to the stop
     never = dataclasses.replace(cfg, stop_at=(("colour", 1.0), ("shape", 1.0)), stop_every=5)
     _, through = train_tiny_clip(world, ARCH, never, progress=False, eval_every=100)
-    assert through["steps_run"] == [40.0]  # a target no check meets: all steps
+    assert len(through["step"]) == 40  # a target no check meets: all steps
     assert model_key(world, ARCH, easy) != model_key(world, ARCH, cfg)
     with pytest.raises(InputError, match="unknown factor"):
         train_tiny_clip(world, ARCH, dataclasses.replace(cfg, stop_at=(("shapes", 0.5),)), progress=False)
