@@ -23,6 +23,10 @@ permutation test of its own activations:
    it unchanged. ``n_pairings`` seeded re-pairings give ``p_pairing`` for the features that are dominance
    discoveries.
 
+A *minimum support* (``min_support = m``, as in :func:`mmlib.analysis.categories.categorise`): an alive feature
+that fires on fewer than ``m`` pairs is labelled ``"rare"``, belongs to no class and is not tested (it leaves the
+Benjamini-Hochberg family). ``m = 0`` (default) tests every alive feature.
+
 A feature is **ImgD** if its swap test is a discovery (``q <= alpha``) with MDS above its swap null and its pairing
 test is *not* significant (``p_pairing >= alpha``, unadjusted: a stricter veto than an adjusted one), **TextD**
 likewise below, **CrossD** otherwise; a dead feature stays ``"dead"`` as in
@@ -42,7 +46,7 @@ import numpy as np
 import torch
 from scipy.stats import false_discovery_control
 
-from mmlib.analysis.categories import CLASSES, DEAD, Categories
+from mmlib.analysis.categories import CLASSES, DEAD, RARE, Categories
 from mmlib.analysis.mds import FORMS
 from mmlib.core.errors import InputError
 from mmlib.core.validation import at_least, between, check_finite, check_nonnegative, one_of, validate_config
@@ -71,6 +75,9 @@ class PermutationRule:
         The MDS form tested (:mod:`mmlib.analysis.mds`).
     eps : float
         A pair is active for a feature when ``a_I + a_T > eps``.
+    min_support : int
+        Pairs a feature must fire on to be tested (>= 0); an alive feature below it is ``"rare"`` (0: test every
+        alive feature).
     """
 
     alpha: float = 0.05
@@ -79,16 +86,19 @@ class PermutationRule:
     seed: int = 0
     form: str = "paired"
     eps: float = 0.0
+    min_support: int = 0
 
     def __post_init__(self) -> None:
         validate_config(self, alpha=between(0.0, 1.0, low_open=True, high_open=True), n_perm=at_least(1),
-                        n_pairings=at_least(0), seed=between(0, 2 ** 63 - 1), form=one_of(*FORMS), eps=at_least(0.0))
+                        n_pairings=at_least(0), seed=between(0, 2 ** 63 - 1), form=one_of(*FORMS), eps=at_least(0.0),
+                        min_support=at_least(0))
 
     @property
     def name(self) -> str:
-        """A short label: ``"swap test"`` or ``"swap + pairing test"`` with the FDR."""
+        """A short label: ``"swap test"`` or ``"swap + pairing test"`` with the FDR (and the minimum support)."""
         test = "swap + pairing test" if self.n_pairings else "swap test"
-        return f"{test} (FDR {self.alpha:g})"
+        support = f", support >= {self.min_support}" if self.min_support else ""
+        return f"{test} (FDR {self.alpha:g}{support})"
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
@@ -96,14 +106,16 @@ class CalibratedCategories(Categories):
     """:class:`~mmlib.analysis.categories.Categories` from :func:`calibrated_categories`, with the tests' p-values.
 
     ``rule`` is the :class:`PermutationRule` (it has a ``name``, as a ``CategoryRule`` does); ``low`` and ``high``
-    are NaN, as no MDS threshold is used.
+    are NaN, as no MDS threshold is used; ``min_support``, ``support`` and ``mass`` are set as
+    :func:`~mmlib.analysis.categories.categorise` sets them.
 
     Attributes
     ----------
     p_image, p_text : (K,) float arrays
         One-sided swap-test p-values (MDS above / below its swap null); NaN for dead features.
     q : (K,) float array
-        Benjamini-Hochberg adjusted two-sided p-values over the alive features; NaN for dead features.
+        Benjamini-Hochberg adjusted two-sided p-values over the tested features (alive, at least ``min_support``
+        pairs); NaN for dead and rare features.
     p_pairing : (K,) float array
         Pairing-test p-value on the feature's dominant side, for the swap-test discoveries (NaN elsewhere, and
         everywhere when ``n_pairings = 0``).
@@ -154,7 +166,8 @@ def calibrated_categories(a_image: torch.Tensor | np.ndarray, a_text: torch.Tens
     Raises
     ------
     InputError
-        for activations of other shapes or fewer than 2 pairs, negative ones, no alive feature; NonFiniteError
+        for activations of other shapes or fewer than 2 pairs, negative ones, no alive feature, no feature with
+        ``min_support`` pairs; NonFiniteError
         for NaN or infinite ones; ConfigError for a bad rule (alpha outside (0, 1), ``n_perm < 1``, ...).
     """
     rule = PermutationRule() if rule is None else rule
@@ -168,20 +181,28 @@ def calibrated_categories(a_image: torch.Tensor | np.ndarray, a_text: torch.Tens
     alive = active.any(0)
     if not alive.any():
         raise InputError(f"all {x_i.shape[1]} features are dead (never above eps={rule.eps}): nothing to categorise")
+    support = active.sum(0).astype(np.int64)
+    tested = alive & (support >= rule.min_support)
+    if not tested.any():
+        raise InputError(f"no feature fires on at least min_support={rule.min_support} pairs (largest support "
+                         f"{int(support.max())} of {len(x_i)}): nothing to categorise; lower min_support")
     scores, p_image, p_text = (np.where(alive, x, np.nan) for x in _swap_test(x_i, x_t, active, rule))
     q = np.full(len(scores), np.nan)
-    q[alive] = benjamini_hochberg(np.minimum(1.0, 2 * np.minimum(p_image[alive], p_text[alive])))
+    q[tested] = benjamini_hochberg(np.minimum(1.0, 2 * np.minimum(p_image[tested], p_text[tested])))
     found = np.nan_to_num(q, nan=1.0) <= rule.alpha
     image_side = found & (p_image <= p_text)
     text_side = found & ~image_side
     p_pairing = _pairing_test(x_i, x_t, image_side, text_side, rule)
     kept = np.nan_to_num(p_pairing, nan=1.0) >= rule.alpha
     labels = np.full(len(scores), DEAD, dtype=object)
-    labels[alive] = CLASSES[2]
+    labels[alive] = RARE
+    labels[tested] = CLASSES[2]
     labels[image_side & kept] = CLASSES[0]
     labels[text_side & kept] = CLASSES[1]
+    mass = np.where(active, x_i + x_t, 0.0).sum(0)
     return CalibratedCategories(labels=labels.astype(str), scores=scores, rule=rule, low=np.nan, high=np.nan,
-                                p_image=p_image, p_text=p_text, q=q, p_pairing=p_pairing)
+                                min_support=rule.min_support, support=support, mass=mass, p_image=p_image,
+                                p_text=p_text, q=q, p_pairing=p_pairing)
 
 
 # ----------------------------------------------------------------------------------------------- helpers

@@ -34,6 +34,9 @@ CLASSES: tuple[str, ...] = ("ImgD", "TextD", "CrossD")
 DEAD = "dead"
 #: The label of an alive feature that fires on fewer pairs than the minimum support: it belongs to no class.
 RARE = "rare"
+#: The minimum supports (training pairs a feature must fire on to get a class; 0: every alive feature) at which the
+#: book reports its classes (chapter 04) and the calibrated rule's planted precision (chapter 03).
+MIN_SUPPORT_GRID: tuple[int, ...] = (0, 10, 40, 100)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,10 +23,10 @@ import pandas as pd
 import torch
 from scipy import stats as sps
 
-from mmlib.analysis.categories import CLASSES, DEAD, Categories, CategoryRule, categorise
+from mmlib.analysis.categories import CLASSES, DEAD, RARE, Categories, CategoryRule, categorise
 from mmlib.analysis.mds import MDSResult, check_scores, modality_dominance
 from mmlib.core.errors import InputError
-from mmlib.core.stats import bootstrap_ci, cluster_bootstrap_ci, format_ci, proportion_ci
+from mmlib.core.stats import bootstrap_ci, cluster_bootstrap_ci, format_ci, format_ci_column, proportion_ci
 from mmlib.core.validation import check_finite
 from mmlib.data.planted import PlantedData
 from mmlib.data.world import Factor, ideal_mds
@@ -74,8 +74,9 @@ def class_accuracy(predicted: Categories | Sequence[str], planted: Sequence[str 
 
     Parameters
     ----------
-    predicted : Categories or (K,) labels in {"ImgD", "TextD", "CrossD", "dead"}
-    planted : (K,) planted classes, keys of ``mapping`` (``None`` = no planted class: excluded)
+    predicted : Categories or (K,) labels in {"ImgD", "TextD", "CrossD", "dead", "rare"}
+    planted : (K,) planted classes, keys of ``mapping`` (``None`` = no planted class: excluded; dead and rare
+        features, which have no class, are excluded too)
     mapping : planted class -> expected category (default image(-only) -> ImgD, text(-only) -> TextD,
         shared -> CrossD)
     """
@@ -86,10 +87,10 @@ def class_accuracy(predicted: Categories | Sequence[str], planted: Sequence[str 
     unknown = sorted({str(p) for p in planted if p is not None and p not in mapping})
     if unknown:
         raise InputError(f"planted classes {unknown} not in the mapping {dict(mapping)}")
-    bad = sorted({str(p) for p in pred if p not in (*CLASSES, DEAD)})
+    bad = sorted({str(p) for p in pred if p not in (*CLASSES, DEAD, RARE)})
     if bad:
-        raise InputError(f"unknown predicted labels {bad}; expected {(*CLASSES, DEAD)}")
-    keep = np.array([p is not None for p in planted]) & (pred != DEAD)
+        raise InputError(f"unknown predicted labels {bad}; expected {(*CLASSES, DEAD, RARE)}")
+    keep = np.array([p is not None for p in planted]) & np.isin(pred, CLASSES)
     expected = np.array([mapping[p] for p in planted[keep]], dtype=object)
     got = pred[keep]
     if len(got) == 0:
@@ -227,8 +228,8 @@ def planted_precision_table(rules: Mapping[str, tuple[Categories | Sequence[str]
     * **precision** of class ``c``: of *all* features labelled ``c``, the share that match (cosine ``>= min_cosine``)
       an atom whose planted class maps to ``c``; a labelled feature that matches no atom counts as a false label;
     * **recall** of ``c``: of the alive features matching an atom of that class, the share labelled ``c``;
-    * **null share**: of the alive features on the dictionary with shared atoms only, the share labelled ImgD or
-      TextD (every one of them is an artefact there).
+    * **null share**: of the features given a class on the dictionary with shared atoms only, the share labelled
+      ImgD or TextD (every one of them is an artefact there).
 
     Parameters
     ----------
@@ -237,7 +238,9 @@ def planted_precision_table(rules: Mapping[str, tuple[Categories | Sequence[str]
         trained on the shared-only dictionary), each a :class:`~mmlib.analysis.categories.Categories` (e.g. of
         :func:`~mmlib.analysis.categories.categorise` or
         :func:`~mmlib.analysis.calibrated_categories.calibrated_categories`) or an array of labels. A feature
-        counts as alive when its label is a class (not ``"dead"`` or ``"rare"``).
+        counts as alive when its label is not ``"dead"``. A ``"rare"`` one (alive, below a rule's minimum support)
+        has no class: it enters the recall's denominator as a miss, and is left out of the null share's (both the
+        conservative choice).
     features : PlantedFeatures
         The planted dictionary's features (their matched atoms).
     min_cosine : float
@@ -267,7 +270,7 @@ def planted_precision_table(rules: Mapping[str, tuple[Categories | Sequence[str]
     for name, (planted_labels, null_labels) in rules.items():
         got = _labels(planted_labels, len(matched), f"rule {name!r}: planted labels")
         null = _labels(null_labels, None, f"rule {name!r}: shared-only labels")
-        alive = np.isin(got, CLASSES)
+        alive = got != DEAD
         for c in CLASSES[:2]:
             labelled, right = got == c, expected == c
             rows.append(dict(rule=name, measure="precision", category=c, k=int((labelled & right).sum()),
@@ -292,14 +295,36 @@ def planted_precision_table(rules: Mapping[str, tuple[Categories | Sequence[str]
     return table
 
 
+def precision_cells(table: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
+    """A :func:`planted_precision_table` for display: one row per (measure, category), measures in
+    :data:`PRECISION_MEASURES` order, one column per rule (in the table's order), each cell
+    ``"value [ci_low, ci_high] (k/n)"``; a first ``target`` column (``"≥ t"``, ``"≤ t"`` or empty) when the table
+    has targets.
+    """
+    needed = {"rule", "measure", "category", "k", "n", "value", "ci_low", "ci_high"}
+    if not isinstance(table, pd.DataFrame) or not needed <= set(table.columns) or table.empty:
+        raise InputError(f"need a non-empty planted_precision_table with columns {sorted(needed)}")
+    cells = format_ci_column(table.rename(columns={"value": "mean"}), digits=digits)
+    cells += " (" + table.k.astype(str) + "/" + table.n.astype(str) + ")"
+    rows = sorted(dict.fromkeys(zip(table.measure, table.category)), key=lambda r: PRECISION_MEASURES.index(r[0]))
+    out = (table.assign(cell=cells).pivot(index=["measure", "category"], columns="rule", values="cell")
+           .loc[rows, list(dict.fromkeys(table.rule))])
+    out.columns.name = None
+    if "target" in table:
+        first = table.drop_duplicates(["measure", "category"]).set_index(["measure", "category"])
+        out.insert(0, "target", ["" if not np.isfinite(t) else ("≥ " if m == "precision" else "≤ ") + f"{t:g}"
+                                 for (m, _), t in zip(rows, first.loc[rows, "target"])])
+    return out
+
+
 def _labels(labels: Categories | Sequence[str], n: int | None, name: str) -> np.ndarray:
     """Category labels ``(K,)`` as an object array, checked (known labels, ``n`` of them when given)."""
     out = np.asarray(labels.labels if isinstance(labels, Categories) else labels, dtype=object)
     if out.ndim != 1 or (n is not None and len(out) != n):
         raise InputError(f"{name}: expected {n if n is not None else 'K'} labels (K,), got shape {out.shape}")
-    bad = sorted({str(x) for x in out if x not in (*CLASSES, DEAD, "rare")})
+    bad = sorted({str(x) for x in out if x not in (*CLASSES, DEAD, RARE)})
     if bad:
-        raise InputError(f"{name}: unknown labels {bad}; expected {(*CLASSES, DEAD, 'rare')}")
+        raise InputError(f"{name}: unknown labels {bad}; expected {(*CLASSES, DEAD, RARE)}")
     if not np.isin(out, CLASSES).any():
         raise InputError(f"{name}: no feature is alive (every label dead or rare): nothing to score")
     return out

@@ -164,6 +164,29 @@ def test_swapping_the_modalities_swaps_imgd_and_textd(seed, n, k, form):
     np.testing.assert_allclose(swapped.p_pairing, cats.p_pairing)
 
 
+def test_minimum_support_leaves_rare_features_untested():
+    """Feature 8 fires on the images of 12 pairs only: ImgD when tested; below a minimum support of 20 pairs it is
+    rare, out of the Benjamini-Hochberg family, and the other features keep their labels.
+    """
+    a_i, a_t = (np.hstack([x, np.zeros((N, 1))]) for x in _world())
+    a_i[:12, 8] = 1.0
+    tested = calibrated_categories(a_i, a_t, FAST)
+    assert tested.labels[8] == "ImgD" and tested.min_support == 0 and tested.support[8] == 12
+    rule = dataclasses.replace(FAST, min_support=20)
+    cats = calibrated_categories(a_i, a_t, rule)
+    assert cats.labels[8] == "rare" and np.isnan(cats.q[8]) and not cats.alive[8]
+    assert cats.labels[:8].tolist() == tested.labels[:8].tolist()
+    assert cats.min_support == 20 and cats.rule.name == "swap + pairing test (FDR 0.05, support >= 20)"
+    assert cats.support.tolist() == ((a_i + a_t) > 0).sum(0).tolist()
+    assert cats.mass == pytest.approx((a_i + a_t).sum(0))
+    # BH over the tested features only: their two-sided p-values, feature 8 (and the dead one) left out
+    keep = np.isfinite(cats.q)
+    raw = np.minimum(1, 2 * np.minimum(cats.p_image, cats.p_text))
+    assert keep.sum() == 7 and cats.q[keep] == pytest.approx(benjamini_hochberg(raw[keep]))
+    with pytest.raises(InputError, match="min_support=1000 pairs \\(largest support"):
+        calibrated_categories(a_i, a_t, dataclasses.replace(FAST, min_support=1000))
+
+
 def test_errors():
     a_i, a_t = _world()
     with pytest.raises(InputError, match="same n >= 2 pairs"):
@@ -181,7 +204,7 @@ def test_errors():
     with pytest.raises(InputError, match="PermutationRule"):
         calibrated_categories(a_i, a_t, "sigma")
     for bad in (dict(alpha=0.0), dict(alpha=1.0), dict(n_perm=0), dict(n_pairings=-1), dict(form="mean"),
-                dict(eps=-1.0), dict(n_perm=10.5)):
+                dict(eps=-1.0), dict(n_perm=10.5), dict(min_support=-1), dict(min_support=2.5)):
         with pytest.raises(ConfigError, match="PermutationRule"):
             PermutationRule(**bad)
     with pytest.raises(InputError, match="in \\[0, 1\\]"):

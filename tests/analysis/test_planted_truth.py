@@ -340,6 +340,18 @@ def test_planted_precision_table_hand_computed():
     cats = categorise(np.array([0.95, 0.05, 0.9, 0.5, 0.5, 0.1]), "fixed:0.8/0.2")
     plain = planted_precision_table({"fixed": (cats, cats)}, features, 0.9)
     assert "meets" not in plain and plain.value.iloc[0] == 0.5  # ImgD = features 0 and 2
+    # a rare feature (below a minimum support) has no class: a miss in the recall, out of the precision
+    rare = planted_precision_table({"m": (["ImgD", "TextD", "ImgD", "ImgD", "rare", "TextD"], null)}, features, 0.9)
+    rare = rare.set_index(["measure", "category"])
+    assert rare.loc[("recall", "ImgD"), ["k", "n"]].tolist() == [1, 2]  # feature 4 is rare, not labelled ImgD
+    assert rare.loc[("precision", "ImgD"), ["k", "n"]].tolist() == [1, 3]
+
+
+def test_class_accuracy_leaves_rare_features_out():
+    from mmlib.analysis.planted_truth import class_accuracy
+
+    acc = class_accuracy(["ImgD", "rare", "CrossD", "dead"], ["image", "text", "shared", "shared"])
+    assert (acc.n, acc.n_correct, acc.n_excluded) == (2, 2, 2)
 
 
 def test_planted_precision_table_errors():
@@ -355,3 +367,24 @@ def test_planted_precision_table_errors():
         planted_precision_table({"r": (ok, ["Img"])}, features, 0.9)
     with pytest.raises(ValueError, match="no feature is alive"):
         planted_precision_table({"r": (ok, ["dead", "rare"])}, features, 0.9)
+
+
+def test_precision_cells():
+    from mmlib.analysis.planted_truth import planted_precision_table, precision_cells
+
+    features = _six_features()
+    planted = ["ImgD", "TextD", "ImgD", "ImgD", "CrossD", "TextD"]
+    null = ["CrossD", "ImgD", "dead", "TextD", "rare"]
+    table = planted_precision_table({"b": (planted, null), "a": (["CrossD"] * 6, null)}, features, 0.9,
+                                    min_precision=0.9, max_null_share=0.1)
+    cells = precision_cells(table)
+    assert cells.columns.tolist() == ["target", "b", "a"]  # the table's rule order, not sorted
+    assert cells.index.tolist() == [("precision", "ImgD"), ("precision", "TextD"), ("recall", "ImgD"),
+                                    ("recall", "TextD"), ("null share", "ImgD+TextD")]
+    assert cells.target.tolist() == ["≥ 0.9", "≥ 0.9", "", "", "≤ 0.1"]
+    low, high = proportion_ci(1, 3)
+    assert cells.loc[("precision", "ImgD"), "b"] == f"0.33 [{low:.2f}, {high:.2f}] (1/3)"
+    assert cells.loc[("precision", "ImgD"), "a"].endswith("(0/0)")  # no feature labelled ImgD: NaN value
+    assert "target" not in precision_cells(planted_precision_table({"b": (planted, null)}, features, 0.9))
+    with pytest.raises(ValueError, match="planted_precision_table"):
+        precision_cells(table.drop(columns="k"))
