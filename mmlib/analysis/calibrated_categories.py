@@ -119,6 +119,10 @@ class CalibratedCategories(Categories):
     p_pairing : (K,) float array
         Pairing-test p-value on the feature's dominant side, for the swap-test discoveries (NaN elsewhere, and
         everywhere when ``n_pairings = 0``).
+    pairing_r : (K,) float array
+        The pairing test's observed statistic for the same features: the largest ``|Pearson r|``, across the pairs,
+        between the feature's activation on its dominant side and any feature's on the other side (an effect size
+        in [0, 1]; 1 for a split copy); NaN where ``p_pairing`` is.
     """
 
     rule: PermutationRule  # type: ignore[assignment]  # in place of a CategoryRule
@@ -126,6 +130,7 @@ class CalibratedCategories(Categories):
     p_text: np.ndarray
     q: np.ndarray
     p_pairing: np.ndarray
+    pairing_r: np.ndarray
 
     def discoveries(self) -> np.ndarray:
         """``(K,)`` bool: the swap test's discoveries (``q <= alpha``), before the pairing test's veto."""
@@ -192,7 +197,7 @@ def calibrated_categories(a_image: torch.Tensor | np.ndarray, a_text: torch.Tens
     found = np.nan_to_num(q, nan=1.0) <= rule.alpha
     image_side = found & (p_image <= p_text)
     text_side = found & ~image_side
-    p_pairing = _pairing_test(x_i, x_t, image_side, text_side, rule)
+    p_pairing, pairing_r = _pairing_test(x_i, x_t, image_side, text_side, rule)
     kept = np.nan_to_num(p_pairing, nan=1.0) >= rule.alpha
     labels = np.full(len(scores), DEAD, dtype=object)
     labels[alive] = RARE
@@ -202,7 +207,7 @@ def calibrated_categories(a_image: torch.Tensor | np.ndarray, a_text: torch.Tens
     mass = np.where(active, x_i + x_t, 0.0).sum(0)
     return CalibratedCategories(labels=labels.astype(str), scores=scores, rule=rule, low=np.nan, high=np.nan,
                                 min_support=rule.min_support, support=support, mass=mass, p_image=p_image,
-                                p_text=p_text, q=q, p_pairing=p_pairing)
+                                p_text=p_text, q=q, p_pairing=p_pairing, pairing_r=pairing_r)
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -245,13 +250,13 @@ def _swap_test(x_i: np.ndarray, x_t: np.ndarray, active: np.ndarray, rule: Permu
 
 
 def _pairing_test(x_i: np.ndarray, x_t: np.ndarray, image_side: np.ndarray, text_side: np.ndarray,
-                  rule: PermutationRule) -> np.ndarray:
+                  rule: PermutationRule) -> tuple[np.ndarray, np.ndarray]:
     """Pairing-test p-values ``(K,)`` of the image-side (text-side) features' image (text) activations against
-    every feature's text (image) activations; NaN for the other features.
+    every feature's text (image) activations, and the observed statistics ``(K,)``; NaN for the other features.
     """
-    p = np.full(x_i.shape[1], np.nan)
+    p, r = np.full(x_i.shape[1], np.nan), np.full(x_i.shape[1], np.nan)
     if not rule.n_pairings or not (image_side.any() or text_side.any()):
-        return p
+        return p, r
     z_i, z_t = _standardise(x_i), _standardise(x_t)
     n = len(z_i)
     image_tested, text_tested = z_i[:, image_side], z_t[:, text_side]
@@ -268,8 +273,9 @@ def _pairing_test(x_i: np.ndarray, x_t: np.ndarray, image_side: np.ndarray, text
     count = np.zeros(len(observed))
     for _ in range(rule.n_pairings):
         count += statistic(rng.permutation(n)) >= observed - tol
-    p[np.concatenate([np.flatnonzero(image_side), np.flatnonzero(text_side)])] = (1 + count) / (1 + rule.n_pairings)
-    return p
+    tested = np.concatenate([np.flatnonzero(image_side), np.flatnonzero(text_side)])
+    p[tested], r[tested] = (1 + count) / (1 + rule.n_pairings), np.minimum(observed, 1.0)
+    return p, r
 
 
 def _standardise(x: np.ndarray) -> np.ndarray:

@@ -60,6 +60,12 @@ def test_known_answers():
     assert cats.p_pairing[[4, 6, 7]] == pytest.approx([1 / (1 + FAST.n_pairings)] * 3)
     assert cats.p_pairing[0] > 0.05 and cats.p_pairing[1] > 0.05
     assert np.isnan(cats.p_pairing[[2, 3, 5]]).all()  # no discovery, no pairing test
+    # the pairing statistic: 1 for the split copies, the brute-force largest |r| with the other side elsewhere
+    assert cats.pairing_r[[6, 7]] == pytest.approx([1.0, 1.0], abs=1e-5)
+    for k, own, other in ((0, a_i, a_t), (1, a_t, a_i), (4, a_i, a_t)):
+        r = [abs(np.corrcoef(own[:, k], other[:, j])[0, 1]) for j in range(8) if other[:, j].std() > 0]
+        assert cats.pairing_r[k] == pytest.approx(max(r), abs=1e-5)
+    assert np.isnan(cats.pairing_r[[2, 3, 5]]).all()
     assert np.isnan(cats.low) and cats.rule.name == "swap + pairing test (FDR 0.05)"
     swap_only = calibrated_categories(a_i, a_t, dataclasses.replace(FAST, n_pairings=0))
     assert swap_only.labels[[6, 7]].tolist() == ["ImgD", "TextD"] and np.isnan(swap_only.p_pairing).all()
@@ -162,6 +168,7 @@ def test_swapping_the_modalities_swaps_imgd_and_textd(seed, n, k, form):
     assert swapped.labels.tolist() == [flip[c] for c in cats.labels]
     np.testing.assert_allclose(swapped.p_image, cats.p_text)
     np.testing.assert_allclose(swapped.p_pairing, cats.p_pairing)
+    np.testing.assert_allclose(swapped.pairing_r, cats.pairing_r, atol=1e-6)
 
 
 def test_minimum_support_leaves_rare_features_untested():
