@@ -204,7 +204,7 @@ def calibrated_categories(a_image: torch.Tensor | np.ndarray, a_text: torch.Tens
     labels[tested] = CLASSES[2]
     labels[image_side & kept] = CLASSES[0]
     labels[text_side & kept] = CLASSES[1]
-    mass = np.where(active, x_i + x_t, 0.0).sum(0)
+    mass = (x_i + x_t).sum(0)  # as MDSResult.activation_mass: every pair
     return CalibratedCategories(labels=labels.astype(str), scores=scores, rule=rule, low=np.nan, high=np.nan,
                                 min_support=rule.min_support, support=support, mass=mass, p_image=p_image,
                                 p_text=p_text, q=q, p_pairing=p_pairing, pairing_r=pairing_r)
